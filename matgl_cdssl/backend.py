@@ -1,0 +1,277 @@
+"""The single place where matgl's two graph backends differ.
+
+matgl 2.2.x (the last line with DGL) runs MEGNet on DGL graphs; matgl >= 3 runs it on PyTorch Geometric
+graphs. Everything backend-specific that CDSSL needs lives here: which backend the installed matgl
+provides, how to make sure matgl is imported under it, the graph fields (fractional coordinates,
+periodic image offsets, edge list, graph membership), batching, and how to run MEGNet's message-passing
+blocks. The rest of the package is written once against :class:`GraphBackend`.
+
+The backend is detected from the installed matgl *before* matgl is imported, because matgl 2.2.x reads
+``MATGL_BACKEND`` once, at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import nn
+
+__all__ = ["BACKEND", "GraphBackend", "Topology", "get_backend", "matgl_version"]
+
+BackendName = Literal["dgl", "pyg"]
+
+#: Which node each backend's MEGNet aggregates edge messages into. matgl 2.2.x (DGL) sums edges into their
+#: destination node, matgl >= 3 (PyG) into their source node; ``convert_weights`` bridges the two.
+AGGREGATION_SIDE: dict[str, str] = {"dgl": "dst", "pyg": "src"}
+
+
+def matgl_version() -> str:
+    """Version string of the installed matgl, read without importing it."""
+    try:
+        return version("matgl")
+    except PackageNotFoundError as exc:  # pragma: no cover - matgl is a hard dependency
+        raise RuntimeError("matgl is not installed: `pip install matgl-cdssl[dgl]` or `pip install matgl-cdssl`.") from exc
+
+
+def _detect() -> BackendName:
+    major = int(matgl_version().split(".")[0])
+    return "dgl" if major < 3 else "pyg"
+
+
+#: ``"dgl"`` for matgl 2.2.x, ``"pyg"`` for matgl >= 3. Detected from the installed matgl.
+BACKEND: BackendName = _detect()
+
+
+def _prepare_matgl_import() -> None:
+    """Make sure matgl is (or will be) imported under the backend that has MEGNet.
+
+    On matgl 2.2.x MEGNet exists only under DGL, and matgl reads ``MATGL_BACKEND`` once at import time, so
+    the variable must be set before the first ``import matgl``.
+
+    Raises:
+        RuntimeError: matgl 2.2.x was already imported under PyG, or ``MATGL_BACKEND`` asks for PyG.
+    """
+    if BACKEND != "dgl":
+        return
+    fix = (
+        "matgl 2.2.x provides MEGNet only under its DGL backend, and it reads the backend once, when matgl is first "
+        "imported. Set the environment variable before Python starts (`export MATGL_BACKEND=DGL`) or import "
+        "matgl_cdssl before matgl; calling matgl.set_backend('DGL') afterwards is not enough."
+    )
+    if "matgl" in sys.modules:
+        import matgl.config
+
+        if matgl.config.BACKEND != "DGL":
+            raise RuntimeError(f"matgl was already imported with backend {matgl.config.BACKEND!r}. {fix}")
+        return
+    requested = os.environ.setdefault("MATGL_BACKEND", "DGL").upper()
+    if requested != "DGL":
+        raise RuntimeError(f"MATGL_BACKEND={requested!r} is set. {fix}")
+    os.environ.setdefault("DGLBACKEND", "pytorch")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Backend-neutral view of a (batched) crystal graph.
+
+    Attributes:
+        src: Source atom of each edge, shape ``(n_edges,)``.
+        dst: Destination atom of each edge, shape ``(n_edges,)``.
+        node_graph: Index of the crystal each atom belongs to, shape ``(n_atoms,)``.
+        edge_graph: Index of the crystal each edge belongs to, shape ``(n_edges,)``.
+        num_graphs: Number of crystals in the batch.
+    """
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    node_graph: torch.Tensor
+    edge_graph: torch.Tensor
+    num_graphs: int
+
+
+class GraphBackend:
+    """Adapter over one matgl backend. Get the active one with :func:`get_backend`."""
+
+    name: BackendName
+
+    # ---- matgl classes ---------------------------------------------------------------------------------
+    @property
+    def megnet_class(self) -> type:
+        """matgl's MEGNet class for this backend."""
+        from matgl.models import MEGNet
+
+        return MEGNet
+
+    def converter(self, element_types: Sequence[str], cutoff: float) -> Any:
+        """matgl's ``Structure2Graph`` converter."""
+        from matgl.ext.pymatgen import Structure2Graph
+
+        return Structure2Graph(element_types=tuple(element_types), cutoff=cutoff)
+
+    def split(self, dataset: Any, frac_list: list[float], seed: int) -> tuple:
+        """matgl's ``split_dataset`` (shuffled, seeded)."""
+        from matgl.graph.data import split_dataset
+
+        return split_dataset(dataset, frac_list=frac_list, shuffle=True, random_state=seed)
+
+    def loaders(self, train: Any, val: Any, *, batch_size: int, **kwargs: Any) -> tuple:
+        """matgl's ``MGLDataLoader`` with its graph collate: a shuffled loader over ``train``, an ordered one over ``val``."""
+        from matgl.graph.data import MGLDataLoader, collate_fn_graph
+
+        kwargs.setdefault("num_workers", 0)
+        return MGLDataLoader(train, val, collate_fn=collate_fn_graph, batch_size=batch_size, **kwargs)
+
+    def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
+        """matgl's in-memory ``MGLDataset`` (no on-disk cache)."""
+        raise NotImplementedError
+
+    # ---- graph fields ------------------------------------------------------------------------------------
+    def topology(self, g: Any) -> Topology:
+        """Edge list and graph membership of a (batched) graph."""
+        raise NotImplementedError
+
+    def frac_coords(self, g: Any) -> torch.Tensor:
+        """Fractional coordinates, shape ``(n_atoms, 3)``."""
+        raise NotImplementedError
+
+    def pbc_offset(self, g: Any) -> torch.Tensor:
+        """Periodic image of each edge's destination atom in lattice units, shape ``(n_edges, 3)``."""
+        raise NotImplementedError
+
+    def node_types(self, g: Any) -> torch.Tensor:
+        """Element index of each atom into the model's ``element_types``, shape ``(n_atoms,)``."""
+        raise NotImplementedError
+
+    def with_node_fields(self, g: Any, **fields: torch.Tensor) -> Any:
+        """Shallow copy of ``g`` with the given node fields replaced or added; ``g`` itself is unchanged."""
+        raise NotImplementedError
+
+    def node_field(self, g: Any, key: str) -> torch.Tensor:
+        """A node field of ``g`` by name."""
+        raise NotImplementedError
+
+    # ---- MEGNet ------------------------------------------------------------------------------------------
+    def run_blocks(
+        self, model: nn.Module, g: Any, topo: Topology, edge_feat: torch.Tensor, node_feat: torch.Tensor,
+        state_feat: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run MEGNet's message-passing blocks; returns ``(edge_feat, node_feat, state_feat)``."""
+        raise NotImplementedError
+
+
+class _DGLBackend(GraphBackend):
+    name: BackendName = "dgl"
+
+    def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
+        from matgl.graph.data import MGLDataset
+
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            return MGLDataset(
+                structures=structures, converter=converter, labels=labels, save_cache=False, raw_dir=tmp,
+                save_dir=tmp,
+            )
+
+    def topology(self, g: Any) -> Topology:
+        src, dst = g.edges()
+        counts = torch.arange(g.batch_size, device=src.device)
+        return Topology(
+            src=src.long(),
+            dst=dst.long(),
+            node_graph=torch.repeat_interleave(counts, g.batch_num_nodes()),
+            edge_graph=torch.repeat_interleave(counts, g.batch_num_edges()),
+            num_graphs=g.batch_size,
+        )
+
+    def frac_coords(self, g: Any) -> torch.Tensor:
+        return g.ndata["frac_coords"]
+
+    def pbc_offset(self, g: Any) -> torch.Tensor:
+        return g.edata["pbc_offset"]
+
+    def node_types(self, g: Any) -> torch.Tensor:
+        return g.ndata["node_type"]
+
+    def with_node_fields(self, g: Any, **fields: torch.Tensor) -> Any:
+        out = g.local_var()
+        for key, value in fields.items():
+            out.ndata[key] = value
+        return out
+
+    def node_field(self, g: Any, key: str) -> torch.Tensor:
+        return g.ndata[key]
+
+    def run_blocks(self, model, g, topo, edge_feat, node_feat, state_feat):
+        for block in model.blocks:
+            edge_feat, node_feat, state_feat = block(g, edge_feat, node_feat, state_feat)
+        return edge_feat, node_feat, state_feat
+
+
+class _PyGBackend(GraphBackend):
+    name: BackendName = "pyg"
+
+    def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
+        from matgl.graph.data import MGLDataset
+
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            return MGLDataset(structures=structures, converter=converter, labels=labels, save_cache=False, root=tmp)
+
+    def topology(self, g: Any) -> Topology:
+        src, dst = g.edge_index[0], g.edge_index[1]
+        batch = getattr(g, "batch", None)
+        if batch is None:
+            batch = torch.zeros(g.num_nodes, dtype=torch.long, device=src.device)
+        num_graphs = getattr(g, "num_graphs", None) or 1
+        return Topology(src=src, dst=dst, node_graph=batch, edge_graph=batch[src], num_graphs=int(num_graphs))
+
+    def frac_coords(self, g: Any) -> torch.Tensor:
+        return g.frac_coords
+
+    def pbc_offset(self, g: Any) -> torch.Tensor:
+        return g.pbc_offset
+
+    def node_types(self, g: Any) -> torch.Tensor:
+        return g.node_type
+
+    def with_node_fields(self, g: Any, **fields: torch.Tensor) -> Any:
+        import copy
+
+        out = copy.copy(g)
+        for key, value in fields.items():
+            setattr(out, key, value)
+        return out
+
+    def node_field(self, g: Any, key: str) -> torch.Tensor:
+        return getattr(g, key)
+
+    def run_blocks(self, model, g, topo, edge_feat, node_feat, state_feat):
+        if state_feat.dim() == 1:
+            state_feat = state_feat.unsqueeze(0)
+        n_atoms = node_feat.shape[0]
+        for block in model.blocks:
+            edge_feat, node_feat, state_feat = block(
+                g.edge_index, edge_feat, node_feat, state_feat, topo.node_graph, topo.edge_graph, n_atoms,
+                topo.num_graphs,
+            )
+            if state_feat.dim() == 1:
+                state_feat = state_feat.unsqueeze(0)
+        return edge_feat, node_feat, state_feat
+
+
+@functools.cache
+def get_backend() -> GraphBackend:
+    """The adapter for the installed matgl, after making sure matgl imports under it."""
+    _prepare_matgl_import()
+    return _DGLBackend() if BACKEND == "dgl" else _PyGBackend()

@@ -1,0 +1,316 @@
+"""Structures in, graphs out: reading, validating and batching crystals for CDSSL.
+
+Inputs may be pymatgen ``Structure`` objects, ASE ``Atoms`` or paths to files that pymatgen or ASE can read
+(CIF, POSCAR/CONTCAR, extxyz, ...). Every crystal is checked before any graph is built, and each problem is
+reported with the offending item's name (``structures[3]`` or the file path), so nothing is dropped
+silently. Graphs are built with matgl's own converter and dataset classes through :mod:`matgl_cdssl.backend`.
+
+The bundled sample (:func:`load_sample`) holds 1,000 Materials Project crystals with their labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from matgl_cdssl.backend import get_backend
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pymatgen.core import Structure
+
+__all__ = [
+    "MIN_INTERATOMIC_DISTANCE",
+    "Sample",
+    "build_dataset",
+    "in_holdout_pool",
+    "load_sample",
+    "read_structures",
+    "structure_problem",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Two atoms closer than this (Å) are reported as overlapping.
+MIN_INTERATOMIC_DISTANCE = 0.5
+
+
+def _read_file(path: Path) -> list[tuple[str, Structure]]:
+    """Read every crystal in a file; an extxyz/traj with several frames gives one entry per frame."""
+    from pymatgen.core import Structure
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    name = path.name.lower()
+    try:
+        if name.endswith((".xyz", ".extxyz", ".traj")):
+            import ase.io
+            from pymatgen.io.ase import AseAtomsAdaptor
+
+            frames = ase.io.read(path, index=":")
+            if len(frames) == 1:
+                return [(str(path), _from_ase(frames[0], str(path)))]
+            return [(f"{path}[{i}]", _from_ase(atoms, f"{path}[{i}]")) for i, atoms in enumerate(frames)]
+        return [(str(path), Structure.from_file(path))]
+    except ValueError as exc:
+        if "no such file" in str(exc):
+            raise
+        raise ValueError(f"{path}: could not read a crystal structure from this file ({exc})") from exc
+    except Exception as exc:  # pymatgen/ASE raise many types for malformed files
+        raise ValueError(f"{path}: could not read a crystal structure from this file ({type(exc).__name__}: {exc})") from exc
+
+
+def _from_ase(atoms: Any, name: str) -> Structure:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if not all(atoms.pbc):
+        raise ValueError(
+            f"{name}: ASE Atoms with pbc={tuple(bool(p) for p in atoms.pbc)} is not a periodic crystal; CDSSL needs "
+            "a crystal with a lattice and periodic boundaries in all three directions"
+        )
+    return AseAtomsAdaptor.get_structure(atoms)
+
+
+def read_structures(structures: Sequence[Any]) -> tuple[list[str], list[Structure]]:
+    """Turn user input into named pymatgen Structures.
+
+    Args:
+        structures: pymatgen ``Structure`` objects, ASE ``Atoms`` (periodic), or paths (``str``/``Path``) to
+            structure files. A multi-frame extxyz file contributes one crystal per frame.
+
+    Returns:
+        ``(names, structures)``: a name for each crystal, used in error messages (``structures[i]`` for
+        objects, the path or ``path[frame]`` for files), and the crystals.
+
+    Raises:
+        ValueError: empty input, a Molecule or non-periodic ASE Atoms, an unsupported object, or an unreadable
+            file (the message names the item).
+        FileNotFoundError: a path that does not exist.
+    """
+    from pymatgen.core import IStructure, Molecule, Structure
+
+    if isinstance(structures, (str, Path, Structure)) or not hasattr(structures, "__len__"):
+        structures = [structures]
+    if len(structures) == 0:
+        raise ValueError("structures is empty: give at least one crystal (pymatgen Structure, ASE Atoms or file path)")
+    names: list[str] = []
+    out: list[Structure] = []
+    for i, item in enumerate(structures):
+        if isinstance(item, (str, Path)):
+            for name, s in _read_file(Path(item)):
+                names.append(name)
+                out.append(s)
+            continue
+        name = f"structures[{i}]"
+        if isinstance(item, Molecule):
+            raise ValueError(f"{name} is a pymatgen Molecule ({item.formula}); CDSSL needs a periodic Structure")
+        if isinstance(item, IStructure):
+            s = item if isinstance(item, Structure) else Structure.from_sites(item)
+        elif type(item).__name__ == "Atoms" and hasattr(item, "get_cell"):
+            s = _from_ase(item, name)
+        else:
+            raise ValueError(
+                f"{name} is a {type(item).__name__}; expected a pymatgen Structure, ASE Atoms or a path to a file"
+            )
+        names.append(name)
+        out.append(s)
+    return names, out
+
+
+def structure_problem(s: Structure, element_types: Sequence[str]) -> str | None:
+    """What is wrong with a crystal for CDSSL, or None if nothing is.
+
+    Checks partial occupancy or disorder, non-finite coordinates or lattice, a degenerate lattice, elements outside
+    ``element_types``, and atoms closer than :data:`MIN_INTERATOMIC_DISTANCE`.
+    """
+    if len(s) == 0:
+        return "has no atoms"
+    if not s.is_ordered:
+        return (
+            f"({s.composition.formula}) has partial occupancy or disorder; CDSSL needs an ordered crystal with one "
+            "element per site (order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation)"
+        )
+    matrix = s.lattice.matrix
+    if not np.isfinite(matrix).all():
+        return f"has a non-finite (NaN or inf) lattice matrix: {matrix.tolist()}"
+    bad = np.flatnonzero(~np.isfinite(s.frac_coords).all(axis=1))
+    if bad.size:
+        return f"has non-finite (NaN or inf) coordinates at site(s) {bad.tolist()}"
+    if not abs(s.lattice.volume) > 1e-6:
+        return f"has a degenerate lattice (volume {s.lattice.volume:.3g} Å^3)"
+    unknown = sorted({el.symbol for el in s.composition.elements} - set(element_types))
+    if unknown:
+        return (
+            f"contains element(s) {unknown} outside the model's element_types "
+            f"({len(element_types)} elements: {', '.join(element_types)})"
+        )
+    if len(s) > 1:
+        dist = s.distance_matrix
+        iu = np.triu_indices(len(s), 1)
+        k = int(np.argmin(dist[iu]))
+        if dist[iu][k] < MIN_INTERATOMIC_DISTANCE:
+            i, j = int(iu[0][k]), int(iu[1][k])
+            return (
+                f"has overlapping atoms: sites {i} ({s[i].specie}) and {j} ({s[j].specie}) are {dist[i, j]:.3f} Å "
+                f"apart (minimum {MIN_INTERATOMIC_DISTANCE} Å)"
+            )
+    return None
+
+
+def _isolated_atoms(g: Any) -> list[int]:
+    """Sites of atoms that have no edge (no neighbour within the cutoff)."""
+    backend = get_backend()
+    degree = torch.bincount(backend.topology(g).src, minlength=backend.frac_coords(g).shape[0])
+    return torch.nonzero(degree == 0).flatten().tolist()
+
+
+def build_dataset(
+    structures: Sequence[Any],
+    *,
+    element_types: Sequence[str],
+    cutoff: float,
+    labels: dict[str, Sequence] | None = None,
+    skip_invalid: bool = False,
+) -> tuple[Any, list[str], list[tuple[str, str]]]:
+    """Read, check and convert crystals into matgl's ``MGLDataset``.
+
+    Each item carries the given labels (the first is the one matgl's collate batches) and a last label,
+    ``structure_index``, its position in the returned name list, so that crystals can be traced back.
+
+    Args:
+        structures: See :func:`read_structures`.
+        element_types: The model's element types.
+        cutoff: Neighbour cutoff in Å.
+        labels: Optional extra labels, one value per input crystal.
+        skip_invalid: Leave out invalid crystals (each is logged with a warning and returned in ``skipped``)
+            instead of raising on the first one.
+
+    Returns:
+        ``(dataset, names, skipped)``: the dataset (a ``Subset`` when crystals were skipped after graph
+        conversion), the name of every converted crystal, and ``(name, reason)`` for each skipped one.
+
+    Raises:
+        ValueError: Bad input, naming the crystal: see :func:`read_structures` and :func:`structure_problem`, or an
+            atom with no neighbour within ``cutoff``. Also labels of the wrong length.
+    """
+    names, structs = read_structures(structures)
+    for key, values in (labels or {}).items():
+        if len(values) != len(structs):
+            raise ValueError(f"label {key!r} has {len(values)} values for {len(structs)} structures")
+    skipped: list[tuple[str, str]] = []
+
+    def reject(name: str, reason: str) -> None:
+        if not skip_invalid:
+            raise ValueError(f"{name} {reason}")
+        logger.warning("Skipping %s: it %s", name, reason)
+        skipped.append((name, reason))
+
+    keep = []
+    for i, (name, s) in enumerate(zip(names, structs, strict=True)):
+        problem = structure_problem(s, element_types)
+        if problem is None:
+            keep.append(i)
+        else:
+            reject(name, problem)
+    if not keep:
+        raise ValueError(f"none of the {len(structs)} structures is usable: {skipped[:3]} ...")
+    names = [names[i] for i in keep]
+    # matgl's collate batches the first label: user labels come first, the index last.
+    all_labels = {key: [values[i] for i in keep] for key, values in (labels or {}).items()}
+    all_labels["structure_index"] = list(range(len(keep)))
+    backend = get_backend()
+    dataset = backend.dataset([structs[i] for i in keep], backend.converter(element_types, cutoff), all_labels)
+
+    connected = []
+    for i, (g, *_rest) in enumerate(dataset):
+        lonely = _isolated_atoms(g)
+        if lonely:
+            reject(
+                names[i],
+                f"has atom(s) at site(s) {lonely} with no neighbour within the cutoff of {cutoff} Å; use a larger "
+                "cutoff or remove the structure",
+            )
+        else:
+            connected.append(i)
+    if not connected:
+        raise ValueError("no structure has every atom connected within the cutoff")
+    if len(connected) < len(dataset):
+        from torch.utils.data import Subset
+
+        dataset = Subset(dataset, connected)
+    return dataset, names, skipped
+
+
+# ---- bundled sample --------------------------------------------------------------------------------------
+SAMPLE_LABELS = (
+    "formation_energy_per_atom_eV",
+    "band_gap_eV",
+    "efermi_eV",
+    "total_magnetization_muB",
+    "volume_A3",
+)
+
+
+@dataclass
+class Sample:
+    """The bundled Materials Project sample.
+
+    Attributes:
+        material_ids: Materials Project ids.
+        structures: pymatgen Structures.
+        labels: Label name -> array of shape ``(n,)`` (NaN where Materials Project had no value).
+    """
+
+    material_ids: list[str]
+    structures: list[Structure]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+
+def load_sample(n: int | None = None) -> Sample:
+    """Load the bundled sample of 1,000 Materials Project crystals with 5 labels.
+
+    The crystals come from the Materials Project (CC BY 4.0, A. Jain et al., APL Materials 1, 011002 (2013)), via
+    the data of the mt-cgcnn repository; see ``matgl_cdssl/sample/ATTRIBUTION.md``. They are drawn from the
+    hold-out pool (:func:`in_holdout_pool`), which pretraining of ``CDSSL-MEGNet-MP`` never sees.
+
+    Args:
+        n: Return only the first ``n`` crystals.
+
+    Returns:
+        A :class:`Sample`.
+
+    Example:
+        >>> sample = load_sample(10)
+        >>> len(sample), sorted(sample.labels)[0]
+        (10, 'band_gap_eV')
+    """
+    from pymatgen.core import Lattice, Structure
+
+    with gzip.open(files("matgl_cdssl").joinpath("sample/mp_sample.json.gz").open("rb"), "rt") as f:
+        rows = json.load(f)
+    rows = rows[:n] if n is not None else rows
+    structures = [Structure(Lattice(r["lattice"]), r["species"], r["frac_coords"]) for r in rows]
+    labels = {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=float) for k in SAMPLE_LABELS}
+    return Sample([r["material_id"] for r in rows], structures, labels)
+
+
+def in_holdout_pool(material_id: str) -> bool:
+    """Whether a Materials Project id belongs to the fixed 10% hold-out pool that pretraining never sees.
+
+    The pool is chosen by a stable hash: the first 8 bytes of the SHA-256 of the id, modulo 10, equal 0.
+    """
+    digest = hashlib.sha256(material_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10 == 0

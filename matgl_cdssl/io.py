@@ -1,0 +1,166 @@
+"""Saving and loading CDSSL-pretrained MEGNets, and moving their weights between matgl's backends.
+
+A CDSSL model folder is matgl's own saved-model folder (``model.pt``, ``state.pt``, ``model.json``), so
+``matgl.load_model(folder)`` opens it on the backend that wrote it, plus two files of ours next to it:
+
+- ``cdssl.json``: how it was pretrained (sigma, cutoff, data size, epochs, final metrics), and which backend and
+  message-passing convention its weights use;
+- ``cdssl_head.pt``: the pretext head's weights, needed only to continue pretraining.
+
+:func:`load_model` reads ``cdssl.json`` and converts the weights when they were written by the other backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from matgl_cdssl.backend import AGGREGATION_SIDE, BACKEND, get_backend
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from torch import nn
+
+__all__ = ["CONFIG_FILE", "HEAD_FILE", "convert_weights", "load_head", "load_model", "read_config", "save_pretrained"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "cdssl.json"
+HEAD_FILE = "cdssl_head.pt"
+_EDGE_FUNC_KEY = re.compile(r"^(?P<prefix>(.*\.)?blocks\.\d+\.conv\.)edge_func\.layers\.0\.weight$")
+
+
+def convert_weights(state_dict: Mapping[str, torch.Tensor], to: str) -> dict[str, torch.Tensor]:
+    """Convert a MEGNet state dict to the message-passing convention of the other backend.
+
+    matgl 2.2.x (DGL) aggregates each edge into its destination atom, matgl >= 3 (PyG) into its source atom. The
+    parameter names are identical; the first layer of each block's edge update, which reads
+    ``[v_src, v_dst, e, u]``, must have its ``v_src`` and ``v_dst`` column blocks swapped. With that swap both
+    backends give the same outputs.
+
+    Args:
+        state_dict: A MEGNet state dict (keys may carry a prefix such as ``model.``) in the convention of the
+            backend other than ``to``.
+        to: ``"dgl"`` or ``"pyg"``, the backend the weights are for.
+
+    Returns:
+        A new state dict; the input is not modified.
+
+    Raises:
+        ValueError: ``to`` is not a backend, or ``state_dict`` has no MEGNet blocks.
+
+    Example:
+        >>> from matgl.models import MEGNet
+        >>> sd = MEGNet().state_dict()
+        >>> back = convert_weights(convert_weights(sd, to="dgl"), to="pyg")
+        >>> all(torch.equal(sd[k], back[k]) for k in sd)
+        True
+    """
+    if to not in AGGREGATION_SIDE:
+        raise ValueError(f"to must be one of {sorted(AGGREGATION_SIDE)}; got {to!r}")
+    out = dict(state_dict)
+    n_converted = 0
+    for key, weight in state_dict.items():
+        match = _EDGE_FUNC_KEY.match(key)
+        if match is None:
+            continue
+        node_weight = state_dict[f"{match['prefix']}node_func.layers.0.weight"]
+        d_node = weight.shape[1] - node_weight.shape[1]  # edge input is [v, v, e, u]; node input is [v, e, u]
+        out[key] = torch.cat([weight[:, d_node : 2 * d_node], weight[:, :d_node], weight[:, 2 * d_node :]], dim=1)
+        n_converted += 1
+    if n_converted == 0:
+        raise ValueError("state_dict has no MEGNet block weights (blocks.<i>.conv.edge_func.layers.0.weight)")
+    return out
+
+
+def save_pretrained(
+    model: nn.Module, path: str | Path, *, head: nn.Module | None = None, config: dict[str, Any] | None = None
+) -> Path:
+    """Save a pretrained MEGNet in matgl's folder format, with the CDSSL config and the pretext head.
+
+    Args:
+        model: The MEGNet.
+        path: Folder to write (created if needed).
+        head: The pretext head, saved to ``cdssl_head.pt``.
+        config: Pretraining details, merged into ``cdssl.json``.
+
+    Returns:
+        The folder.
+    """
+    from matgl_cdssl import __version__
+    from matgl_cdssl.backend import matgl_version
+
+    path = Path(path)
+    cfg = {
+        "format_version": 1,
+        "matgl_cdssl_version": __version__,
+        "backend": BACKEND,
+        "matgl_version": matgl_version(),
+        "aggregation": AGGREGATION_SIDE[BACKEND],
+        **(config or {}),
+    }
+    model.save(path, metadata={"cdssl": cfg})
+    if head is not None:
+        torch.save(head.state_dict(), path / HEAD_FILE)
+        cfg["has_head"] = True
+    (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read ``cdssl.json`` of a CDSSL model folder."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise ValueError(f"{path} is not a CDSSL model folder (no {CONFIG_FILE})")
+    return json.loads(file.read_text())
+
+
+def load_model(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
+    """Load a CDSSL-pretrained MEGNet from a folder, or anything else through ``matgl.load_model``.
+
+    A CDSSL folder written by the other backend has its weights converted (:func:`convert_weights`). The
+    returned object is a plain matgl MEGNet; its Set2Set readout and output MLP were not trained by the pretext
+    task. Any other path or name is passed to ``matgl.load_model`` unchanged, so matgl's own models keep working.
+
+    Args:
+        name_or_path: A CDSSL model folder, or any path or name ``matgl.load_model`` understands.
+        **kwargs: Passed to ``matgl.load_model`` for non-CDSSL input.
+
+    Returns:
+        The model.
+    """
+    get_backend()
+    import matgl
+
+    path = Path(name_or_path)
+    if not (path / CONFIG_FILE).is_file():
+        return matgl.load_model(name_or_path, **kwargs)
+    cfg = read_config(path)
+    if cfg.get("backend", BACKEND) == BACKEND:
+        return matgl.load_model(path)
+    init_args = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    model = get_backend().megnet_class(**init_args)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(convert_weights(state, to=BACKEND))
+    logger.info("Converted %s weights written by matgl %s to the %s convention", path, cfg.get("matgl_version"), BACKEND)
+    return model
+
+
+def load_head(path: str | Path, model: nn.Module) -> nn.Module:
+    """Rebuild the pretext head saved in a CDSSL folder, for continued pretraining."""
+    from matgl_cdssl.module import make_head
+
+    path = Path(path)
+    cfg = read_config(path)
+    head = make_head(model, tuple(cfg.get("head_hidden", (64,))))
+    if (path / HEAD_FILE).is_file():
+        head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
+    else:
+        logger.warning("%s has no %s; the pretext head starts from random weights", path, HEAD_FILE)
+    return head

@@ -1,0 +1,163 @@
+"""``pretrain``: the engineering around :class:`~matgl_cdssl.module.CDSSLModule` (data, Trainer, outputs)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import Subset
+
+from matgl_cdssl.backend import get_backend
+from matgl_cdssl.data import build_dataset
+from matgl_cdssl.io import load_head, load_model, read_config, save_pretrained
+from matgl_cdssl.module import CDSSLModule
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import nn
+
+__all__ = ["pretrain"]
+
+logger = logging.getLogger(__name__)
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split that uses every structure."""
+    n_val = 0 if val_fraction == 0 else max(1, round(n * val_fraction))
+    if n - n_val < 1:
+        raise ValueError(f"{n} structure(s) are too few for val_fraction={val_fraction}: none would be left to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def pretrain(
+    structures: Sequence[Any],
+    *,
+    sigma: float = 0.1,
+    cutoff: float | None = None,
+    max_epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    model: nn.Module | str | Path | None = None,
+    output_dir: str | Path | None = None,
+    element_types: Sequence[str] | None = None,
+    head_hidden: tuple[int, ...] = (64,),
+    gradient_clip_val: float | None = None,
+    ckpt_path: str | Path | None = None,
+    loader_kwargs: dict[str, Any] | None = None,
+    skip_invalid: bool = False,
+    **trainer_kwargs: Any,
+) -> nn.Module:
+    """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
+
+    Args:
+        structures: pymatgen Structures, ASE Atoms, or paths to CIF/POSCAR/extxyz files.
+        sigma: Noise level in Å (standard deviation of each Cartesian displacement component); must be > 0.
+        cutoff: Neighbour cutoff in Å for a new model (matgl's MEGNet default, 4.0, when None). Must match
+            ``model.cutoff`` when continuing from a model.
+        max_epochs: Training epochs.
+        batch_size: Crystals per batch.
+        lr: Adam learning rate (cosine decay to 1% over ``max_epochs``).
+        val_fraction: Fraction of crystals held out for validation (0 to train on all).
+        seed: Seeds the split, the initial weights, the batch order and the noise.
+        model: Continue from this MEGNet, or from a CDSSL model folder (whose pretext head is restored too).
+            A new MEGNet with matgl's default architecture is made when None.
+        output_dir: Where to write ``checkpoints/`` (Lightning, for resuming), ``metrics.csv`` (per-epoch
+            metrics) and ``model/`` (the pretrained MEGNet in matgl's format, with ``cdssl.json`` and the head).
+            Nothing is written when None.
+        element_types: Element types of a new model (matgl's 89 default elements when None).
+        head_hidden: Hidden layer sizes of the pretext head.
+        gradient_clip_val: Clip the global gradient norm to this value.
+        ckpt_path: Resume from this Lightning checkpoint (e.g. ``output_dir/checkpoints/last.ckpt``).
+        loader_kwargs: Passed to matgl's ``MGLDataLoader`` (e.g. ``num_workers``).
+        skip_invalid: Leave out invalid crystals, each logged with a warning and listed in ``cdssl.json``, instead
+            of raising an error on the first.
+        **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
+
+    Returns:
+        The pretrained MEGNet, with the weights of the epoch with the lowest validation loss (the last epoch when
+        ``val_fraction`` is 0). Its Set2Set readout and output MLP are untouched by pretraining.
+
+    Raises:
+        ValueError: Bad input, naming the offending structure (see :func:`matgl_cdssl.data.build_dataset`), a
+            non-positive sigma, or a cutoff that contradicts the model's.
+
+    Example:
+        >>> from matgl_cdssl.data import load_sample
+        >>> model = pretrain(load_sample(20).structures, max_epochs=1, sigma=0.1,
+        ...                  enable_progress_bar=False, enable_model_summary=False)  # doctest: +SKIP
+    """
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive length in Å (e.g. 0.1); got {sigma!r}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
+    backend = get_backend()
+    L.seed_everything(seed, workers=True, verbose=False)
+
+    head = None
+    if isinstance(model, (str, Path)):
+        source = Path(model)
+        model = load_model(source)
+        if (source / "cdssl.json").is_file():
+            head = load_head(source, model)
+            head_hidden = tuple(read_config(source).get("head_hidden", head_hidden))
+    elif model is None:
+        kwargs: dict[str, Any] = {"cutoff": 4.0 if cutoff is None else float(cutoff)}
+        if element_types is not None:
+            kwargs["element_types"] = tuple(element_types)
+        model = backend.megnet_class(**kwargs)
+    if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
+        raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
+
+    dataset, names, skipped = build_dataset(
+        structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
+    )
+    train_idx, val_idx = _split(len(dataset), val_fraction, seed)
+    loaders = backend.loaders(
+        Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1]), batch_size=batch_size,
+        **(loader_kwargs or {}),
+    )
+    module = CDSSLModule(
+        model, sigma=sigma, head=head, head_hidden=head_hidden, lr=lr, decay_steps=max_epochs, seed=seed,
+        sync_dist=trainer_kwargs.get("devices", 1) not in (1, "1", None) or trainer_kwargs.get("num_nodes", 1) > 1,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(output_dir) if output_dir is not None else Path(tmp)
+        monitor = "val_Total_Loss" if val_idx else "train_Total_Loss"
+        checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, save_last=True, mode="min")
+        trainer_kwargs.setdefault("logger", CSVLogger(root, name="", version=""))
+        trainer_kwargs.setdefault("callbacks", []).append(checkpoint)
+        trainer_kwargs.setdefault("inference_mode", False)  # validation computes a gradient norm
+        trainer_kwargs.setdefault("default_root_dir", root)
+        trainer = L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **trainer_kwargs)
+        trainer.fit(
+            module, loaders[0], loaders[1] if val_idx else None, ckpt_path=None if ckpt_path is None else str(ckpt_path)
+        )
+        if checkpoint.best_model_path:
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+            module.load_state_dict(best["state_dict"])
+            logger.info("Restored the best epoch (%s = %.5g)", monitor, float(checkpoint.best_model_score))
+        if output_dir is not None and trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            save_pretrained(
+                module.model, root / "model", head=module.head,
+                config={
+                    "sigma": sigma, "cutoff": model.cutoff, "head_hidden": list(head_hidden), "seed": seed,
+                    "n_structures": len(dataset), "skipped": skipped, "n_train": len(train_idx), "n_val": len(val_idx),
+                    "epochs": trainer.current_epoch, "best_epoch_metric": monitor,
+                    "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+                    "last_epoch_metrics": metrics,
+                },
+            )
+    return module.model

@@ -1,0 +1,68 @@
+"""Shared fixtures: crystals by formula, graphs through the backend adapter, and small sample subsets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+import matgl_cdssl
+from matgl_cdssl.backend import get_backend
+from matgl_cdssl.data import build_dataset
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return get_backend()
+
+
+@pytest.fixture(scope="session")
+def CsCl() -> Structure:
+    return Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="session")
+def Cu1() -> Structure:
+    """A one-atom cell: every edge joins the atom to one of its own periodic images."""
+    return Structure(Lattice.cubic(2.55), ["Cu"], [[0, 0, 0]])
+
+
+@pytest.fixture(scope="session")
+def LiFePO4_like() -> Structure:
+    """A low-symmetry triclinic cell with four elements."""
+    lattice = Lattice.from_parameters(4.7, 6.0, 5.2, 88.0, 95.0, 101.0)
+    return Structure(
+        lattice,
+        ["Li", "Fe", "P", "O", "O", "O", "O"],
+        [[0, 0, 0], [0.28, 0.25, 0.97], [0.09, 0.25, 0.42], [0.10, 0.25, 0.74], [0.45, 0.25, 0.21],
+         [0.17, 0.05, 0.28], [0.83, 0.56, 0.62]],
+    )
+
+
+@pytest.fixture(scope="session")
+def sample():
+    return matgl_cdssl.load_sample(200)
+
+
+@pytest.fixture(scope="session")
+def tiny_structures(sample, Cu1, CsCl, LiFePO4_like) -> list[Structure]:
+    """Twelve crystals, including a one-atom cell and a triclinic one."""
+    return [Cu1, CsCl, LiFePO4_like, *sample.structures[:9]]
+
+
+@pytest.fixture(scope="session")
+def megnet(backend):
+    torch.manual_seed(0)
+    return backend.megnet_class()
+
+
+@pytest.fixture(scope="session")
+def batch_of(backend, megnet):
+    """Make a single matgl batch ``(g, lattice, state_attr, labels)`` from a list of crystals."""
+
+    def make(structures):
+        dataset, _, _ = build_dataset(structures, element_types=megnet.element_types, cutoff=megnet.cutoff)
+        _, loader = backend.loaders(dataset, dataset, batch_size=len(dataset))
+        return next(iter(loader))
+
+    return make
