@@ -43,7 +43,9 @@ def matgl_version() -> str:
     try:
         return version("matgl")
     except PackageNotFoundError as exc:  # pragma: no cover - matgl is a hard dependency
-        raise RuntimeError("matgl is not installed: `pip install matgl-cdssl[dgl]` or `pip install matgl-cdssl`.") from exc
+        raise RuntimeError(
+            "matgl is not installed: `pip install matgl-cdssl[dgl]` or `pip install matgl-cdssl`."
+        ) from exc
 
 
 def _detect() -> BackendName:
@@ -110,32 +112,26 @@ class GraphBackend:
     # ---- matgl classes ---------------------------------------------------------------------------------
     @property
     def megnet_class(self) -> type:
-        """matgl's MEGNet class for this backend."""
+        """The MEGNet class of the installed matgl."""
         from matgl.models import MEGNet
 
         return MEGNet
 
     def converter(self, element_types: Sequence[str], cutoff: float) -> Any:
-        """matgl's ``Structure2Graph`` converter."""
+        """A matgl ``Structure2Graph`` converter."""
         from matgl.ext.pymatgen import Structure2Graph
 
         return Structure2Graph(element_types=tuple(element_types), cutoff=cutoff)
 
-    def split(self, dataset: Any, frac_list: list[float], seed: int) -> tuple:
-        """matgl's ``split_dataset`` (shuffled, seeded)."""
-        from matgl.graph.data import split_dataset
-
-        return split_dataset(dataset, frac_list=frac_list, shuffle=True, random_state=seed)
-
     def loaders(self, train: Any, val: Any, *, batch_size: int, **kwargs: Any) -> tuple:
-        """matgl's ``MGLDataLoader`` with its graph collate: a shuffled loader over ``train``, an ordered one over ``val``."""
+        """Loaders from matgl's ``MGLDataLoader`` and graph collate: shuffled over ``train``, in order over ``val``."""
         from matgl.graph.data import MGLDataLoader, collate_fn_graph
 
         kwargs.setdefault("num_workers", 0)
         return MGLDataLoader(train, val, collate_fn=collate_fn_graph, batch_size=batch_size, **kwargs)
 
     def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
-        """matgl's in-memory ``MGLDataset`` (no on-disk cache)."""
+        """An in-memory matgl ``MGLDataset`` (no on-disk cache)."""
         raise NotImplementedError
 
     # ---- graph fields ------------------------------------------------------------------------------------
@@ -165,7 +161,12 @@ class GraphBackend:
 
     # ---- MEGNet ------------------------------------------------------------------------------------------
     def run_blocks(
-        self, model: nn.Module, g: Any, topo: Topology, edge_feat: torch.Tensor, node_feat: torch.Tensor,
+        self,
+        model: nn.Module,
+        g: Any,
+        topo: Topology,
+        edge_feat: torch.Tensor,
+        node_feat: torch.Tensor,
         state_feat: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run MEGNet's message-passing blocks; returns ``(edge_feat, node_feat, state_feat)``."""
@@ -180,7 +181,11 @@ class _DGLBackend(GraphBackend):
 
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             return MGLDataset(
-                structures=structures, converter=converter, labels=labels, save_cache=False, raw_dir=tmp,
+                structures=structures,
+                converter=converter,
+                labels=labels,
+                save_cache=False,
+                raw_dir=tmp,
                 save_dir=tmp,
             )
 
@@ -262,7 +267,13 @@ class _PyGBackend(GraphBackend):
         n_atoms = node_feat.shape[0]
         for block in model.blocks:
             edge_feat, node_feat, state_feat = block(
-                g.edge_index, edge_feat, node_feat, state_feat, topo.node_graph, topo.edge_graph, n_atoms,
+                g.edge_index,
+                edge_feat,
+                node_feat,
+                state_feat,
+                topo.node_graph,
+                topo.edge_graph,
+                n_atoms,
                 topo.num_graphs,
             )
             if state_feat.dim() == 1:

@@ -91,8 +91,10 @@ def pretrain_command(args: argparse.Namespace) -> int:
         enable_progress_bar=not args.no_progress_bar,
     )
     config = json.loads((args.out / "model" / "cdssl.json").read_text())
-    print(f"saved the pretrained MEGNet to {args.out / 'model'} ({config['n_structures']} crystals, "
-          f"{config['epochs'] + 1} epochs, best {config['best_epoch_metric']} = {config['best_score']:.5g})")
+    print(
+        f"saved the pretrained MEGNet to {args.out / 'model'} ({config['n_structures']} crystals, "
+        f"{config['epochs'] + 1} epochs, best {config['best_epoch_metric']} = {config['best_score']:.5g})"
+    )
     return 0
 
 

@@ -55,7 +55,6 @@ def _read_file(path: Path) -> list[tuple[str, Structure]]:
     try:
         if name.endswith((".xyz", ".extxyz", ".traj")):
             import ase.io
-            from pymatgen.io.ase import AseAtomsAdaptor
 
             frames = ase.io.read(path, index=":")
             if len(frames) == 1:
@@ -67,7 +66,9 @@ def _read_file(path: Path) -> list[tuple[str, Structure]]:
             raise
         raise ValueError(f"{path}: could not read a crystal structure from this file ({exc})") from exc
     except Exception as exc:  # pymatgen/ASE raise many types for malformed files
-        raise ValueError(f"{path}: could not read a crystal structure from this file ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{path}: could not read a crystal structure from this file ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _from_ase(atoms: Any, name: str) -> Structure:
@@ -97,9 +98,10 @@ def read_structures(structures: Sequence[Any]) -> tuple[list[str], list[Structur
             file (the message names the item).
         FileNotFoundError: a path that does not exist.
     """
+    from ase import Atoms
     from pymatgen.core import IStructure, Molecule, Structure
 
-    if isinstance(structures, (str, Path, Structure)) or not hasattr(structures, "__len__"):
+    if isinstance(structures, (str, Path, Structure, Atoms)) or not hasattr(structures, "__len__"):
         structures = [structures]
     if len(structures) == 0:
         raise ValueError("structures is empty: give at least one crystal (pymatgen Structure, ASE Atoms or file path)")
@@ -116,7 +118,7 @@ def read_structures(structures: Sequence[Any]) -> tuple[list[str], list[Structur
             raise ValueError(f"{name} is a pymatgen Molecule ({item.formula}); CDSSL needs a periodic Structure")
         if isinstance(item, IStructure):
             s = item if isinstance(item, Structure) else Structure.from_sites(item)
-        elif type(item).__name__ == "Atoms" and hasattr(item, "get_cell"):
+        elif isinstance(item, Atoms):
             s = _from_ase(item, name)
         else:
             raise ValueError(

@@ -148,7 +148,9 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     model = get_backend().megnet_class(**init_args)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(convert_weights(state, to=BACKEND))
-    logger.info("Converted %s weights written by matgl %s to the %s convention", path, cfg.get("matgl_version"), BACKEND)
+    logger.info(
+        "Converted %s weights written by matgl %s to the %s convention", path, cfg.get("matgl_version"), BACKEND
+    )
     return model
 
 

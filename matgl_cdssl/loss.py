@@ -11,7 +11,9 @@ __all__ = ["EdgeEmbeddingDenoisingLoss"]
 class EdgeEmbeddingDenoisingLoss(nn.Module):
     r"""MSE between the edge embeddings predicted from the noisy crystal and those of the clean crystal.
 
-    .. math:: \mathcal{L} = \frac{1}{|E|\,D} \sum_{(v,v',k) \in E} \lVert h(\tilde G)_{vv'k} - E_{\mathrm{clean},vv'k} \rVert^2
+    .. math::
+        \mathcal{L} = \frac{1}{|E|\,D} \sum_{(v,v',k) \in E}
+        \lVert h(\tilde G)_{vv'k} - E_{\mathrm{clean},vv'k} \rVert^2
 
     where :math:`E_{\mathrm{clean}}` is MEGNet's Gaussian bond expansion of the clean bond lengths and ``D`` its
     number of Gaussians. Plain tensors in, scalar out; the graph never enters.

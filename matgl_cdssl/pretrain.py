@@ -33,7 +33,9 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]
     """Seeded train/validation split that uses every structure."""
     n_val = 0 if val_fraction == 0 else max(1, round(n * val_fraction))
     if n - n_val < 1:
-        raise ValueError(f"{n} structure(s) are too few for val_fraction={val_fraction}: none would be left to train on")
+        raise ValueError(
+            f"{n} structure(s) are too few for val_fraction={val_fraction}: none would be left to train on"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
@@ -119,16 +121,24 @@ def pretrain(
     if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
         raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
 
-    dataset, names, skipped = build_dataset(
+    dataset, _names, skipped = build_dataset(
         structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
     )
     train_idx, val_idx = _split(len(dataset), val_fraction, seed)
     loaders = backend.loaders(
-        Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1]), batch_size=batch_size,
+        Subset(dataset, train_idx),
+        Subset(dataset, val_idx or train_idx[:1]),
+        batch_size=batch_size,
         **(loader_kwargs or {}),
     )
     module = CDSSLModule(
-        model, sigma=sigma, head=head, head_hidden=head_hidden, lr=lr, decay_steps=max_epochs, seed=seed,
+        model,
+        sigma=sigma,
+        head=head,
+        head_hidden=head_hidden,
+        lr=lr,
+        decay_steps=max_epochs,
+        seed=seed,
         sync_dist=trainer_kwargs.get("devices", 1) not in (1, "1", None) or trainer_kwargs.get("num_nodes", 1) > 1,
     )
 
@@ -151,11 +161,20 @@ def pretrain(
         if output_dir is not None and trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             save_pretrained(
-                module.model, root / "model", head=module.head,
+                module.model,
+                root / "model",
+                head=module.head,
                 config={
-                    "sigma": sigma, "cutoff": model.cutoff, "head_hidden": list(head_hidden), "seed": seed,
-                    "n_structures": len(dataset), "skipped": skipped, "n_train": len(train_idx), "n_val": len(val_idx),
-                    "epochs": trainer.current_epoch, "best_epoch_metric": monitor,
+                    "sigma": sigma,
+                    "cutoff": model.cutoff,
+                    "head_hidden": list(head_hidden),
+                    "seed": seed,
+                    "n_structures": len(dataset),
+                    "skipped": skipped,
+                    "n_train": len(train_idx),
+                    "n_val": len(val_idx),
+                    "epochs": trainer.current_epoch,
+                    "best_epoch_metric": monitor,
                     "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
                     "last_epoch_metrics": metrics,
                 },

@@ -70,12 +70,12 @@ class GaussianPositionNoise:
         """
         backend = get_backend()
         frac = backend.frac_coords(g)
-        node_lat = node_lattices(lattice, backend.topology(g).node_graph).to(frac.dtype)
         device = self.generator.device if self.generator is not None else frac.device
         eps = torch.randn(frac.shape, generator=self.generator, device=device, dtype=frac.dtype).to(frac.device)
         displacement = self.sigma * eps
         # Cartesian x = f @ L, so a displacement dx moves fractional coordinates by dx @ L^-1.
-        frac_shift = torch.linalg.solve(node_lat.transpose(1, 2), displacement.unsqueeze(-1)).squeeze(-1)
+        inverse = torch.linalg.inv(lattice.reshape(-1, 3, 3).to(frac.dtype))
+        frac_shift = torch.einsum("ni,nij->nj", displacement, node_lattices(inverse, backend.topology(g).node_graph))
         return backend.with_node_fields(g, frac_coords=frac + frac_shift, **{DISPLACEMENT_KEY: displacement})
 
     def __repr__(self) -> str:

@@ -3,8 +3,9 @@
 Usage: python scripts/make_sample.py [path/to/mp_multi.csv.gz]
 
 Takes the crystals of the hold-out pool (``matgl_cdssl.data.in_holdout_pool``) with at most 40 atoms per cell and
-every atom within 4 Å of a neighbour (matgl's default MEGNet cutoff), orders them by the SHA-256 of their mp-id, and keeps the first 1,000. Structures are stored as lattice, species and
-fractional coordinates (pymatgen's CIF parse of the source rows), with the five labels of the source.
+every atom within 4 Å of a neighbour (matgl's default MEGNet cutoff), orders them by the SHA-256 of their mp-id,
+and keeps the first 1,000. Structures are stored as lattice, species and fractional coordinates (pymatgen's CIF
+parse of the source rows), with the five labels of the source.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def main(source: Path = SOURCE) -> None:
             break
     with gzip.open(OUT, "wt") as f:
         json.dump(out, f, separators=(",", ":"))
-    print(f"wrote {len(out)} crystals from {len(rows)} hold-out rows to {OUT}; left out {n_isolated} with an atom "
-          f"that has no neighbour within {CUTOFF} Å")
+    print(
+        f"wrote {len(out)} crystals from {len(rows)} hold-out rows to {OUT}; left out {n_isolated} with an atom "
+        f"that has no neighbour within {CUTOFF} Å"
+    )
 
 
 if __name__ == "__main__":

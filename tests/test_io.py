@@ -25,7 +25,11 @@ FIXTURES = Path(__file__).parent / "data" / "conversion"
 def pretrained(tmp_path_factory, sample):
     out = tmp_path_factory.mktemp("pretrain")
     model = matgl_cdssl.pretrain(
-        sample.structures[:48], max_epochs=2, batch_size=16, output_dir=out, enable_progress_bar=False,
+        sample.structures[:48],
+        max_epochs=2,
+        batch_size=16,
+        output_dir=out,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     return model, out
@@ -36,9 +40,12 @@ def test_pretrain_writes_matgl_folder_head_and_metrics(pretrained):
     folder = out / "model"
     for name in ("model.pt", "state.pt", "model.json", CONFIG_FILE, HEAD_FILE):
         assert (folder / name).is_file(), name
-    assert (out / "metrics.csv").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "metrics.csv").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
     config = json.loads((folder / CONFIG_FILE).read_text())
-    assert config["backend"] == BACKEND and config["sigma"] == 0.1 and config["n_structures"] == 48
+    assert config["backend"] == BACKEND
+    assert config["sigma"] == 0.1
+    assert config["n_structures"] == 48
     assert config["n_train"] + config["n_val"] == 48
     loaded = matgl.load_model(folder)
     assert type(loaded) is type(model)
@@ -49,7 +56,8 @@ def test_pretrain_writes_matgl_folder_head_and_metrics(pretrained):
 def test_load_model_returns_plain_megnet_and_falls_through(pretrained, tmp_path):
     model, out = pretrained
     loaded = load_model(out / "model")
-    assert type(loaded).__module__.startswith("matgl.models") and type(loaded).__name__ == "MEGNet"
+    assert type(loaded).__module__.startswith("matgl.models")
+    assert type(loaded).__name__ == "MEGNet"
     model.save(tmp_path / "plain")  # a plain matgl folder, no cdssl.json: matgl.load_model handles it
     assert type(load_model(tmp_path / "plain")).__name__ == "MEGNet"
 
@@ -70,7 +78,11 @@ def test_finetune_with_matgl_model_lightning_module(pretrained, sample, tmp_path
     readout_before = model.output_proj.layers[0].weight.detach().clone()
     module = ModelLightningModule(model=model, data_mean=float(np.mean(y)), data_std=float(np.std(y)), lr=1e-3)
     trainer = L.Trainer(
-        max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False, logger=False,
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
         enable_checkpointing=False,
     )
     trainer.fit(module, train_loader, val_loader)
@@ -86,8 +98,13 @@ def test_continue_pretraining_from_folder_restores_head(pretrained, sample):
     for key, value in head.state_dict().items():
         assert torch.equal(value, saved[key])
     again = matgl_cdssl.pretrain(
-        sample.structures[:24], model=out / "model", max_epochs=1, batch_size=12, enable_progress_bar=False,
-        enable_model_summary=False, logger=False,
+        sample.structures[:24],
+        model=out / "model",
+        max_epochs=1,
+        batch_size=12,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
     )
     assert type(again).__name__ == "MEGNet"
     with pytest.raises(ValueError, match="contradicts the model's cutoff"):
@@ -124,7 +141,8 @@ def test_cross_backend_weights_give_identical_node_features(written_by, sample):
         node_feat, prediction = matgl_forward(model, structure)
         worst_node = max(worst_node, float((node_feat - node_ref).abs().max()))
         worst_pred = max(worst_pred, float((prediction - pred_ref).abs().max()))
-    assert worst_node < 1e-5 and worst_pred < 1e-5
+    assert worst_node < 1e-5
+    assert worst_pred < 1e-5
     if written_by != BACKEND:
         # the test is sensitive: without conversion the features differ
         unconverted = matgl.load_model(folder)

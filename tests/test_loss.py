@@ -15,10 +15,12 @@ def test_loss_is_mse_with_gradients():
     pred = torch.randn(50, 100, requires_grad=True)
     target = torch.rand(50, 100)
     loss = EdgeEmbeddingDenoisingLoss()(pred, target)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert loss.ndim == 0
+    assert torch.isfinite(loss)
     torch.testing.assert_close(loss, ((pred - target) ** 2).mean())
     loss.backward()
-    assert pred.grad is not None and torch.count_nonzero(pred.grad) > 0
+    assert pred.grad is not None
+    assert torch.count_nonzero(pred.grad) > 0
 
 
 def test_loss_zero_at_optimum_and_permutation_invariant():

@@ -39,10 +39,13 @@ def test_input_unchanged_and_fields_kept(backend, batch_of, tiny_structures):
     assert torch.equal(backend.frac_coords(g), frac), "the input graph must not change"
     assert torch.equal(lat, lat_before), "the lattice must not change"
     noisy_topo = backend.topology(noisy)
-    assert torch.equal(noisy_topo.src, topo.src) and torch.equal(noisy_topo.dst, topo.dst)
+    assert torch.equal(noisy_topo.src, topo.src)
+    assert torch.equal(noisy_topo.dst, topo.dst)
     assert torch.equal(backend.pbc_offset(noisy), backend.pbc_offset(g))
     new = backend.frac_coords(noisy)
-    assert new.dtype == frac.dtype and new.device == frac.device and new.shape == frac.shape
+    assert new.dtype == frac.dtype
+    assert new.device == frac.device
+    assert new.shape == frac.shape
     assert not torch.equal(new, frac)
 
 
@@ -75,9 +78,9 @@ def test_seeded_noise_is_reproducible(backend, batch_of, tiny_structures):
     assert not torch.equal(draw(3), draw(4))
     noise = GaussianPositionNoise(0.1, generator=torch.Generator().manual_seed(3))
     first, second = noise(g, lat), noise(g, lat)
-    assert not torch.equal(
-        backend.node_field(first, DISPLACEMENT_KEY), backend.node_field(second, DISPLACEMENT_KEY)
-    ), "every call must draw fresh noise"
+    assert not torch.equal(backend.node_field(first, DISPLACEMENT_KEY), backend.node_field(second, DISPLACEMENT_KEY)), (
+        "every call must draw fresh noise"
+    )
 
 
 def test_noisy_lengths_match_pymatgen(backend, batch_of, tiny_structures):

@@ -40,8 +40,14 @@ def main() -> None:
     folder = HERE / backend.name
     shutil.rmtree(folder, ignore_errors=True)
     model = matgl_cdssl.pretrain(
-        matgl_cdssl.load_sample(64).structures, max_epochs=3, batch_size=16, lr=3e-3, seed=0, logger=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        matgl_cdssl.load_sample(64).structures,
+        max_epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        seed=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     matgl_cdssl.save_pretrained(model, folder, config={"note": "conversion test fixture: 3 epochs on 64 crystals"})
     sample = matgl_cdssl.load_sample(N_CRYSTALS)

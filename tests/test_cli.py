@@ -1,0 +1,70 @@
+"""The ``cdssl`` command, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from matgl_cdssl.cli import build_parser, main
+
+
+def test_parser_defaults_and_validation():
+    args = build_parser().parse_args(["pretrain", "a.cif", "b.cif", "--out", "x"])
+    assert [str(f) for f in args.files] == ["a.cif", "b.cif"]
+    assert args.sigma == 0.1
+    assert args.max_epochs == 100
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "a.cif", "--out", "x", "--sigma", "0"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "a.cif"])  # --out is required
+
+
+def test_pretrain_from_files(tmp_path, sample, capsys):
+    files = []
+    for i, s in enumerate(sample.structures[:20]):
+        files.append(str(tmp_path / f"s{i}.cif"))
+        s.to(filename=files[-1])
+    out = tmp_path / "run"
+    code = main(
+        [
+            "pretrain",
+            *files,
+            "--out",
+            str(out),
+            "--max-epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--sigma",
+            "0.05",
+            "--no-progress-bar",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+        ]
+    )
+    assert code == 0
+    assert "saved the pretrained MEGNet" in capsys.readouterr().out
+    config = json.loads((out / "model" / "cdssl.json").read_text())
+    assert config["sigma"] == 0.05
+    assert config["n_structures"] == 20
+    assert (out / "metrics.csv").is_file()
+
+
+def test_pretrain_reports_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("garbage")
+    assert main(["pretrain", str(bad), "--out", str(tmp_path / "run"), "--no-progress-bar"]) == 1
+    assert "bad.cif: could not read a crystal structure" in capsys.readouterr().err
+
+
+def test_pretrain_needs_files_or_sample(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path)]) == 2
+    assert "give structure FILES or --sample" in capsys.readouterr().err
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    assert "backend" in capsys.readouterr().out
