@@ -5,7 +5,7 @@
 3. For each task (formation energy per atom, band gap), train on a small labelled subset of the 800
    (``--n-labelled``, plus a validation subset for choosing the best epoch), twice with identical settings:
    from the CDSSL weights, loaded with ``matgl.load_model``, and from random initialisation. Both use matgl's
-   standard ``ModelLightningModule``.
+   standard ``ModelLightningModule`` (through ``matgl_cdssl.finetune.finetune``).
 4. Print a table of test MAE and write ``results.csv``, ``results.md`` and ``demo.png``.
 
 Run it with ``bash scripts/demo.sh`` (DGL backend) or ``CDSSL_BACKEND=pyg bash scripts/demo.sh``, or directly:
@@ -24,51 +24,15 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import matgl
 import numpy as np
 import pandas as pd
 import torch
 
 from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.data import build_dataset
+from matgl_cdssl.finetune import finetune
 
 TASKS = {"formation_energy_per_atom_eV": "Formation energy (eV/atom)", "band_gap_eV": "Band gap (eV)"}
-
-
-def train_property(model, dataset, train_idx, val_idx, test_idx, args, root: Path) -> tuple[float, int]:
-    """Train with matgl's ModelLightningModule; return the test MAE of the best-validation epoch and that epoch."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from matgl.utils.training import ModelLightningModule
-    from torch.utils.data import Subset
-
-    backend = get_backend()
-    y = np.array([float(dataset[i][3]["target"]) for i in train_idx])
-    train_loader, val_loader = backend.loaders(
-        Subset(dataset, train_idx), Subset(dataset, val_idx), batch_size=args.finetune_batch_size
-    )
-    _, test_loader = backend.loaders(Subset(dataset, test_idx), Subset(dataset, test_idx), batch_size=64)
-    module = ModelLightningModule(
-        model=model,
-        data_mean=float(y.mean()),
-        data_std=float(y.std()),
-        loss="l1_loss",
-        lr=args.finetune_lr,
-        decay_steps=args.finetune_epochs,
-    )
-    checkpoint = ModelCheckpoint(dirpath=root, monitor="val_MAE", mode="min")
-    trainer = L.Trainer(
-        max_epochs=args.finetune_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=[checkpoint],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
-    trainer.fit(module, train_loader, val_loader)
-    best_epoch = int(Path(checkpoint.best_model_path).stem.split("-")[0].split("=")[1])
-    result = trainer.test(module, test_loader, ckpt_path="best", verbose=False)[0]
-    return float(result["test_MAE"]), best_epoch
 
 
 def plot(out: Path, metrics: pd.DataFrame, results: pd.DataFrame) -> Path:
@@ -142,28 +106,35 @@ def main() -> None:
     last = metrics.dropna(subset=["val_MAE"]).iloc[-1]
     print(f"      validation MAE {last['val_MAE']:.4f} vs copy-noisy-input baseline {last['val_Baseline_MAE']:.4f}")
 
-    import matgl
-
     rows = []
     labelled = pool_idx[: args.n_labelled + args.n_val]
-    train_idx = list(range(args.n_labelled))
-    val_idx = list(range(args.n_labelled, len(labelled)))
-    test_pos = list(range(len(labelled), len(labelled) + len(test_idx)))
+    train_idx, val_idx = labelled[: args.n_labelled], labelled[args.n_labelled :]
     for t, (task, title) in enumerate(TASKS.items(), start=2):
         print(f"[{t}/3] {title}: {args.n_labelled} training labels, {args.n_val} validation, {len(test_idx)} test")
-        idx = labelled + test_idx
-        template = matgl.load_model(args.out / "pretrain" / "model")
-        dataset, _, _ = build_dataset(
-            [sample.structures[i] for i in idx],
-            element_types=template.element_types,
-            cutoff=template.cutoff,
-            labels={"target": sample.labels[task][idx].tolist()},
-        )
+        y = sample.labels[task]
         for arm in ("scratch", "CDSSL"):
             L.seed_everything(args.seed, verbose=False)
+            # the CDSSL arm loads the pretrained folder with plain matgl, the standard finetuning path
             model = matgl.load_model(args.out / "pretrain" / "model") if arm == "CDSSL" else backend.megnet_class()
             tic = time.perf_counter()
-            mae, epoch = train_property(model, dataset, train_idx, val_idx, test_pos, args, args.out / task / arm)
+            result = finetune(
+                model,
+                [sample.structures[i] for i in train_idx],
+                y[train_idx],
+                val_structures=[sample.structures[i] for i in val_idx],
+                val_targets=y[val_idx],
+                test_structures=[sample.structures[i] for i in test_idx],
+                test_targets=y[test_idx],
+                max_epochs=args.finetune_epochs,
+                patience=None,
+                lr=args.finetune_lr,
+                seed=args.seed,
+                batch_size=args.finetune_batch_size,
+                accelerator="cpu",
+                devices=1,
+                enable_progress_bar=False,
+            )
+            mae, epoch = result.metrics["test_MAE"], int(result.metrics["best_epoch"])
             rows.append(
                 {
                     "task": title,

@@ -35,23 +35,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdssl", description="Crystal denoising self-supervised learning for matgl.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a MEGNet by crystal denoising on structure files")
-    p.add_argument("files", nargs="*", type=Path, help="CIF, POSCAR or extxyz files (one or more crystals each)")
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a MEGNet by crystal denoising on structure files",
+        description="Options given on the command line override those of --config.",
+    )
+    p.add_argument("files", nargs="*", type=Path, help="CIF, POSCAR, extxyz or CSV (cif column) files")
+    p.add_argument("--config", type=Path, help="YAML run configuration (data, pretrain options, out)")
     p.add_argument("--sample", type=int, metavar="N", help="use the first N crystals of the bundled sample instead")
-    p.add_argument("--out", type=Path, required=True, help="output folder: checkpoints/, metrics.csv, model/")
-    p.add_argument("--sigma", type=_positive_float, default=0.1, help="noise level in Å (default 0.1)")
+    p.add_argument("--out", type=Path, help="output folder: checkpoints/, metrics.csv, model/")
+    p.add_argument("--sigma", type=_positive_float, help="noise level in Å (default 0.1)")
     p.add_argument("--cutoff", type=_positive_float, help="neighbour cutoff in Å (default: matgl's MEGNet, 4.0)")
-    p.add_argument("--max-epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--max-time", help="stop after this wall time, DD:HH:MM:SS (resume later with --resume)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
     p.add_argument("--model", help="continue from this CDSSL model folder or matgl model")
     p.add_argument("--gradient-clip-val", type=_positive_float, help="clip the gradient norm to this value")
-    p.add_argument("--skip-invalid", action="store_true", help="leave out invalid crystals (with a warning each)")
-    p.add_argument("--resume", type=Path, metavar="CKPT", help="resume from a Lightning checkpoint")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", type=_devices, default="auto", help="Lightning devices")
+    p.add_argument("--skip-invalid", action="store_true", default=None, help="leave out invalid crystals, warning")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        metavar="CKPT",
+        help="resume from a Lightning checkpoint (default: OUT/checkpoints/last.ckpt)",
+    )
+    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", type=_devices, help="Lightning devices")
     p.add_argument("--no-progress-bar", action="store_true")
     p.set_defaults(func=pretrain_command)
 
@@ -60,40 +72,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OPTIONS = (
+    "sigma",
+    "cutoff",
+    "max_epochs",
+    "max_time",
+    "batch_size",
+    "lr",
+    "val_fraction",
+    "seed",
+    "model",
+    "gradient_clip_val",
+    "skip_invalid",
+    "accelerator",
+    "devices",
+)
+
+
+def _load_config(path: Path) -> tuple[dict, list | None, Path | None]:
+    """Read a run configuration: pretrain options, structures (from its data section) and output folder."""
+    import yaml
+
+    from matgl_cdssl.mp import read_mp_split
+
+    config = yaml.safe_load(path.read_text()) or {}
+    unknown = set(config) - {"data", "pretrain", "out"}
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected data, pretrain, out")
+    options = dict(config.get("pretrain") or {})
+    bad = set(options) - set(_OPTIONS)
+    if bad:
+        raise ValueError(f"{path}: unknown pretrain option(s) {sorted(bad)}; known: {', '.join(_OPTIONS)}")
+    structures = None
+    if "data" in config:
+        data = config["data"]
+        source = (path.parent / data["path"]).resolve()
+        if data.get("split"):
+            _, structures = read_mp_split(source, data["split"])
+        else:
+            structures = [source]
+    out = (path.parent / config["out"]).resolve() if "out" in config else None
+    return options, structures, out
+
+
 def pretrain_command(args: argparse.Namespace) -> int:
     """Run ``cdssl pretrain``.
 
     Side Effects:
-        Writes ``args.out/checkpoints``, ``args.out/metrics.csv`` and the model folder ``args.out/model``.
+        Writes ``OUT/checkpoints``, ``OUT/metrics.csv`` and the model folder ``OUT/model``.
     """
     import matgl_cdssl
 
-    if bool(args.files) == (args.sample is not None):
-        print("cdssl pretrain: give structure FILES or --sample N (not both)", file=sys.stderr)
+    options, structures, out = _load_config(args.config) if args.config else ({}, None, None)
+    options.update({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
+    out = args.out or out
+    if out is None:
+        print("cdssl pretrain: give --out (or out: in the --config file)", file=sys.stderr)
         return 2
-    structures = matgl_cdssl.load_sample(args.sample).structures if args.sample is not None else args.files
+    if args.files or args.sample is not None:
+        if bool(args.files) == (args.sample is not None):
+            print("cdssl pretrain: give structure FILES or --sample N (not both)", file=sys.stderr)
+            return 2
+        structures = matgl_cdssl.load_sample(args.sample).structures if args.sample is not None else args.files
+    if structures is None:
+        print("cdssl pretrain: give structure FILES, --sample N, or a --config with a data section", file=sys.stderr)
+        return 2
+    if args.resume == "last":
+        ckpt = Path(out) / "checkpoints" / "last.ckpt"
+        args.resume = ckpt if ckpt.is_file() else None
+        if args.resume is None:
+            print(f"cdssl pretrain: no {ckpt} to resume from; starting afresh", file=sys.stderr)
     matgl_cdssl.pretrain(
-        structures,
-        sigma=args.sigma,
-        cutoff=args.cutoff,
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        model=args.model,
-        output_dir=args.out,
-        gradient_clip_val=args.gradient_clip_val,
-        skip_invalid=args.skip_invalid,
-        ckpt_path=args.resume,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        enable_progress_bar=not args.no_progress_bar,
+        structures, output_dir=out, ckpt_path=args.resume, enable_progress_bar=not args.no_progress_bar, **options
     )
-    config = json.loads((args.out / "model" / "cdssl.json").read_text())
+    config = json.loads((Path(out) / "model" / "cdssl.json").read_text())
     print(
-        f"saved the pretrained MEGNet to {args.out / 'model'} ({config['n_structures']} crystals, "
-        f"{config['epochs'] + 1} epochs, best {config['best_epoch_metric']} = {config['best_score']:.5g})"
+        f"saved the pretrained MEGNet to {Path(out) / 'model'} ({config['n_structures']} crystals, "
+        f"{config['epochs']} epochs, best {config['best_epoch_metric']} = {config['best_score']:.5g})"
     )
     return 0
 

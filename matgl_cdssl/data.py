@@ -35,6 +35,7 @@ __all__ = [
     "build_dataset",
     "in_holdout_pool",
     "load_sample",
+    "read_csv_structures",
     "read_structures",
     "structure_problem",
 ]
@@ -45,13 +46,59 @@ logger = logging.getLogger(__name__)
 MIN_INTERATOMIC_DISTANCE = 0.5
 
 
+def read_csv_structures(
+    path: str | Path, *, cif_column: str = "cif", id_column: str | None = None, keep: Any = None
+) -> tuple[list[str], list[Structure]]:
+    """Read crystals from a CSV (optionally gzipped) with one CIF string per row.
+
+    Args:
+        path: The CSV file.
+        cif_column: Column holding the CIF text.
+        id_column: Column naming each row; ``material_id`` or ``id`` when present, else the row number.
+        keep: Optional predicate on the row id; rows for which it is False are not read.
+
+    Returns:
+        ``(names, structures)`` with names ``path[id]``.
+
+    Raises:
+        ValueError: a missing column or an unreadable CIF, naming the row.
+    """
+    import csv
+
+    from pymatgen.core import Structure
+
+    path = Path(path)
+    csv.field_size_limit(2**31 - 1)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    names: list[str] = []
+    structures: list[Structure] = []
+    with opener(path, "rt", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if cif_column not in columns:
+            raise ValueError(f"{path}: no {cif_column!r} column (columns: {columns})")
+        id_column = id_column or next((c for c in ("material_id", "id") if c in columns), None)
+        for row_number, row in enumerate(reader):
+            row_id = row[id_column] if id_column else str(row_number)
+            if keep is not None and not keep(row_id):
+                continue
+            try:
+                structures.append(Structure.from_str(row[cif_column], fmt="cif"))
+            except Exception as exc:
+                raise ValueError(f"{path}[{row_id}]: could not read the CIF ({type(exc).__name__}: {exc})") from exc
+            names.append(f"{path}[{row_id}]")
+    return names, structures
+
+
 def _read_file(path: Path) -> list[tuple[str, Structure]]:
-    """Read every crystal in a file; an extxyz/traj with several frames gives one entry per frame."""
+    """Read every crystal in a file; an extxyz/traj with several frames or a CSV gives one entry each."""
     from pymatgen.core import Structure
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return list(zip(*read_csv_structures(path), strict=True))
     try:
         if name.endswith((".xyz", ".extxyz", ".traj")):
             import ase.io

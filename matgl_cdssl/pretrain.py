@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,7 @@ def pretrain(
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
     backend = get_backend()
+    start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
 
     head = None
@@ -151,9 +153,12 @@ def pretrain(
         trainer_kwargs.setdefault("inference_mode", False)  # validation computes a gradient norm
         trainer_kwargs.setdefault("default_root_dir", root)
         trainer = L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **trainer_kwargs)
+        earlier = _set_aside_metrics(root) if ckpt_path is not None else None
         trainer.fit(
             module, loaders[0], loaders[1] if val_idx else None, ckpt_path=None if ckpt_path is None else str(ckpt_path)
         )
+        if earlier is not None:
+            _merge_metrics(root, earlier)
         if checkpoint.best_model_path:
             best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
             module.load_state_dict(best["state_dict"])
@@ -174,9 +179,32 @@ def pretrain(
                     "n_train": len(train_idx),
                     "n_val": len(val_idx),
                     "epochs": trainer.current_epoch,
+                    "wall_time_s": round(time.perf_counter() - start, 1),
                     "best_epoch_metric": monitor,
                     "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
                     "last_epoch_metrics": metrics,
                 },
             )
     return module.model
+
+
+def _set_aside_metrics(root: Path) -> Path | None:
+    """Move ``metrics.csv`` of the interrupted run aside: Lightning's CSV logger would overwrite it on resume."""
+    metrics = root / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    aside = root / "metrics.before-resume.csv"
+    metrics.replace(aside)
+    return aside
+
+
+def _merge_metrics(root: Path, earlier: Path) -> None:
+    """Prepend the earlier epochs to the resumed run's ``metrics.csv`` (rows of epochs that were redone are dropped)."""
+    import pandas as pd
+
+    new = pd.read_csv(root / "metrics.csv") if (root / "metrics.csv").is_file() else pd.DataFrame()
+    old = pd.read_csv(earlier)
+    if "epoch" in new and len(new):
+        old = old[old["epoch"] < new["epoch"].min()]
+    pd.concat([old, new], ignore_index=True).to_csv(root / "metrics.csv", index=False)
+    earlier.unlink()

@@ -1,0 +1,79 @@
+"""Reading crystals from CSV files, the Materials Project split, and run configurations."""
+
+from __future__ import annotations
+
+import gzip
+
+import pandas as pd
+import pytest
+import yaml
+
+from matgl_cdssl.cli import main
+from matgl_cdssl.data import in_holdout_pool, load_sample, read_csv_structures, read_structures
+
+
+@pytest.fixture
+def csv_of_sample(tmp_path, sample):
+    path = tmp_path / "crystals.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("material_id,cif\n")
+        for mp_id, s in zip(sample.material_ids[:12], sample.structures[:12], strict=True):
+            f.write(f'{mp_id},"{s.to(fmt="cif")}"\n')
+    return path
+
+
+def test_read_csv(csv_of_sample, sample):
+    names, structures = read_csv_structures(csv_of_sample)
+    assert len(structures) == 12
+    assert names[0] == f"{csv_of_sample}[{sample.material_ids[0]}]"
+    assert structures[3].composition == sample.structures[3].composition
+    kept, _ = read_csv_structures(csv_of_sample, keep=lambda i: i == sample.material_ids[5])
+    assert kept == [f"{csv_of_sample}[{sample.material_ids[5]}]"]
+    names2, _ = read_structures([csv_of_sample])  # a CSV path is one of the accepted inputs
+    assert names2 == names
+
+
+def test_csv_errors_name_the_row(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('material_id,cif\nmp-1,"not a cif"\n')
+    with pytest.raises(ValueError, match=r"bad\.csv\[mp-1\]: could not read the CIF"):
+        read_csv_structures(bad)
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("material_id,structure\nmp-1,x\n")
+    with pytest.raises(ValueError, match="no 'cif' column"):
+        read_csv_structures(nocol)
+
+
+def test_holdout_pool_is_stable_and_about_ten_percent():
+    ids = [f"mp-{i}" for i in range(20000)]
+    share = sum(map(in_holdout_pool, ids)) / len(ids)
+    assert 0.09 < share < 0.11
+    assert in_holdout_pool("mp-1000") is in_holdout_pool("mp-1000")
+    assert all(in_holdout_pool(i) for i in load_sample(50).material_ids)  # the sample comes from the pool
+
+
+def test_pretrain_from_config(tmp_path, csv_of_sample, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"path": csv_of_sample.name},
+                "pretrain": {"sigma": 0.2, "max_epochs": 1, "batch_size": 6, "seed": 3},
+                "out": "run",
+            }
+        )
+    )
+    assert main(["pretrain", "--config", str(config), "--no-progress-bar", "--max-epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "12 crystals, 2 epochs" in out
+    # resume: the last checkpoint is at epoch 2 already, so a longer run continues from there
+    assert main(["pretrain", "--config", str(config), "--no-progress-bar", "--max-epochs", "3", "--resume"]) == 0
+    assert "3 epochs" in capsys.readouterr().out
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert sorted(metrics.dropna(subset=["val_MAE"])["epoch"]) == [0, 1, 2], "resuming keeps the earlier epochs"
+
+
+def test_config_rejects_unknown_options(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": {"sigmaa": 0.2}, "out": "run"}))
+    assert main(["pretrain", "--config", str(config)]) == 1
