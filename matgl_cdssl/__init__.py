@@ -15,10 +15,12 @@ from matgl_cdssl.backend import BACKEND, get_backend
 get_backend()  # sets MATGL_BACKEND=DGL on matgl 2.2.x before anything imports matgl
 
 from matgl_cdssl.data import load_sample  # noqa: E402
-from matgl_cdssl.io import convert_weights, load_model, save_pretrained  # noqa: E402
+from matgl_cdssl.finetune import finetune  # noqa: E402
+from matgl_cdssl.io import convert_weights, save_pretrained  # noqa: E402
 from matgl_cdssl.loss import EdgeEmbeddingDenoisingLoss  # noqa: E402
 from matgl_cdssl.module import CDSSLModule  # noqa: E402
 from matgl_cdssl.pretrain import pretrain  # noqa: E402
+from matgl_cdssl.registry import get_card, list_models, load_model, register  # noqa: E402
 from matgl_cdssl.transform import GaussianPositionNoise  # noqa: E402
 
 try:
@@ -32,8 +34,12 @@ __all__ = [
     "EdgeEmbeddingDenoisingLoss",
     "GaussianPositionNoise",
     "convert_weights",
+    "finetune",
+    "get_card",
+    "list_models",
     "load_model",
     "load_sample",
     "pretrain",
+    "register",
     "save_pretrained",
 ]

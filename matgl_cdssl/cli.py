@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print the detected backend and versions")
     p.set_defaults(func=info_command)
+
+    p = sub.add_parser("list", help="list the named pretrained models")
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern (default: all)")
+    p.set_defaults(func=list_command)
+
+    p = sub.add_parser("register", help="make plain matgl.load_model() find the named pretrained models offline")
+    p.set_defaults(func=register_command)
     return parser
 
 
@@ -159,6 +166,28 @@ def info_command(args: argparse.Namespace) -> int:
     from matgl_cdssl.backend import matgl_version
 
     print(f"matgl-cdssl {matgl_cdssl.__version__}; matgl {matgl_version()}; backend {matgl_cdssl.BACKEND}")
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    """Print the named pretrained models with their descriptions."""
+    import matgl_cdssl
+
+    for name, description in matgl_cdssl.list_models(args.pattern).items():
+        print(f"{name}: {description}")
+    return 0
+
+
+def register_command(args: argparse.Namespace) -> int:
+    """Register the named pretrained models with matgl.
+
+    Side Effects:
+        Writes the weights into matgl's cache folder (see ``matgl_cdssl.register``).
+    """
+    import matgl_cdssl
+
+    for name, where in matgl_cdssl.register().items():
+        print(f"registered {name}: {where}")
     return 0
 
 

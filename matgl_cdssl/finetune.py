@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 
 from matgl_cdssl.backend import get_backend
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.io import load_model
+from matgl_cdssl.registry import load_model
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -83,7 +83,8 @@ def finetune(
     without improvement).
 
     Args:
-        model: A MEGNet, a CDSSL model folder or any name ``matgl.load_model`` knows. The model is trained in place.
+        model: A MEGNet, a registered name such as ``"CDSSL-MEGNet-MP"``, a CDSSL model folder, or any name
+            ``matgl.load_model`` knows. The model is trained in place.
         structures: Training crystals (see :func:`matgl_cdssl.data.read_structures`).
         targets: One value per training crystal.
         val_structures: Validation crystals; if None, ``val_fraction`` of the training crystals are held out.

@@ -23,6 +23,7 @@ the copy-the-noisy-input baseline (the expansion of the noisy lengths), which th
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -161,6 +162,7 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.sync_dist = sync_dist
         self.val_grad_norm = val_grad_norm
+        self._elapsed_before = 0.0
         self.save_hyperparameters(ignore=["model", "head", "optimizer", "scheduler"])
 
     def forward(self, g: Any, lattice: torch.Tensor, state_attr: torch.Tensor | None = None) -> torch.Tensor:
@@ -212,8 +214,15 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         )
 
     def on_fit_start(self) -> None:
-        """Give each rank its own training noise stream."""
+        """Give each rank its own training noise stream; start the wall clock."""
         self._train_gen.manual_seed(self.seed + _RANK_STRIDE * self.global_rank)
+        self._fit_started = time.perf_counter()
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall time spent in ``fit`` so far, including the runs before a resume."""
+        started = getattr(self, "_fit_started", None)
+        return self._elapsed_before + (time.perf_counter() - started if started is not None else 0.0)
 
     def on_validation_epoch_start(self) -> None:
         """Replay the same validation noise every epoch, so validation curves are comparable."""
@@ -222,11 +231,13 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the noise RNG state, so a resumed run continues the same noise stream."""
         checkpoint["cdssl_noise_rng"] = self._train_gen.get_state()
+        checkpoint["cdssl_elapsed_s"] = self.elapsed_s
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the noise RNG state."""
         if "cdssl_noise_rng" in checkpoint:
             self._restored_rng = checkpoint["cdssl_noise_rng"]
+        self._elapsed_before = float(checkpoint.get("cdssl_elapsed_s", 0.0))
 
     def on_train_start(self) -> None:
         """Apply a restored noise RNG state (after ``on_fit_start`` reseeded it)."""

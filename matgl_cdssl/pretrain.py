@@ -17,8 +17,9 @@ from torch.utils.data import Subset
 
 from matgl_cdssl.backend import get_backend
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.io import load_head, load_model, read_config, save_pretrained
+from matgl_cdssl.io import load_head, read_config, save_pretrained
 from matgl_cdssl.module import CDSSLModule
+from matgl_cdssl.registry import load_model, source_folder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,7 +74,8 @@ def pretrain(
         lr: Adam learning rate (cosine decay to 1% over ``max_epochs``).
         val_fraction: Fraction of crystals held out for validation (0 to train on all).
         seed: Seeds the split, the initial weights, the batch order and the noise.
-        model: Continue from this MEGNet, or from a CDSSL model folder (whose pretext head is restored too).
+        model: Continue from this MEGNet, a CDSSL model folder or a registered name such as ``"CDSSL-MEGNet-MP"``
+            (for the last two, the pretext head is restored too).
             A new MEGNet with matgl's default architecture is made when None.
         output_dir: Where to write ``checkpoints/`` (Lightning, for resuming), ``metrics.csv`` (per-epoch
             metrics) and ``model/`` (the pretrained MEGNet in matgl's format, with ``cdssl.json`` and the head).
@@ -100,8 +102,13 @@ def pretrain(
         >>> model = pretrain(load_sample(20).structures, max_epochs=1, sigma=0.1,
         ...                  enable_progress_bar=False, enable_model_summary=False)  # doctest: +SKIP
     """
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+    try:
+        ok = math.isfinite(float(sigma)) and float(sigma) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"sigma must be a positive length in Å (e.g. 0.1); got {sigma!r}")
+    sigma = float(sigma)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
     backend = get_backend()
@@ -110,8 +117,8 @@ def pretrain(
 
     head = None
     if isinstance(model, (str, Path)):
-        source = Path(model)
-        model = load_model(source)
+        source = source_folder(model)
+        model = load_model(model, fresh_readout=False)
         if (source / "cdssl.json").is_file():
             head = load_head(source, model)
             head_hidden = tuple(read_config(source).get("head_hidden", head_hidden))
@@ -180,6 +187,7 @@ def pretrain(
                     "n_val": len(val_idx),
                     "epochs": trainer.current_epoch,
                     "wall_time_s": round(time.perf_counter() - start, 1),
+                    "total_wall_time_s": round(module.elapsed_s, 1),
                     "best_epoch_metric": monitor,
                     "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
                     "last_epoch_metrics": metrics,

@@ -38,6 +38,7 @@ __all__ = [
     "register",
     "register_pretrained",
     "reset_readout",
+    "source_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,11 @@ def pretrained_folder(name: str, *, verify: bool = True) -> Path:
                     "corrupted or was modified: reinstall matgl-cdssl"
                 )
     return folder
+
+
+def source_folder(name_or_path: str | Path) -> Path:
+    """The folder behind a registered name (checksums verified), or the path itself."""
+    return pretrained_folder(str(name_or_path)) if str(name_or_path) in _REGISTRY else Path(name_or_path)
 
 
 def reset_readout(model: nn.Module) -> nn.Module:

@@ -73,3 +73,18 @@ def batch_of(backend, megnet):
         return next(iter(loader))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, sample):
+    """A short CDSSL run on 48 crystals: ``(model, output_dir)``."""
+    out = tmp_path_factory.mktemp("pretrain")
+    model = matgl_cdssl.pretrain(
+        sample.structures[:48],
+        max_epochs=2,
+        batch_size=16,
+        output_dir=out,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return model, out

@@ -26,3 +26,34 @@ def matgl_forward(model: torch.nn.Module, structure: Any) -> tuple[torch.Tensor,
     finally:
         hook.remove()
     return captured["node_feat"], prediction.detach().reshape(-1)
+
+
+def finetune_with_matgl(model: torch.nn.Module, sample: Any, tmp_path: Any, n: int = 40) -> Any:
+    """Two epochs of matgl's standard ModelLightningModule on formation energy; returns the Trainer."""
+    import lightning as L
+    import numpy as np
+    from matgl.utils.training import ModelLightningModule
+
+    from matgl_cdssl.data import build_dataset
+
+    y = sample.labels["formation_energy_per_atom_eV"][:n]
+    dataset, _, _ = build_dataset(
+        sample.structures[:n], element_types=model.element_types, cutoff=model.cutoff, labels={"eform": y}
+    )
+    n_train = n * 4 // 5
+    train, val = torch.utils.data.Subset(dataset, range(n_train)), torch.utils.data.Subset(dataset, range(n_train, n))
+    train_loader, val_loader = get_backend().loaders(train, val, batch_size=8)
+    _, _, _, labels = next(iter(val_loader))
+    np.testing.assert_allclose(labels.numpy(), y[n_train : n_train + 8], rtol=1e-6)  # the batched label is the target
+    module = ModelLightningModule(model=model, data_mean=float(np.mean(y)), data_std=float(np.std(y)), lr=1e-3)
+    trainer = L.Trainer(
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, train_loader, val_loader)
+    assert np.isfinite(float(trainer.callback_metrics["val_MAE"]))
+    return trainer

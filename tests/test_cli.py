@@ -10,14 +10,12 @@ from matgl_cdssl.cli import build_parser, main
 
 
 def test_parser_defaults_and_validation():
-    args = build_parser().parse_args(["pretrain", "a.cif", "b.cif", "--out", "x"])
+    args = build_parser().parse_args(["pretrain", "a.cif", "b.cif", "--out", "x", "--sigma", "0.2"])
     assert [str(f) for f in args.files] == ["a.cif", "b.cif"]
-    assert args.sigma == 0.1
-    assert args.max_epochs == 100
+    assert args.sigma == 0.2
+    assert args.max_epochs is None  # unset options fall back to the config file, then to pretrain()'s defaults
     with pytest.raises(SystemExit):
         build_parser().parse_args(["pretrain", "a.cif", "--out", "x", "--sigma", "0"])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["pretrain", "a.cif"])  # --out is required
 
 
 def test_pretrain_from_files(tmp_path, sample, capsys):
@@ -60,9 +58,11 @@ def test_pretrain_reports_bad_file(tmp_path, capsys):
     assert "bad.cif: could not read a crystal structure" in capsys.readouterr().err
 
 
-def test_pretrain_needs_files_or_sample(tmp_path, capsys):
+def test_pretrain_needs_files_or_sample_and_out(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path)]) == 2
-    assert "give structure FILES or --sample" in capsys.readouterr().err
+    assert "give structure FILES, --sample N, or a --config" in capsys.readouterr().err
+    assert main(["pretrain", "--sample", "4"]) == 2
+    assert "give --out" in capsys.readouterr().err
 
 
 def test_info(capsys):

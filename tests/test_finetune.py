@@ -7,22 +7,12 @@ import math
 import numpy as np
 import pytest
 
-import matgl_cdssl
 from matgl_cdssl.finetune import finetune
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory, sample):
-    out = tmp_path_factory.mktemp("ft_pretrain")
-    matgl_cdssl.pretrain(
-        sample.structures[:32],
-        max_epochs=1,
-        batch_size=16,
-        output_dir=out,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return out / "model"
+def pretrained_dir(pretrained_run):
+    return pretrained_run[1] / "model"
 
 
 def test_finetune_from_folder_reports_metrics(pretrained_dir, sample):

@@ -5,38 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import matgl
-import numpy as np
 import pytest
 import torch
-from matgl.utils.training import ModelLightningModule
 
 import matgl_cdssl
 from matgl_cdssl import BACKEND, convert_weights, load_model
-from matgl_cdssl.data import build_dataset
 from matgl_cdssl.io import CONFIG_FILE, HEAD_FILE, load_head
-from tests.helpers import matgl_forward
+from tests.helpers import finetune_with_matgl, matgl_forward
 
 FIXTURES = Path(__file__).parent / "data" / "conversion"
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, sample):
-    out = tmp_path_factory.mktemp("pretrain")
-    model = matgl_cdssl.pretrain(
-        sample.structures[:48],
-        max_epochs=2,
-        batch_size=16,
-        output_dir=out,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return model, out
-
-
-def test_pretrain_writes_matgl_folder_head_and_metrics(pretrained):
-    model, out = pretrained
+def test_pretrain_writes_matgl_folder_head_and_metrics(pretrained_run):
+    model, out = pretrained_run
     folder = out / "model"
     for name in ("model.pt", "state.pt", "model.json", CONFIG_FILE, HEAD_FILE):
         assert (folder / name).is_file(), name
@@ -53,8 +35,8 @@ def test_pretrain_writes_matgl_folder_head_and_metrics(pretrained):
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_load_model_returns_plain_megnet_and_falls_through(pretrained, tmp_path):
-    model, out = pretrained
+def test_load_model_returns_plain_megnet_and_falls_through(pretrained_run, tmp_path):
+    model, out = pretrained_run
     loaded = load_model(out / "model")
     assert type(loaded).__module__.startswith("matgl.models")
     assert type(loaded).__name__ == "MEGNet"
@@ -62,36 +44,16 @@ def test_load_model_returns_plain_megnet_and_falls_through(pretrained, tmp_path)
     assert type(load_model(tmp_path / "plain")).__name__ == "MEGNet"
 
 
-def test_finetune_with_matgl_model_lightning_module(pretrained, sample, tmp_path, backend):
+def test_finetune_with_matgl_model_lightning_module(pretrained_run, sample, tmp_path):
     """save -> matgl.load_model -> matgl's standard ModelLightningModule finetunes it."""
-    _, out = pretrained
-    model = matgl.load_model(out / "model")
-    y = sample.labels["formation_energy_per_atom_eV"][:40]
-    dataset, _, _ = build_dataset(
-        sample.structures[:40], element_types=model.element_types, cutoff=model.cutoff, labels={"eform": y}
-    )
-    train = torch.utils.data.Subset(dataset, range(32))
-    val = torch.utils.data.Subset(dataset, range(32, 40))
-    train_loader, val_loader = backend.loaders(train, val, batch_size=8)
-    _, _, _, labels = next(iter(val_loader))
-    np.testing.assert_allclose(labels.numpy(), y[32:40], rtol=1e-6)  # the label batched is the target
+    model = matgl.load_model(pretrained_run[1] / "model")
     readout_before = model.output_proj.layers[0].weight.detach().clone()
-    module = ModelLightningModule(model=model, data_mean=float(np.mean(y)), data_std=float(np.std(y)), lr=1e-3)
-    trainer = L.Trainer(
-        max_epochs=2,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-    )
-    trainer.fit(module, train_loader, val_loader)
-    assert np.isfinite(float(trainer.callback_metrics["val_MAE"]))
+    finetune_with_matgl(model, sample, tmp_path)
     assert not torch.equal(model.output_proj.layers[0].weight, readout_before)
 
 
-def test_continue_pretraining_from_folder_restores_head(pretrained, sample):
-    _, out = pretrained
+def test_continue_pretraining_from_folder_restores_head(pretrained_run, sample):
+    _, out = pretrained_run
     model = load_model(out / "model")
     head = load_head(out / "model", model)
     saved = torch.load(out / "model" / HEAD_FILE, weights_only=True)

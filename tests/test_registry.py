@@ -1,0 +1,155 @@
+"""Named pretrained weights: listing, loading offline on both backends, checksums, and plain-matgl registration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import matgl_cdssl
+from matgl_cdssl import BACKEND, convert_weights
+from matgl_cdssl.cli import main
+from matgl_cdssl.registry import (
+    PretrainedCard,
+    get_card,
+    list_models,
+    load_model,
+    pretrained_folder,
+    register_pretrained,
+)
+from tests.helpers import finetune_with_matgl
+
+NAME = "CDSSL-MEGNet-MP"
+
+
+def test_list_models_and_card():
+    models = list_models()
+    assert NAME in models
+    assert "Materials Project" in models[NAME]
+    assert list_models("CDSSL-*") == models
+    assert list_models("nothing*") == {}
+    card = get_card(NAME)
+    assert PretrainedCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    assert card.cutoff == 4.0
+    assert card.sigma > 0
+    assert set(card.files) >= {"model.pt", "state.pt", "model.json"}
+    readme = (pretrained_folder(NAME) / "README.md").read_text()
+    assert "freshly initialised" in readme
+    assert card.files["state.pt"] in readme
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"), [("CDSSL-MEGNet-MQ", NAME), ("cdssl-megnet-mp", NAME), ("CDSSL-M3GNet", None)]
+)
+def test_unknown_names_list_known_ones(name, suggestion):
+    with pytest.raises(ValueError, match="Unknown pretrained model") as info:
+        load_model(name)
+    message = str(info.value)
+    assert NAME in message
+    assert "list_models()" in message
+    if suggestion:
+        assert f"Did you mean '{suggestion}'" in message
+
+
+def test_load_by_name_gives_plain_megnet_with_shipped_backbone():
+    torch.manual_seed(0)
+    model = load_model(NAME)
+    assert type(model).__name__ == "MEGNet"
+    assert type(model).__module__.startswith("matgl.models")
+    folder = pretrained_folder(NAME)
+    shipped = torch.load(folder / "state.pt", weights_only=True)
+    if get_card(NAME).weights_backend != BACKEND:
+        shipped = convert_weights(shipped, to=BACKEND)
+    state = model.state_dict()
+    backbone = [k for k in state if k.startswith(("embedding", "edge_encoder", "node_encoder", "blocks"))]
+    readout = [k for k in state if k.startswith(("node_s2s", "edge_s2s", "output_proj")) and "weight" in k]
+    assert backbone
+    assert readout
+    assert all(torch.equal(state[k], shipped[k]) for k in backbone)
+    assert not any(torch.equal(state[k], shipped[k]) for k in readout), "the readout is freshly initialised"
+    torch.manual_seed(0)
+    again = load_model(NAME).state_dict()
+    assert all(torch.equal(again[k], state[k]) for k in readout), "seeding controls the fresh readout"
+    kept = load_model(NAME, fresh_readout=False).state_dict()
+    assert all(torch.equal(kept[k], shipped[k]) for k in readout)
+
+
+def test_checksum_is_verified(tmp_path):
+    card = get_card(NAME)
+    folder = tmp_path / "copy"
+    shutil.copytree(pretrained_folder(NAME), folder)
+    state = folder / "state.pt"
+    state.write_bytes(state.read_bytes()[:-10] + b"corrupted!")
+    register_pretrained(PretrainedCard.from_dict({**card.to_dict(), "name": "CDSSL-corrupted"}), folder)
+    with pytest.raises(RuntimeError, match=r"checksum mismatch for .*state\.pt"):
+        load_model("CDSSL-corrupted")
+    with pytest.warns(UserWarning, match="overwriting"):
+        register_pretrained(PretrainedCard.from_dict({**card.to_dict(), "name": "CDSSL-corrupted"}), folder)
+
+
+def test_paths_and_other_names_fall_through_to_matgl(tmp_path, megnet):
+    megnet.save(tmp_path / "plain")
+    assert type(load_model(tmp_path / "plain")).__name__ == "MEGNet"
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        load_model(tmp_path / "does-not-exist")
+    assert "Unknown pretrained model" not in str(info.value)  # matgl's own error, not ours
+
+
+def test_finetune_pretrained_with_matgl_model_lightning_module(tmp_path, sample):
+    """ModelLightningModule(model=load_model("CDSSL-MEGNet-MP"), data_mean=..., data_std=...) finetunes."""
+    finetune_with_matgl(matgl_cdssl.load_model(NAME), sample, tmp_path, n=48)
+
+
+def _python(code: str, home) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MATGL_BACKEND", "DGLBACKEND")}
+    env["HOME"] = str(home)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_register_makes_plain_matgl_load_model_work_offline(tmp_path):
+    """After registration (twice: harmless), plain matgl.load_model finds the name, also in a new process."""
+    check = (
+        "import torch; import matgl_cdssl, matgl; from matgl_cdssl.registry import pretrained_folder;"
+        "from matgl_cdssl import convert_weights, BACKEND;"
+        "m = matgl.load_model('CDSSL-MEGNet-MP');"
+        "ref = torch.load(pretrained_folder('CDSSL-MEGNet-MP') / 'state.pt', weights_only=True);"
+        "ref = ref if BACKEND == 'pyg' else convert_weights(ref, to=BACKEND);"
+        "print(type(m).__name__, all(torch.equal(v, ref[k]) for k, v in m.state_dict().items()))"
+    )
+    first = _python(
+        "import matgl_cdssl; print(matgl_cdssl.register()); print(matgl_cdssl.register());" + check, tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith("MEGNet True")
+    later = _python(check, tmp_path)  # a new process that does not call register()
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.strip().endswith("MEGNet True")
+
+
+def test_register_cli(tmp_path):
+    result = _python("from matgl_cdssl.cli import main; raise SystemExit(main(['register']))", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert NAME in result.stdout
+
+
+def test_list_cli(capsys):
+    assert main(["list"]) == 0
+    assert NAME in capsys.readouterr().out
+
+
+def test_continue_pretraining_from_the_registered_weights(sample):
+    model = matgl_cdssl.pretrain(
+        sample.structures[:20],
+        model=NAME,
+        max_epochs=1,
+        batch_size=10,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+    )
+    assert type(model).__name__ == "MEGNet"
