@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--finetune-epochs", type=int, default=80)
+    parser.add_argument("--append", action="store_true", help="add sigmas to an existing sweep.csv in --out")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def main() -> None:
     lab = slice(args.n_pretrain, args.n_pretrain + args.n_train + args.n_val)
     lab_structs, lab_ids = structures[lab], ids[lab]
     n_train = args.n_train
-    rows = []
+    rows = pd.read_csv(args.out / "sweep.csv").to_dict("records") if args.append else []
 
     def downstream(model_factory, sigma_label, pretext: dict) -> None:
         for task, title in TASKS.items():
@@ -82,7 +83,8 @@ def main() -> None:
             print(rows[-1], flush=True)
             pd.DataFrame(rows).to_csv(args.out / "sweep.csv", index=False)
 
-    downstream(get_backend().megnet_class, "scratch", {})
+    if not args.append:
+        downstream(get_backend().megnet_class, "scratch", {})
     for sigma in args.sigmas:
         run = args.out / f"sigma_{sigma}"
         tic = time.perf_counter()
@@ -108,6 +110,7 @@ def main() -> None:
         downstream(lambda run=run: matgl_cdssl.load_model(run / "model"), sigma, pretext)
 
     table = pd.DataFrame(rows)
+    table["sigma"] = table["sigma"].astype(str)
     wide = table.pivot_table(index="sigma", columns="task", values="val_MAE", sort=False)
     wide["mean relative to scratch"] = np.mean([wide[t] / wide.loc["scratch", t] for t in TASKS.values()], axis=0)
     pretext = table.groupby("sigma", sort=False)[["pretext_val_MAE", "baseline_val_MAE", "pretext_vs_baseline"]].first()
