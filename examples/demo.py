@@ -66,7 +66,7 @@ def plot(out: Path, metrics: pd.DataFrame, results: pd.DataFrame) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description="CDSSL demo: pretrain, then finetune vs scratch")
     parser.add_argument("--out", type=Path, default=Path("demo_output"))
-    parser.add_argument("--sigma", type=float, default=0.1, help="noise level in Å")
+    parser.add_argument("--sigma", type=float, default=0.3, help="noise level in Å")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--n-labelled", type=int, default=100, help="labelled training crystals per task")
     parser.add_argument("--n-val", type=int, default=50, help="labelled validation crystals per task")

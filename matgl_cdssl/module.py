@@ -136,7 +136,7 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         self,
         model: nn.Module,
         *,
-        sigma: float = 0.1,
+        sigma: float = 0.3,
         head: nn.Module | None = None,
         head_hidden: tuple[int, ...] = (64,),
         lr: float = 1e-3,

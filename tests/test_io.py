@@ -26,7 +26,7 @@ def test_pretrain_writes_matgl_folder_head_and_metrics(pretrained_run):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["backend"] == BACKEND
-    assert config["sigma"] == 0.1
+    assert config["sigma"] == 0.3  # the default, chosen by the sigma sweep
     assert config["n_structures"] == 48
     assert config["n_train"] + config["n_val"] == 48
     loaded = matgl.load_model(folder)
