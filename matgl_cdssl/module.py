@@ -185,8 +185,9 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         with torch.enable_grad() if want_grad_norm else contextlib.nullcontext():
             topo = get_backend().topology(g)
             target = self.target(g, lattice, topo)
-            noisy_attr = self.model.bond_expansion(bond_distances(self.noise(g, lattice), lattice, topo))
-            edge_feat, _, _ = encode(self.model, g, noisy_attr, state_attr, topo)
+            noisy = self.noise(g, lattice)  # same edges and image offsets, displaced atoms
+            noisy_attr = self.model.bond_expansion(bond_distances(noisy, lattice, topo))
+            edge_feat, _, _ = encode(self.model, noisy, noisy_attr, state_attr, topo)
             pred = self.head(edge_feat)
             loss = self.loss(pred, target)
         with torch.no_grad():
