@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML run configuration (data, pretrain options, out)")
     p.add_argument("--sample", type=int, metavar="N", help="use the first N crystals of the bundled sample instead")
     p.add_argument("--out", type=Path, help="output folder: checkpoints/, metrics.csv, model/")
-    p.add_argument("--sigma", type=_positive_float, help="noise level in Å (default 0.3, chosen by the sweep in docs/results/sigma_sweep)")
+    p.add_argument(
+        "--sigma",
+        type=_positive_float,
+        help="noise level in Å (default 0.3, chosen by the sweep in docs/results/sigma_sweep)",
+    )
     p.add_argument("--cutoff", type=_positive_float, help="neighbour cutoff in Å (default: matgl's MEGNet, 4.0)")
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--max-time", help="stop after this wall time, DD:HH:MM:SS (resume later with --resume)")
