@@ -264,18 +264,10 @@ def register(names: list[str] | None = None) -> dict[str, str]:
         cache = _matgl_cache()
         hub_entry = cache / f"models--{_HF_ORG}--{name}"
         legacy = cache / name
-        _RESOLVED[name] = folder
-        if get_card(name).weights_backend != BACKEND:
-            _RESOLVED[name] = cache / "cdssl" / BACKEND / name
-            if not _is_current(_RESOLVED[name], model):
-                _RESOLVED[name].parent.mkdir(parents=True, exist_ok=True)
-                _write_model_files(model, _RESOLVED[name])
         if BACKEND == "dgl":
-            if _is_current(legacy, model):
-                out[name] = str(legacy)
-                continue
-            _write_model_files(model, legacy)
-            (legacy / CONFIG_FILE).write_text(json.dumps({**read_config(folder), "backend": "dgl"}, indent=2))
+            if not _is_current(legacy, model):
+                _write_model_files(model, legacy)
+                (legacy / CONFIG_FILE).write_text(json.dumps({**read_config(folder), "backend": "dgl"}, indent=2))
             if hub_entry.exists():
                 warnings.warn(
                     f"removed {hub_entry}, a matgl>=3 registration of {name}: matgl 2.2.x would read it first with "
@@ -285,6 +277,12 @@ def register(names: list[str] | None = None) -> dict[str, str]:
                 shutil.rmtree(hub_entry)
             out[name] = str(legacy)
         else:
+            _RESOLVED[name] = folder
+            if get_card(name).weights_backend != BACKEND:  # the hook must serve weights in this convention
+                _RESOLVED[name] = cache / "cdssl" / BACKEND / name
+                if not _is_current(_RESOLVED[name], model):
+                    _RESOLVED[name].parent.mkdir(parents=True, exist_ok=True)
+                    _write_model_files(model, _RESOLVED[name])
             _patch_matgl_loader()
             out[name] = "in-process hook on matgl.load_model"
             if (legacy / CONFIG_FILE).is_file():

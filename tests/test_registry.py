@@ -153,3 +153,16 @@ def test_continue_pretraining_from_the_registered_weights(sample):
         logger=False,
     )
     assert type(model).__name__ == "MEGNet"
+
+
+@pytest.mark.skipif(BACKEND != "dgl", reason="matgl 2.2.x reads the Hub cache before its own cache of named models")
+def test_dgl_registration_removes_a_hub_entry_even_when_already_registered(tmp_path):
+    code = (
+        "import warnings; import matgl_cdssl; from matgl.config import MATGL_CACHE;"
+        "matgl_cdssl.register(); hub = MATGL_CACHE / 'models--materialyze--CDSSL-MEGNet-MP';"
+        "(hub / 'refs').mkdir(parents=True); warnings.simplefilter('ignore'); matgl_cdssl.register();"
+        "print('hub entry left:', hub.exists())"
+    )
+    result = _python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("hub entry left: False")
