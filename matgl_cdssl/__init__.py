@@ -14,6 +14,7 @@ from matgl_cdssl.backend import BACKEND, get_backend
 
 get_backend()  # sets MATGL_BACKEND=DGL on matgl 2.2.x before anything imports matgl
 
+from matgl_cdssl.benchmark import benchmark  # noqa: E402
 from matgl_cdssl.data import load_sample  # noqa: E402
 from matgl_cdssl.finetune import finetune  # noqa: E402
 from matgl_cdssl.io import convert_weights, save_pretrained  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "CDSSLModule",
     "EdgeEmbeddingDenoisingLoss",
     "GaussianPositionNoise",
+    "benchmark",
     "convert_weights",
     "finetune",
     "get_card",

@@ -1,4 +1,4 @@
-"""Command-line interface: ``cdssl pretrain``, ``cdssl info``.
+"""Command-line interface: ``cdssl pretrain``, ``finetune``, ``benchmark``, ``list``, ``register``, ``info``.
 
 Only this module prints; the library logs.
 """
@@ -6,6 +6,7 @@ Only this module prints; the library logs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -14,6 +15,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+_SUBCOMMAND_MODULES = ("matgl_cdssl.matbench", "matgl_cdssl.represent", "matgl_cdssl.plots")
+"""Modules that add their own subcommands with ``add_parser(subparsers)`` (keeping heavy imports inside functions)."""
 
 
 def _positive_float(text: str) -> float:
@@ -67,9 +72,79 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume from a Lightning checkpoint (default: OUT/checkpoints/last.ckpt)",
     )
     p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", type=_devices, help="Lightning devices")
+    p.add_argument("--devices", type=_devices, help="Lightning devices (per node)")
+    p.add_argument("--num-nodes", type=int, help="Lightning nodes (multi-node DDP, e.g. under SLURM)")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (see docs/distributed.md)")
+    p.add_argument("--loggers", nargs="+", choices=("csv", "tensorboard"), help="metric loggers (default: csv)")
     p.add_argument("--no-progress-bar", action="store_true")
     p.set_defaults(func=pretrain_command)
+
+    p = sub.add_parser(
+        "finetune",
+        help="finetune a (pretrained) MEGNet on one property from a CSV of CIFs",
+        description="Writes OUT/model (a matgl model folder that predicts the property itself: the normalisation "
+        "is folded into its last layer) and OUT/metrics.json.",
+    )
+    p.add_argument("data", type=Path, help="training CSV with a CIF column and the target column")
+    p.add_argument("--target", required=True, help="column with the property")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", default="CDSSL-MEGNet-MP", help="registered name, model folder or 'scratch'")
+    p.add_argument("--val", type=Path, help="validation CSV (default: --val-fraction of the training CSV)")
+    p.add_argument("--test", type=Path, help="test CSV, evaluated with the best weights")
+    p.add_argument("--cif-column", default="cif")
+    p.add_argument("--state-columns", nargs="+", default=(), metavar="COLUMN", help="MEGNet state attributes")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--loss", choices=("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss"), default="l1_loss")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=50, help="early-stopping patience in epochs (0: none)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (readout, and backbone)")
+    p.add_argument("--backbone-lr", type=float, help="learning rate of the backbone")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the readout")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-invalid", action="store_true", help="leave out invalid crystals, warning")
+    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", type=_devices, help="Lightning devices")
+    p.add_argument("--no-progress-bar", action="store_true")
+    p.set_defaults(func=finetune_command)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="finetuned from pretrained weights vs the same MEGNet from scratch, side by side",
+        description="Runs both arms with identical splits, hyperparameters and budgets, caching every finished run "
+        "in OUT/runs.jsonl (rerun the same command to resume), and writes OUT/runs.csv, OUT/results.md and "
+        "OUT/results.png. Without --data, runs the built-in suite (tasks: "
+        "mp_formation_energy, mp_band_gap, mp_magnetization, perov_heat_ref, perov_ind_gap).",
+    )
+    p.add_argument("--model", default="CDSSL-MEGNet-MP", help="pretrained arm: registered name or model folder")
+    p.add_argument("--out", type=Path, default=Path("cdssl-benchmark"), help="output folder (and cache)")
+    p.add_argument("--quick", action="store_true", help="small suite: 2 tasks, 2 sizes, 1 seed (a few minutes)")
+    p.add_argument("--tasks", nargs="+", help="built-in tasks (default: all, or none with --data)")
+    p.add_argument("--data", type=Path, help="your own CSV (CIF column + --target column) as an extra task")
+    p.add_argument("--target", help="column of --data with the property")
+    p.add_argument("--test-data", type=Path, help="a separate test CSV for --data (default: drawn per seed)")
+    p.add_argument("--n-test", type=int, help="test crystals per seed for --data (default: min(500, 20%%))")
+    p.add_argument("--sizes", type=int, nargs="+", help="training sizes (default: 50 100 250 500 1000 2500)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--backbone-lr", type=float)
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the pretrained arm's readout")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--sample-budget", type=int, help="training crystals seen per run (sets the epochs)")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", type=_devices, help="Lightning devices")
+    p.add_argument("--no-progress-bar", action="store_true")
+    p.set_defaults(func=benchmark_command)
+
+    for name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # pragma: no cover - only in a partial source tree
+            if exc.name != name:
+                raise
+            continue
+        module.add_parser(sub)
 
     p = sub.add_parser("info", help="print the detected backend and versions")
     p.set_defaults(func=info_command)
@@ -97,6 +172,9 @@ _OPTIONS = (
     "skip_invalid",
     "accelerator",
     "devices",
+    "num_nodes",
+    "strategy",
+    "loggers",
 )
 
 
@@ -161,6 +239,113 @@ def pretrain_command(args: argparse.Namespace) -> int:
         f"saved the pretrained MEGNet to {Path(out) / 'model'} ({config['n_structures']} crystals, "
         f"{config['epochs']} epochs, best {config['best_epoch_metric']} = {config['best_score']:.5g})"
     )
+    return 0
+
+
+def _trainer_options(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("accelerator", "devices") if getattr(args, k) is not None}
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    """Run ``cdssl finetune``.
+
+    Side Effects:
+        Writes ``OUT/model`` (matgl model folder predicting the property) and ``OUT/metrics.json``.
+    """
+    import matgl_cdssl
+    from matgl_cdssl.backend import get_backend
+    from matgl_cdssl.data import read_labelled_csv
+
+    def read(path: Path | None) -> tuple:
+        if path is None:
+            return None, None, None
+        _, structures, y, state = read_labelled_csv(
+            path, args.target, cif_column=args.cif_column, state_columns=args.state_columns
+        )
+        return structures, y, state
+
+    train, val, test = read(args.data), read(args.val), read(args.test)
+    model = get_backend().megnet_class() if args.model == "scratch" else args.model
+    result = matgl_cdssl.finetune(
+        model,
+        train[0],
+        train[1],
+        state_attr=train[2],
+        val_structures=val[0],
+        val_targets=val[1],
+        val_state_attr=val[2],
+        test_structures=test[0],
+        test_targets=test[1],
+        test_state_attr=test[2],
+        val_fraction=args.val_fraction,
+        loss=args.loss,
+        max_epochs=args.max_epochs,
+        patience=args.patience or None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        backbone_lr=args.backbone_lr,
+        freeze_backbone=args.freeze_backbone,
+        seed=args.seed,
+        output_dir=args.out,
+        skip_invalid=args.skip_invalid,
+        enable_progress_bar=not args.no_progress_bar,
+        **_trainer_options(args),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.property_model().save(args.out / "model")
+    summary = {
+        "target": args.target,
+        "model": str(args.model),
+        "data_mean": result.data_mean,
+        "data_std": result.data_std,
+        **result.metrics,
+    }
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    print(f"saved the finetuned MEGNet to {args.out / 'model'} (matgl.load_model(...).predict_structure(s))")
+    return 0
+
+
+def benchmark_command(args: argparse.Namespace) -> int:
+    """Run ``cdssl benchmark``.
+
+    Side Effects:
+        Writes ``OUT/runs.jsonl``, ``OUT/runs.csv``, ``OUT/results.md`` and ``OUT/results.png``.
+    """
+    from dataclasses import fields, replace
+
+    from matgl_cdssl.benchmark import SIZES, BenchmarkSettings, TaskData, benchmark
+    from matgl_cdssl.data import read_labelled_csv
+
+    tasks: list = list(args.tasks or [])
+    if args.data is not None:
+        if not args.target:
+            print("cdssl benchmark: --data needs --target COLUMN", file=sys.stderr)
+            return 2
+        _, structures, y, _ = read_labelled_csv(args.data, args.target)
+        test_s = test_y = None
+        if args.test_data is not None:
+            _, test_s, test_y, _ = read_labelled_csv(args.test_data, args.target)
+        pool = len(test_y) if test_y is not None else len(structures) // 5
+        n_test = min(args.n_test or min(500, pool), len(test_y) if test_y is not None else len(structures))
+        tasks.append(TaskData(args.target, structures, y, test_s, test_y, n_test=n_test))
+    elif args.tasks is None:
+        tasks = None
+    known = {f.name for f in fields(BenchmarkSettings)}
+    changes = {k: getattr(args, k) for k in known if getattr(args, k, None) not in (None, False)}
+    result = benchmark(
+        args.model,
+        tasks=tasks,
+        sizes=args.sizes or SIZES,
+        seeds=args.seeds,
+        output_dir=args.out,
+        settings=replace(BenchmarkSettings(), **changes),
+        quick=args.quick,
+        progress=not args.no_progress_bar,
+        **_trainer_options(args),
+    )
+    print(result.table)
+    print("wrote " + ", ".join(str(p) for p in result.paths.values()))
     return 0
 
 

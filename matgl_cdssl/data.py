@@ -46,6 +46,49 @@ logger = logging.getLogger(__name__)
 MIN_INTERATOMIC_DISTANCE = 0.5
 
 
+def read_labelled_csv(
+    path: str | Path,
+    target: str,
+    *,
+    cif_column: str = "cif",
+    id_column: str | None = None,
+    state_columns: Sequence[str] = (),
+) -> tuple[list[str], list[Structure], np.ndarray, np.ndarray | None]:
+    """Read crystals with one property (and optional state attributes) from a CSV with a CIF column.
+
+    Args:
+        path: The CSV file (optionally gzipped).
+        target: Column holding the property.
+        cif_column: Column holding the CIF text.
+        id_column: Column naming each row (see :func:`read_csv_structures`).
+        state_columns: Columns holding MEGNet state attributes, if any.
+
+    Returns:
+        ``(names, structures, targets, state)``; ``state`` is None without state columns.
+
+    Raises:
+        ValueError: a missing column, or a value that is empty or not a number, naming the row and column.
+    """
+    import pandas as pd
+
+    names, structures = read_csv_structures(path, cif_column=cif_column, id_column=id_column)
+    columns = [target, *state_columns]
+    frame = pd.read_csv(path, usecols=lambda c: c in columns, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}")
+    values = np.empty((len(frame), len(columns)))
+    for j, column in enumerate(columns):
+        for i, text in enumerate(frame[column]):
+            try:
+                values[i, j] = float(text)
+            except ValueError:
+                values[i, j] = np.nan
+            if not np.isfinite(values[i, j]):
+                raise ValueError(f"{names[i]}: column {column!r} holds {text!r}, not a finite number")
+    return names, structures, values[:, 0], (values[:, 1:] if state_columns else None)
+
+
 def read_csv_structures(
     path: str | Path, *, cif_column: str = "cif", id_column: str | None = None, keep: Any = None
 ) -> tuple[list[str], list[Structure]]:
@@ -229,6 +272,7 @@ def build_dataset(
     element_types: Sequence[str],
     cutoff: float,
     labels: dict[str, Sequence] | None = None,
+    state_attr: Any = None,
     skip_invalid: bool = False,
 ) -> tuple[Any, list[str], list[tuple[str, str]]]:
     """Read, check and convert crystals into matgl's ``MGLDataset``.
@@ -241,6 +285,8 @@ def build_dataset(
         element_types: The model's element types.
         cutoff: Neighbour cutoff in Å.
         labels: Optional extra labels, one value per input crystal.
+        state_attr: Optional state attributes (MEGNet's global state), an array of shape ``(n_structures, k)``;
+            matgl's default state (zeros) when None.
         skip_invalid: Leave out invalid crystals (each is logged with a warning and returned in ``skipped``)
             instead of raising on the first one.
 
@@ -273,12 +319,21 @@ def build_dataset(
             reject(name, problem)
     if not keep:
         raise ValueError(f"none of the {len(structs)} structures is usable: {skipped[:3]} ...")
+    if state_attr is not None:
+        state_attr = torch.as_tensor(np.asarray(state_attr, dtype=np.float32))
+        if state_attr.dim() != 2 or len(state_attr) != len(structs) or not torch.isfinite(state_attr).all():
+            raise ValueError(
+                f"state_attr must be a finite array of shape (n_structures, k) = ({len(structs)}, k); got shape "
+                f"{tuple(state_attr.shape)}" + ("" if torch.isfinite(state_attr).all() else " with NaN or inf")
+            )
     names = [names[i] for i in keep]
     # matgl's collate batches the first label: user labels come first, the index last.
     all_labels = {key: [values[i] for i in keep] for key, values in (labels or {}).items()}
     all_labels["structure_index"] = list(range(len(keep)))
     backend = get_backend()
     dataset = backend.dataset([structs[i] for i in keep], backend.converter(element_types, cutoff), all_labels)
+    if state_attr is not None:
+        dataset.state_attr = state_attr[keep]
 
     connected = []
     for i, (g, *_rest) in enumerate(dataset):

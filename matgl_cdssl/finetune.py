@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-__all__ = ["FinetuneResult", "finetune"]
+__all__ = ["READOUT", "FinetuneResult", "finetune", "fit", "optimizer_for", "set_state_width", "split_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,33 @@ class FinetuneResult:
     data_std: float
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def property_model(self) -> nn.Module:
+        """A copy of the model whose raw output is the property itself, for matgl's ``predict_structure``.
+
+        ``data_std`` and ``data_mean`` are folded into the last linear layer of the output MLP
+        (``y = std * (W h + b) + mean``), which is exact.
+        """
+        model = clone(self.model)
+        last = model.output_proj.layers[-1]
+        with torch.no_grad():
+            last.weight.mul_(self.data_std)
+            last.bias.mul_(self.data_std).add_(self.data_mean)
+        return model
+
+
+READOUT = ("node_s2s", "edge_s2s", "output_proj")
+"""MEGNet's readout modules (Set2Set over nodes and edges, output MLP); everything else is the backbone."""
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """A copy of a matgl model, rebuilt from its constructor arguments and weights.
+
+    ``copy.deepcopy`` fails on a model that holds tensors from a previous forward pass.
+    """
+    copied = type(model)(**model._init_args)
+    copied.load_state_dict(model.state_dict())
+    return copied
+
 
 def _targets(values: Sequence[float], name: str) -> list[float]:
     array = np.asarray(values, dtype=float).reshape(-1)
@@ -54,6 +82,48 @@ def _targets(values: Sequence[float], name: str) -> list[float]:
     if bad.size:
         raise ValueError(f"{name} has non-finite values (NaN or inf) at index(es) {bad[:10].tolist()}")
     return array.tolist()
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split a MEGNet's parameters into ``(backbone, readout)``; the readout is :data:`READOUT`."""
+    backbone, readout = [], []
+    for name, parameter in model.named_parameters():
+        (readout if name.split(".")[0] in READOUT else backbone).append(parameter)
+    return backbone, readout
+
+
+def set_state_width(model: nn.Module, width: int) -> nn.Module:
+    """Give a MEGNet (with float state features) a state input of ``width`` values per crystal.
+
+    MEGNet's state encoder reads matgl's default state, 2 zeros per crystal. A different width replaces the first
+    layer of the state encoder by a freshly initialised one (the rest of the model, pretrained or not, is kept) and
+    records the new width in the model's saved arguments, so that the model saves and loads with matgl.
+    """
+    first = model.state_encoder.layers[0]
+    if first.in_features != width:
+        model.state_encoder.layers[0] = type(first)(width, first.out_features, bias=first.bias is not None)
+        model._init_args["dim_state_embedding"] = width
+    return model
+
+
+def optimizer_for(
+    model: nn.Module, *, lr: float, backbone_lr: float | None = None, freeze_backbone: bool = False
+) -> torch.optim.Optimizer:
+    """Adam as matgl builds it, with its own learning rate for the backbone, or with the backbone frozen."""
+    backbone, readout = split_parameters(model)
+    for parameter in backbone:
+        parameter.requires_grad_(not freeze_backbone)
+    groups = [{"params": readout, "lr": lr}]
+    if not freeze_backbone:
+        groups.append({"params": backbone, "lr": lr if backbone_lr is None else backbone_lr})
+    return torch.optim.Adam(groups, lr=lr, eps=1e-8)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int, alpha: float = 0.01) -> Any:
+    """Matgl's default schedule, per parameter group: cosine decay over ``epochs`` to ``alpha`` times each rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+    )
 
 
 def finetune(
@@ -65,12 +135,17 @@ def finetune(
     val_targets: Sequence[float] | None = None,
     test_structures: Sequence[Any] | None = None,
     test_targets: Sequence[float] | None = None,
+    state_attr: Any = None,
+    val_state_attr: Any = None,
+    test_state_attr: Any = None,
     val_fraction: float = 0.1,
     loss: str = "l1_loss",
     max_epochs: int = 200,
     patience: int | None = 50,
     batch_size: int = 16,
     lr: float = 1e-3,
+    backbone_lr: float | None = None,
+    freeze_backbone: bool = False,
     seed: int = 0,
     output_dir: str | Path | None = None,
     skip_invalid: bool = False,
@@ -80,24 +155,32 @@ def finetune(
 
     Targets are normalised with the training mean and standard deviation (matgl's ``data_mean``/``data_std``);
     the epoch with the lowest validation MAE is restored at the end (early stopping after ``patience`` epochs
-    without improvement).
+    without improvement). The optimiser is Adam with matgl's cosine decay over ``max_epochs``.
 
     Args:
-        model: A MEGNet, a registered name such as ``"CDSSL-MEGNet-MP"``, a CDSSL model folder, or any name
-            ``matgl.load_model`` knows. The model is trained in place.
+        model: A MEGNet, a registered name such as ``"CDSSL-MEGNet-MP"`` (its readout freshly initialised from
+            ``seed``), a CDSSL model folder, or any name ``matgl.load_model`` knows. The model is trained in place.
         structures: Training crystals (see :func:`matgl_cdssl.data.read_structures`).
         targets: One value per training crystal.
         val_structures: Validation crystals; if None, ``val_fraction`` of the training crystals are held out.
         val_targets: Their values.
         test_structures: Optional test crystals, evaluated with the restored best weights.
         test_targets: Their values.
+        state_attr: Optional MEGNet state attributes of the training crystals, shape ``(n, k)`` (for example a
+            temperature or a fidelity). When ``k`` differs from the model's state width (2 for matgl's default
+            MEGNet), the first state-encoder layer is replaced by a fresh one (:func:`set_state_width`). When
+            given, the validation and test sets need theirs too.
+        val_state_attr: State attributes of the validation crystals.
+        test_state_attr: State attributes of the test crystals.
         val_fraction: Fraction held out for validation when no validation set is given.
         loss: matgl's loss name: ``"l1_loss"``, ``"mse_loss"``, ``"huber_loss"`` or ``"smooth_l1_loss"``.
         max_epochs: Maximum epochs.
         patience: Early-stopping patience in epochs (None: no early stopping).
         batch_size: Crystals per batch.
-        lr: Learning rate (Adam, cosine decay over ``max_epochs``).
-        seed: Seeds the split, the readout initialisation order and the batch order.
+        lr: Learning rate of the readout, and of the backbone unless ``backbone_lr`` is given.
+        backbone_lr: Learning rate of the backbone (embedding, encoders and message-passing blocks).
+        freeze_backbone: Train only the readout (Set2Set and output MLP); the pretrained backbone is kept as is.
+        seed: Seeds the split, the readout initialisation of a named model and the batch order.
         output_dir: Where to keep checkpoints; a temporary folder when None.
         skip_invalid: Leave out invalid crystals (and their targets), each with a warning, instead of raising.
         **trainer_kwargs: Passed to ``lightning.Trainer``.
@@ -106,16 +189,28 @@ def finetune(
         A :class:`FinetuneResult`.
 
     Raises:
-        ValueError: targets with NaN or inf, or whose length does not match the structures.
-    """
-    from matgl.utils.training import ModelLightningModule
+        ValueError: targets or state attributes with NaN or inf, or whose length does not match the structures;
+            state attributes given for training but not for validation or test.
 
+    Example:
+        >>> from matgl_cdssl import finetune, load_sample
+        >>> sample = load_sample(40)
+        >>> result = finetune("CDSSL-MEGNet-MP", sample.structures, sample.labels["band_gap_eV"], max_epochs=1,
+        ...                   freeze_backbone=True, enable_progress_bar=False)
+        >>> sorted(result.metrics)
+        ['best_epoch', 'best_val_MAE', 'epochs']
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     if isinstance(model, (str, Path)):
         model = load_model(model)
-    backend = get_backend()
+    if state_attr is not None:
+        set_state_width(model, np.asarray(state_attr).reshape(len(state_attr), -1).shape[1])
+        for name, given in (("val_state_attr", val_state_attr), ("test_state_attr", test_state_attr)):
+            other = {"val_state_attr": val_structures, "test_state_attr": test_structures}[name]
+            if other is not None and given is None:
+                raise ValueError(f"state_attr was given for training, so {name} is needed too")
 
-    def dataset(structs: Sequence[Any], values: Sequence[float], name: str) -> Any:
+    def dataset(structs: Sequence[Any], values: Sequence[float], name: str, state: Any) -> Any:
         values = _targets(values, name)
         if len(values) != len(structs):
             raise ValueError(f"{name} has {len(values)} values for {len(structs)} structures")
@@ -124,34 +219,83 @@ def finetune(
             element_types=model.element_types,
             cutoff=model.cutoff,
             labels={name: values},
+            state_attr=state,
             skip_invalid=skip_invalid,
         )
         return ds
 
-    train = dataset(structures, targets, "targets")
+    train = dataset(structures, targets, "targets", state_attr)
     if val_structures is None:
         n_val = max(1, round(len(train) * val_fraction))
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
         train, val = Subset(train, perm[n_val:]), Subset(train, perm[:n_val])
     else:
-        val = dataset(val_structures, val_targets if val_targets is not None else [], "val_targets")
-    y = np.array([float(item[3]["targets"]) for item in train])
-    train_loader, val_loader = backend.loaders(train, val, batch_size=batch_size)
+        val = dataset(val_structures, [] if val_targets is None else val_targets, "val_targets", val_state_attr)
+    test = None
+    if test_structures is not None:
+        test = dataset(test_structures, [] if test_targets is None else test_targets, "test_targets", test_state_attr)
+    return fit(
+        model,
+        train,
+        val,
+        test=test,
+        loss=loss,
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        backbone_lr=backbone_lr,
+        freeze_backbone=freeze_backbone,
+        seed=seed,
+        output_dir=output_dir,
+        **trainer_kwargs,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train: Any,
+    val: Any,
+    *,
+    test: Any = None,
+    loss: str = "l1_loss",
+    max_epochs: int = 200,
+    patience: int | None = 50,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    backbone_lr: float | None = None,
+    freeze_backbone: bool = False,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    **trainer_kwargs: Any,
+) -> FinetuneResult:
+    """Finetune on matgl datasets whose items carry the target as their first label (what :func:`finetune` builds).
+
+    This is the engine of :func:`finetune` for callers that convert their crystals once and train many times
+    (the benchmark). Arguments are those of :func:`finetune`; ``train``, ``val`` and ``test`` are datasets.
+    """
+    from matgl.utils.training import ModelLightningModule
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    y = np.array([float(next(iter(item[3].values()))) for item in train])
+    optimizer = optimizer_for(model, lr=lr, backbone_lr=backbone_lr, freeze_backbone=freeze_backbone)
     module = ModelLightningModule(
         model=model,
         data_mean=float(y.mean()),
         data_std=float(y.std()) or 1.0,
         loss=loss,
         lr=lr,
-        decay_steps=max_epochs,
+        optimizer=optimizer,
+        scheduler=cosine_schedule(optimizer, max_epochs),
     )
+    train_loader, val_loader = get_backend().loaders(train, val, batch_size=batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val_MAE", mode="min")
         callbacks = [checkpoint, *([EarlyStopping("val_MAE", patience=patience)] if patience else [])]
         trainer_kwargs.setdefault("logger", False)
         trainer_kwargs.setdefault("enable_model_summary", False)
-        trainer_kwargs.setdefault("callbacks", []).extend(callbacks)
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks]
         trainer = L.Trainer(max_epochs=max_epochs, default_root_dir=root, **trainer_kwargs)
         trainer.fit(module, train_loader, val_loader)
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
@@ -161,8 +305,9 @@ def finetune(
             "best_epoch": float(best["epoch"]),
             "epochs": float(trainer.current_epoch),
         }
-        if test_structures is not None:
-            test = dataset(test_structures, test_targets if test_targets is not None else [], "test_targets")
-            _, test_loader = backend.loaders(test, test, batch_size=64)
+        if test is not None:
+            _, test_loader = get_backend().loaders(test, test, batch_size=64)
             metrics["test_MAE"] = float(trainer.test(module, test_loader, verbose=False)[0]["test_MAE"])
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     return FinetuneResult(module.model, module.data_mean, module.data_std, metrics)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["CDSSLModule", "bond_distances", "edge_feature_dim", "encode", "make_head"]
+__all__ = ["CDSSLModule", "TrainingDiverged", "bond_distances", "edge_feature_dim", "encode", "make_head"]
 
 # Seeds of the noise streams: training noise differs per rank; validation noise is the same every epoch.
 _RANK_STRIDE = 1_000_003
@@ -99,6 +99,10 @@ def make_head(model: nn.Module, hidden: tuple[int, ...] = (64,), activation_type
     dim_out = model.bond_expansion(torch.ones(1)).shape[-1]
     activation = ActivationFunction[activation_type].value()
     return MLP([edge_feature_dim(model), *hidden, dim_out], activation, activate_last=False)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradients became NaN or infinite during pretraining; the message says where and what to do."""
 
 
 class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
@@ -177,19 +181,25 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         with torch.no_grad():
             return self.model.bond_expansion(bond_distances(g, lattice, topo))
 
+    def _pretext(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Corrupt, predict, compare: ``(loss, prediction, target, noisy_edge_attr)`` for one batch."""
+        g, lattice, state_attr = batch[0], batch[1], batch[2]
+        topo = get_backend().topology(g)
+        target = self.target(g, lattice, topo)
+        noisy = self.noise(g, lattice)  # same edges and image offsets, displaced atoms
+        noisy_attr = self.model.bond_expansion(bond_distances(noisy, lattice, topo))
+        edge_feat, _, _ = encode(self.model, noisy, noisy_attr, state_attr, topo)
+        pred = self.head(edge_feat)
+        return self.loss(pred, target), pred, target, noisy_attr
+
     def step(self, batch: tuple) -> tuple[dict[str, torch.Tensor], int]:
         """One CDSSL step on a batch: corrupt, predict, compare. Returns ``(metrics, n_edges)``."""
-        g, lattice, state_attr = batch[0], batch[1], batch[2]
         self.noise.generator = self._train_gen if self.training else self._val_gen
         want_grad_norm = not self.training and self.val_grad_norm and not torch.is_inference_mode_enabled()
         with torch.enable_grad() if want_grad_norm else contextlib.nullcontext():
-            topo = get_backend().topology(g)
-            target = self.target(g, lattice, topo)
-            noisy = self.noise(g, lattice)  # same edges and image offsets, displaced atoms
-            noisy_attr = self.model.bond_expansion(bond_distances(noisy, lattice, topo))
-            edge_feat, _, _ = encode(self.model, noisy, noisy_attr, state_attr, topo)
-            pred = self.head(edge_feat)
-            loss = self.loss(pred, target)
+            loss, pred, target, noisy_attr = self._pretext(batch)
+        if self.training:
+            self._last_train_loss = loss.detach()
         with torch.no_grad():
             results = {"Total_Loss": loss, "MAE": nn.functional.l1_loss(pred, target)}
             if not self.training:  # the baseline is fixed by the data and the noise: needed for validation only
@@ -201,9 +211,66 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
             results["Total_Loss"] = loss.detach()
         return results, int(target.shape[0])
 
+    def unreached_parameters(self) -> list[nn.Parameter]:
+        """Parameters the pretext loss never reaches: MEGNet's readout, and the last block's node and state updates.
+
+        Found by differentiating the loss of a two-atom probe crystal, so it holds for any MEGNet configuration.
+        """
+        from pymatgen.core import Lattice, Structure
+
+        from matgl_cdssl.data import build_dataset
+
+        cutoff = float(self.model.cutoff)
+        elements = self.model.element_types
+        probe = Structure(Lattice.cubic(0.8 * cutoff), [elements[0], elements[-1]], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        dataset, _, _ = build_dataset([probe], element_types=self.model.element_types, cutoff=cutoff)
+        _, loader = get_backend().loaders(dataset, dataset, batch_size=1)
+        batch = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in next(iter(loader))]
+        generator, self.noise.generator = self.noise.generator, torch.Generator().manual_seed(0)
+        try:
+            with torch.enable_grad():
+                loss = self._pretext(batch)[0]
+        finally:
+            self.noise.generator = generator
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [p for p, grad in zip(params, grads, strict=True) if grad is None]
+
+    def setup(self, stage: str) -> None:
+        """For ``fit``: freeze the parameters the loss never reaches (:meth:`unreached_parameters`).
+
+        They would get no gradient anyway; frozen, they are left out of DDP's gradient reduction, which otherwise
+        stops with an error about unused parameters. :meth:`teardown` unfreezes them.
+        """
+        if stage == "fit":
+            self._frozen = self.unreached_parameters()
+            for parameter in self._frozen:
+                parameter.requires_grad_(False)
+
+    def teardown(self, stage: str) -> None:
+        """Unfreeze what :meth:`setup` froze, so the model finetunes normally afterwards."""
+        if stage == "fit":
+            for parameter in getattr(self, "_frozen", []):
+                parameter.requires_grad_(True)
+            self._frozen = []
+
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        """Log the global gradient norm (before any clipping)."""
+        """Log the global gradient norm (before any clipping); stop the run if it is NaN or infinite.
+
+        Raises:
+            TrainingDiverged: a non-finite loss or gradient, before it reaches the weights. The gradients are
+                already synchronised here, so every DDP rank stops at the same step.
+        """
         norm = _global_norm([p.grad for p in self.parameters()])
+        if not torch.isfinite(norm):
+            checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            loss = getattr(self, "_last_train_loss", None)
+            raise TrainingDiverged(
+                f"non-finite gradient norm ({float(norm)}; training loss {float(loss) if loss is not None else '?'}) "
+                f"at epoch {self.current_epoch}, global step {self.global_step}. The run stopped before this update, "
+                f"so no weight is NaN; the last good checkpoint is {checkpoint} (resume from it). Try a lower lr, "
+                "gradient_clip_val, or a smaller sigma, and check the crystals of this batch."
+            )
         self.log(
             "train_Grad_Norm",
             norm,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import tempfile
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import Subset
 
 from matgl_cdssl.backend import get_backend
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["pretrain"]
 
 logger = logging.getLogger(__name__)
+
+LOGGERS = ("csv", "tensorboard")
+"""Names that ``pretrain(..., loggers=...)`` accepts."""
 
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -60,6 +64,7 @@ def pretrain(
     ckpt_path: str | Path | None = None,
     loader_kwargs: dict[str, Any] | None = None,
     skip_invalid: bool = False,
+    loggers: Sequence[str] = ("csv",),
     **trainer_kwargs: Any,
 ) -> nn.Module:
     """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
@@ -88,6 +93,10 @@ def pretrain(
         loader_kwargs: Passed to matgl's ``MGLDataLoader`` (e.g. ``num_workers``).
         skip_invalid: Leave out invalid crystals, each logged with a warning and listed in ``cdssl.json``, instead
             of raising an error on the first.
+        loggers: Lightning loggers of the per-epoch metrics: ``"csv"`` writes ``metrics.csv`` (merged across
+            resumes), ``"tensorboard"`` writes TensorBoard event files to ``tensorboard/`` (needs the
+            ``tensorboard`` or ``tensorboardX`` package). Both go to ``output_dir`` (a temporary folder when None).
+            Ignored when ``trainer_kwargs`` has a ``logger``.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
@@ -96,7 +105,8 @@ def pretrain(
 
     Raises:
         ValueError: Bad input, naming the offending structure (see :func:`matgl_cdssl.data.build_dataset`), a
-            non-positive sigma, or a cutoff that contradicts the model's.
+            non-positive sigma, a cutoff that contradicts the model's, or an unknown logger name.
+        ImportError: ``"tensorboard"`` in ``loggers`` but neither ``tensorboard`` nor ``tensorboardX`` installed.
 
     Example:
         >>> from matgl_cdssl.data import load_sample
@@ -112,6 +122,7 @@ def pretrain(
     sigma = float(sigma)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
+    loggers = _check_loggers(loggers) if "logger" not in trainer_kwargs else ()
     backend = get_backend()
     start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
@@ -156,7 +167,7 @@ def pretrain(
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         monitor = "val_Total_Loss" if val_idx else "train_Total_Loss"
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, save_last=True, mode="min")
-        trainer_kwargs.setdefault("logger", CSVLogger(root, name="", version=""))
+        trainer_kwargs.setdefault("logger", _make_loggers(loggers, root))
         trainer_kwargs.setdefault("callbacks", []).append(checkpoint)
         trainer_kwargs.setdefault("inference_mode", False)  # validation computes a gradient norm
         trainer_kwargs.setdefault("default_root_dir", root)
@@ -195,6 +206,33 @@ def pretrain(
                 },
             )
     return module.model
+
+
+def _check_loggers(loggers: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate the logger names of :func:`pretrain` before any work is done."""
+    names = tuple(dict.fromkeys((loggers,) if isinstance(loggers, str) else loggers))
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown} in loggers={names!r}; choose from {', '.join(LOGGERS)}")
+    if "tensorboard" in names and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ImportError(
+            f"loggers={names!r} needs TensorBoard, but neither tensorboard nor tensorboardX is installed: "
+            "pip install tensorboard, or leave 'tensorboard' out of loggers ('csv' writes metrics.csv)"
+        )
+    return names
+
+
+def _make_loggers(names: Sequence[str], root: Path) -> Logger | list[Logger] | bool:
+    """The Lightning loggers named in ``names``, writing under ``root`` (False, i.e. none, when empty)."""
+    made: list[Logger] = []
+    for name in names:
+        if name == "csv":
+            made.append(CSVLogger(root, name="", version=""))
+        else:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            made.append(TensorBoardLogger(root, name="tensorboard", version="", default_hp_metric=False))
+    return made[0] if len(made) == 1 else made or False
 
 
 def _set_aside_metrics(root: Path) -> Path | None:

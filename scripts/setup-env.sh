@@ -21,4 +21,9 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 # torch first, from the tested pin, so that nothing drags in another build.
 "${pip[@]}" -c "$constraints" "torch==$(sed -n 's/^torch==//p' "$constraints")"
 "${pip[@]}" -c "$constraints" -e "$root[$extras]"
-echo "$venv ($backend): $("$venv/bin/python" -c 'import importlib.metadata as m; print("matgl", m.version("matgl"), "torch", m.version("torch"))')"
+# matbench (docs/matbench.md): matbench 0.6 pins versions that no longer install (matminer 0.7.4, scipy 1.7.3,
+# scikit-learn 1.0.1), so it goes in without its dependencies, next to a current matminer; both are pinned in the
+# constraints file. pip check then reports only matbench's own pins.
+"${pip[@]}" -c "$constraints" matminer
+"${pip[@]}" -c "$constraints" --no-deps matbench
+echo "$venv ($backend): $("$venv/bin/python" -c 'import importlib.metadata as m; print(*(f"{p} {m.version(p)}" for p in ("matgl", "torch", "matbench", "matminer")))')"

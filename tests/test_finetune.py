@@ -51,3 +51,138 @@ def test_finetune_rejects_bad_targets(backend, sample):
         finetune(backend.megnet_class(), s, [0.1, 0.2, math.nan, 0.3], max_epochs=1)
     with pytest.raises(ValueError, match="targets has 3 values for 4 structures"):
         finetune(backend.megnet_class(), s, [0.1, 0.2, 0.3], max_epochs=1)
+
+
+def _snapshot(model):
+    from matgl_cdssl.finetune import split_parameters
+
+    backbone, readout = split_parameters(model)
+    return [p.detach().clone() for p in backbone], [p.detach().clone() for p in readout]
+
+
+def _changed(before, after):
+    return [not bool((a == b).all()) for a, b in zip(before, after, strict=True)]
+
+
+@pytest.mark.parametrize("option", [{"freeze_backbone": True}, {"backbone_lr": 0.0}])
+def test_frozen_or_zero_rate_backbone_keeps_pretrained_weights(pretrained_dir, sample, option):
+    from matgl_cdssl import load_model
+
+    model = load_model(pretrained_dir)
+    backbone0, readout0 = _snapshot(model)
+    y = sample.labels["band_gap_eV"]
+    result = finetune(
+        model, sample.structures[:24], y[:24], max_epochs=2, batch_size=8, enable_progress_bar=False, **option
+    )
+    backbone1, readout1 = _snapshot(result.model)
+    assert not any(_changed(backbone0, backbone1))
+    assert any(_changed(readout0, readout1))
+    assert all(p.requires_grad for p in result.model.parameters())  # unfrozen again for the caller
+
+
+def test_backbone_and_readout_learning_rates(backend):
+    from matgl_cdssl.finetune import optimizer_for, split_parameters
+
+    model = backend.megnet_class()
+    backbone, readout = split_parameters(model)
+    assert len(backbone) + len(readout) == len(list(model.parameters()))
+    groups = optimizer_for(model, lr=1e-3, backbone_lr=1e-4).param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    assert [len(g["params"]) for g in groups] == [len(readout), len(backbone)]
+    frozen = optimizer_for(model, lr=1e-3, freeze_backbone=True).param_groups
+    assert len(frozen) == 1
+    assert not any(p.requires_grad for p in backbone)
+
+
+def test_state_attributes_of_another_width_train_save_and_load(backend, sample, tmp_path):
+    import matgl
+    import torch
+
+    s, y = sample.structures[:30], sample.labels["formation_energy_per_atom_eV"][:30]
+    temperature = np.linspace(0, 1, 30)[:, None] * np.ones((1, 3))
+    result = finetune(
+        backend.megnet_class(),
+        s[:20],
+        y[:20],
+        state_attr=temperature[:20],
+        val_structures=s[20:],
+        val_targets=y[20:],
+        val_state_attr=temperature[20:],
+        max_epochs=1,
+        enable_progress_bar=False,
+    )
+    assert result.model.state_encoder.layers[0].in_features == 3
+    result.model.save(tmp_path / "m")
+    loaded = matgl.load_model(tmp_path / "m")
+    a = loaded.predict_structure(s[0], state_attr=torch.tensor([[0.0, 0.0, 0.0]]))
+    b = loaded.predict_structure(s[0], state_attr=torch.tensor([[1.0, 1.0, 1.0]]))
+    assert float(a) != float(b)
+
+
+def test_state_attributes_are_checked(backend, sample):
+    s, y = sample.structures[:6], sample.labels["band_gap_eV"][:6]
+    with pytest.raises(ValueError, match="val_state_attr is needed too"):
+        finetune(
+            backend.megnet_class(),
+            s[:4],
+            y[:4],
+            state_attr=np.zeros((4, 2)),
+            val_structures=s[4:],
+            val_targets=y[4:],
+            max_epochs=1,
+        )
+    with pytest.raises(ValueError, match=r"shape \(n_structures, k\) = \(4, k\).*NaN or inf"):
+        finetune(backend.megnet_class(), s[:4], y[:4], state_attr=[[0.0, 1.0]] * 3 + [[math.nan, 0.0]], max_epochs=1)
+
+
+def test_property_model_predicts_the_property_itself(backend, sample):
+    y = sample.labels["formation_energy_per_atom_eV"][:24]
+    result = finetune(backend.megnet_class(), sample.structures[:24], y, max_epochs=1, enable_progress_bar=False)
+    assert result.data_std != pytest.approx(1.0)
+    s = sample.structures[30]
+    normalised = float(result.model.predict_structure(s))
+    direct = float(result.property_model().predict_structure(s))
+    assert direct == pytest.approx(normalised * result.data_std + result.data_mean, rel=1e-5, abs=1e-6)
+    assert float(result.model.predict_structure(s)) == pytest.approx(normalised)  # the original is untouched
+
+
+def test_cli_finetune_writes_a_matgl_model_that_predicts_the_property(pretrained_dir, sample, tmp_path, capsys):
+    import json
+
+    import matgl
+    import pandas as pd
+
+    from matgl_cdssl.cli import main
+
+    frame = pd.DataFrame(
+        {
+            "material_id": sample.material_ids[:40],
+            "cif": [s.to(fmt="cif") for s in sample.structures[:40]],
+            "e_form": sample.labels["formation_energy_per_atom_eV"][:40],
+        }
+    )
+    frame[:30].to_csv(tmp_path / "train.csv", index=False)
+    frame[30:].to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "ft"
+    code = main(["finetune", str(tmp_path / "train.csv"), "--target", "e_form", "--model", str(pretrained_dir),
+                 "--test", str(tmp_path / "test.csv"), "--out", str(out), "--max-epochs", "2", "--batch-size", "8",
+                 "--freeze-backbone", "--no-progress-bar"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"test_MAE", "best_val_MAE", "data_mean", "data_std"} <= set(metrics)
+    model = matgl.load_model(out / "model")
+    predictions = np.array([float(model.predict_structure(s)) for s in sample.structures[30:40]])
+    mae = float(np.abs(predictions - frame["e_form"][30:].to_numpy()).mean())
+    assert mae == pytest.approx(metrics["test_MAE"], rel=1e-4)
+
+
+def test_cli_finetune_names_a_bad_target_row(tmp_path, sample, capsys):
+    import pandas as pd
+
+    from matgl_cdssl.cli import main
+
+    pd.DataFrame({"cif": [s.to(fmt="cif") for s in sample.structures[:3]], "y": ["0.1", "", "0.3"]}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    assert main(["finetune", str(tmp_path / "d.csv"), "--target", "y", "--out", str(tmp_path / "o")]) == 1
+    assert "d.csv[1]: column 'y' holds '', not a finite number" in capsys.readouterr().err

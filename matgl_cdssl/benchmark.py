@@ -1,0 +1,475 @@
+"""SSL vs scratch: finetune a pretrained MEGNet and the same MEGNet from random initialisation, side by side.
+
+Each configuration (task, training size, seed) trains two arms with the same split, hyperparameters and budget:
+
+- ``CDSSL``: the pretrained model (``CDSSL-MEGNet-MP`` or any folder), its readout freshly initialised from the seed;
+- ``scratch``: the same architecture, initialised from the seed.
+
+The built-in suite (:data:`TASKS`) ships its data in ``matgl_cdssl/benchmark_data`` (see its ``ATTRIBUTION.md``):
+Materials Project formation energy, band gap and total magnetisation per atom, trained on crystals of the
+pretraining split (whose labels pretraining never used) and tested on the hold-out pool, which pretraining never
+saw; and perovskite heat of formation and indirect gap (Castelli et al.), with a test set fixed per seed.
+Finished runs are cached in ``OUTPUT_DIR/runs.jsonl``, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+
+from matgl_cdssl.data import build_dataset, load_sample
+from matgl_cdssl.finetune import clone, fit
+from matgl_cdssl.registry import load_model, reset_readout
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+    from torch import nn
+
+__all__ = ["SIZES", "TASKS", "BenchmarkResult", "BenchmarkSettings", "TaskData", "benchmark", "load_task", "report"]
+
+logger = logging.getLogger(__name__)
+
+SIZES = (50, 100, 250, 500, 1000, 2500)
+"""Training-set sizes of the default suite."""
+
+ARMS = ("CDSSL", "scratch")
+
+
+@dataclass
+class TaskData:
+    """Labelled crystals for one benchmark task.
+
+    Attributes:
+        name: Task name.
+        structures: Crystals used for training and validation (and for testing when no test set is given).
+        targets: One value per crystal.
+        test_structures: A separate pool of test crystals, or None to draw the test set from ``structures``.
+        test_targets: Their values.
+        unit: The target's unit, for tables and plots.
+        n_test: Test crystals per seed.
+    """
+
+    name: str
+    structures: Sequence[Any]
+    targets: Sequence[float]
+    test_structures: Sequence[Any] | None = None
+    test_targets: Sequence[float] | None = None
+    unit: str = ""
+    n_test: int = 500
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    source: str
+    label: str
+    unit: str
+    per_atom: bool = False
+    n_test: int = 500
+
+
+TASKS = {
+    "mp_formation_energy": _Builtin("mp", "formation_energy_per_atom_eV", "eV/atom"),
+    "mp_band_gap": _Builtin("mp", "band_gap_eV", "eV"),
+    "mp_magnetization": _Builtin("mp", "total_magnetization_muB", "μB/atom", per_atom=True),
+    "perov_heat_ref": _Builtin("perov5", "heat_ref", "eV/cell", n_test=1000),
+    "perov_ind_gap": _Builtin("perov5", "ind_gap", "eV", n_test=1000),
+}
+"""The default suite: Materials Project (``mp_*``) and perovskite (``perov_*``) tasks."""
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """Hyperparameters and budget, identical for both arms.
+
+    Each run trains for ``min(max_epochs, ceil(sample_budget / n_train))`` epochs (about the same number of
+    gradient steps at every size), with matgl's cosine decay over those epochs, early stopping after a third of
+    them without improvement, and the best validation epoch tested. The validation set has
+    ``clip(n_train // 4, min_val, max_val)`` crystals.
+    """
+
+    lr: float = 3e-3
+    backbone_lr: float | None = None
+    freeze_backbone: bool = False
+    batch_size: int = 32
+    loss: str = "l1_loss"
+    sample_budget: int = 20_000
+    max_epochs: int = 200
+    min_val: int = 50
+    max_val: int = 500
+
+    def epochs(self, n_train: int) -> int:
+        """Epochs for a training set of ``n_train`` crystals."""
+        return max(1, min(self.max_epochs, math.ceil(self.sample_budget / n_train)))
+
+    def n_val(self, n_train: int) -> int:
+        """Validation crystals for a training set of ``n_train``."""
+        return int(np.clip(n_train // 4, self.min_val, self.max_val))
+
+
+QUICK = {
+    "tasks": ("mp_formation_energy", "perov_heat_ref"),
+    "sizes": (50, 250),
+    "seeds": (0,),
+    "settings": BenchmarkSettings(sample_budget=2_500, max_epochs=40, max_val=100),
+    "n_test": 200,
+}
+"""``quick=True``: two tasks, two sizes, one seed and a small budget (a few minutes on 2 CPU cores)."""
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`benchmark` returns.
+
+    Attributes:
+        runs: One row per run (task, n_train, seed, arm, test_MAE, ...).
+        table: The markdown summary (see :func:`report`).
+        paths: Files written: ``runs_csv``, ``table_md`` and ``figure_png``.
+    """
+
+    runs: pd.DataFrame
+    table: str
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _read_json_gz(name: str) -> list[dict]:
+    with gzip.open(files("matgl_cdssl").joinpath(f"benchmark_data/{name}").open("rb"), "rt") as f:
+        return json.load(f)
+
+
+def _structures(rows: list[dict]) -> list:
+    from pymatgen.core import Lattice, Structure
+
+    return [Structure(Lattice(r["lattice"]), r["species"], r["frac_coords"]) for r in rows]
+
+
+def load_task(name: str) -> TaskData:
+    """Load a built-in task of :data:`TASKS` from the shipped data.
+
+    Example:
+        >>> task = load_task("perov_heat_ref")
+        >>> len(task.structures), task.test_structures is None, task.unit
+        (4000, True, 'eV/cell')
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown benchmark task {name!r}; known tasks: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    if spec.source == "perov5":
+        rows = _read_json_gz("perov5.json.gz")
+        return TaskData(name, _structures(rows), [r[spec.label] for r in rows], unit=spec.unit, n_test=spec.n_test)
+    rows = _read_json_gz("mp_trainval.json.gz")
+    structures = _structures(rows)
+    targets = np.array([r[spec.label] for r in rows], dtype=float)
+    test = load_sample()
+    test_targets = test.labels[spec.label]
+    if spec.per_atom:
+        targets = targets / np.array([len(s) for s in structures])
+        test_targets = test_targets / np.array([len(s) for s in test.structures])
+    return TaskData(
+        name, structures, targets.tolist(), test.structures, test_targets.tolist(), unit=spec.unit, n_test=spec.n_test
+    )
+
+
+def _splits(task: TaskData, sizes: Sequence[int], seed: int, settings: BenchmarkSettings) -> dict[str, Any]:
+    """Index sets of one seed: ``test`` (into the test pool), and ``val``/``train`` per size (into the main pool)."""
+    rng = np.random.default_rng(seed)
+    n_pool = len(task.structures)
+    if task.test_structures is None:
+        order = rng.permutation(n_pool)
+        test, rest = order[: task.n_test], order[task.n_test :]
+    else:
+        test = rng.permutation(len(task.test_structures))[: task.n_test]
+        rest = rng.permutation(n_pool)
+    val_block = settings.n_val(max(sizes))
+    if val_block + max(sizes) > len(rest):
+        raise ValueError(
+            f"task {task.name!r} has {len(rest)} crystals outside its test set, fewer than the {max(sizes)} training "
+            f"+ {val_block} validation crystals that training size {max(sizes)} needs; use smaller sizes"
+        )
+    return {
+        "test": test,
+        "val": {n: rest[: settings.n_val(n)] for n in sizes},
+        "train": {n: rest[val_block : val_block + n] for n in sizes},
+    }
+
+
+class _Graphs:
+    """Crystals of one task converted to graphs once, and the labelled subsets the runs train on."""
+
+    def __init__(self, structures: Sequence[Any], targets: Sequence[float], needed: set[int], model: nn.Module, name):
+        from torch.utils.data import Subset
+
+        self.Subset = Subset
+        self.index = {i: k for k, i in enumerate(sorted(needed))}
+        picked = sorted(needed)
+        values = np.asarray(targets, dtype=float)[picked]
+        bad = [picked[k] for k in np.flatnonzero(~np.isfinite(values))]
+        if bad:
+            raise ValueError(f"{name} has non-finite targets at index(es) {bad[:10]}")
+        self.dataset, _, _ = build_dataset(
+            [structures[i] for i in picked],
+            element_types=model.element_types,
+            cutoff=model.cutoff,
+            labels={"target": values.tolist()},
+        )
+
+    def subset(self, indices: Sequence[int]) -> Any:
+        return self.Subset(self.dataset, [self.index[int(i)] for i in indices])
+
+
+def _fingerprint(model_name: str, settings: BenchmarkSettings, task: TaskData) -> str:
+    payload = json.dumps([model_name, asdict(settings), task.name, len(task.structures), task.n_test], default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def benchmark(
+    model: str | Path | nn.Module = "CDSSL-MEGNet-MP",
+    *,
+    tasks: Sequence[str | TaskData] | None = None,
+    sizes: Sequence[int] = SIZES,
+    seeds: Sequence[int] = (0, 1, 2),
+    output_dir: str | Path = "cdssl-benchmark",
+    settings: BenchmarkSettings | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    **trainer_kwargs: Any,
+) -> BenchmarkResult:
+    """Run the SSL-vs-scratch benchmark and write its CSV, markdown table and bar chart.
+
+    Args:
+        model: The pretrained arm: a registered name, a model folder, or a MEGNet.
+        tasks: Built-in task names (:data:`TASKS`, all by default) and/or your own :class:`TaskData`.
+        sizes: Training-set sizes.
+        seeds: One split and one initialisation per seed.
+        output_dir: Where ``runs.jsonl`` (the cache), ``runs.csv``, ``results.md`` and ``results.png`` go.
+        settings: Hyperparameters and budget (:class:`BenchmarkSettings`), the same for both arms.
+        quick: The small suite of :data:`QUICK` (for CI and docs); it overrides tasks, sizes, seeds and settings.
+        progress: Show a progress bar over the runs.
+        **trainer_kwargs: Passed to ``lightning.Trainer`` (for example ``accelerator="gpu"``).
+
+    Returns:
+        A :class:`BenchmarkResult`.
+
+    Raises:
+        ValueError: an unknown task, a task with too few crystals for the sizes, or non-finite targets.
+    """
+    if quick:
+        tasks, sizes, seeds, settings = QUICK["tasks"], QUICK["sizes"], QUICK["seeds"], QUICK["settings"]
+    settings = settings or BenchmarkSettings()
+    sizes = sorted(int(n) for n in sizes)
+    loaded = [load_task(t) if isinstance(t, str) else t for t in (tasks if tasks is not None else TASKS)]
+    if quick:
+        for t in loaded:
+            t.n_test = min(t.n_test, QUICK["n_test"])
+    model_name = model if isinstance(model, (str, Path)) else type(model).__name__
+    template = load_model(model) if isinstance(model, (str, Path)) else model
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache = output_dir / "runs.jsonl"
+    done = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            record = json.loads(line)
+            done[(record["fingerprint"], record["task"], record["n_train"], record["seed"], record["arm"])] = record
+
+    plan = []
+    for task in loaded:
+        fingerprint = _fingerprint(str(model_name), settings, task)
+        for seed in seeds:
+            for n in sizes:
+                for arm in ARMS:
+                    plan.append((task, fingerprint, seed, n, arm))
+    todo = [p for p in plan if (p[1], p[0].name, p[3], p[2], p[4]) not in done]
+    logger.info("benchmark: %d runs, %d cached, %d to do", len(plan), len(plan) - len(todo), len(todo))
+
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        _run(todo, done, sizes, seeds, settings, template, str(model_name), cache, progress, len(plan), trainer_kwargs)
+    finally:
+        quiet.setLevel(level)
+    wanted = {(p[1], p[0].name, p[3], p[2], p[4]) for p in plan}
+    return report([r for key, r in done.items() if key in wanted], output_dir)
+
+
+def _run(todo, done, sizes, seeds, settings, template, model_name, cache, progress, total, trainer_kwargs) -> None:
+    """Train the runs still to do, appending each finished one to the cache."""
+    from tqdm.auto import tqdm
+
+    graphs: dict[str, tuple[_Graphs, _Graphs]] = {}
+    bar = tqdm(total=total, initial=total - len(todo), disable=not progress, desc="SSL vs scratch")
+    for task, fingerprint, seed, n, arm in todo:
+        split = _splits(task, sizes, seed, settings)
+        if task.name not in graphs:
+            graphs[task.name] = _task_graphs(task, sizes, seeds, settings, template)
+        pool, test_pool = graphs[task.name]
+        bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm}")
+        L.seed_everything(seed, verbose=False)
+        net = reset_readout(clone(template)) if arm == "CDSSL" else type(template)(**template._init_args)
+        epochs = settings.epochs(n)
+        start = time.perf_counter()
+        result = fit(
+            net,
+            pool.subset(split["train"][n]),
+            pool.subset(split["val"][n]),
+            test=test_pool.subset(split["test"]),
+            loss=settings.loss,
+            max_epochs=epochs,
+            patience=max(10, epochs // 3),
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            backbone_lr=settings.backbone_lr,
+            freeze_backbone=settings.freeze_backbone and arm == "CDSSL",
+            seed=seed,
+            enable_progress_bar=False,
+            **trainer_kwargs,
+        )
+        record = {
+            "task": task.name,
+            "unit": task.unit,
+            "n_train": n,
+            "seed": seed,
+            "arm": arm,
+            "test_MAE": result.metrics["test_MAE"],
+            "best_val_MAE": result.metrics["best_val_MAE"],
+            "best_epoch": int(result.metrics["best_epoch"]),
+            "epochs_run": int(result.metrics["epochs"]),
+            "max_epochs": epochs,
+            "n_val": len(split["val"][n]),
+            "n_test": len(split["test"]),
+            "wall_s": round(time.perf_counter() - start, 2),
+            "model": model_name,
+            "fingerprint": fingerprint,
+        }
+        with cache.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        done[(fingerprint, task.name, n, seed, arm)] = record
+        bar.update()
+    bar.close()
+
+
+def _task_graphs(
+    task: TaskData, sizes: Sequence[int], seeds: Sequence[int], settings: BenchmarkSettings, model: nn.Module
+) -> tuple[_Graphs, _Graphs]:
+    """Convert every crystal that some run of the task uses, once."""
+    needed, needed_test = set(), set()
+    for seed in seeds:
+        split = _splits(task, sizes, seed, settings)
+        for n in sizes:
+            needed |= {int(i) for i in split["train"][n]} | {int(i) for i in split["val"][n]}
+        (needed_test if task.test_structures is not None else needed).update(int(i) for i in split["test"])
+    pool = _Graphs(task.structures, task.targets, needed, model, task.name)
+    if task.test_structures is None:
+        return pool, pool
+    return pool, _Graphs(task.test_structures, task.test_targets, needed_test, model, f"{task.name} (test)")
+
+
+def report(runs: Sequence[dict] | pd.DataFrame, output_dir: str | Path) -> BenchmarkResult:
+    """Summarise runs into ``runs.csv``, ``results.md`` (mean ± standard error) and ``results.png``.
+
+    Args:
+        runs: Run records as written by :func:`benchmark`.
+        output_dir: Where to write.
+
+    Returns:
+        A :class:`BenchmarkResult`.
+    """
+    import pandas as pd
+
+    output_dir = Path(output_dir)
+    frame = pd.DataFrame(list(runs) if not isinstance(runs, pd.DataFrame) else runs)
+    frame = frame.sort_values(["task", "n_train", "seed", "arm"]).reset_index(drop=True)
+    paths = {"runs_csv": output_dir / "runs.csv", "table_md": output_dir / "results.md"}
+    frame.to_csv(paths["runs_csv"], index=False)
+    summary = summarise(frame)
+    table = _markdown(summary)
+    paths["table_md"].write_text(table)
+    try:
+        paths["figure_png"] = _plot(summary, output_dir / "results.png")
+    except ImportError:
+        logger.warning("matplotlib is not installed: no results.png (pip install matplotlib)")
+    return BenchmarkResult(frame, table, paths)
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, n_train): mean and standard error of the test MAE of each arm, and the relative change.
+
+    Only seeds that finished both arms are counted, so that the arms are always compared on the same splits.
+    """
+    import pandas as pd
+
+    rows = []
+    for (task, n), group in frame.groupby(["task", "n_train"], sort=True):
+        wide = group.pivot_table(index="seed", columns="arm", values="test_MAE").dropna()
+        if wide.empty or not set(ARMS) <= set(wide.columns):
+            continue
+        row = {"task": task, "unit": group["unit"].iloc[0], "n_train": int(n), "seeds": len(wide)}
+        for arm in ARMS:
+            values = wide[arm].to_numpy()
+            row[f"{arm}_mean"] = float(values.mean())
+            row[f"{arm}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+        row["change"] = row["CDSSL_mean"] / row["scratch_mean"] - 1
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+    lines = [
+        "| task | n_train | seeds | CDSSL test MAE | scratch test MAE | change |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary.itertuples():
+        lines.append(
+            f"| {r.task} ({r.unit}) | {r.n_train} | {r.seeds} | {r.CDSSL_mean:.4f} ± {r.CDSSL_se:.4f} | "
+            f"{r.scratch_mean:.4f} ± {r.scratch_se:.4f} | {100 * r.change:+.1f}% |"
+        )
+    if len(summary):
+        wins = int((summary["change"] < 0).sum())
+        small = summary[summary["n_train"] <= 250]
+        lines += [
+            "",
+            f"CDSSL wins {wins} of {len(summary)} configurations ({100 * wins / len(summary):.0f}%).",
+            f"Mean change in test MAE, all configurations: {100 * summary['change'].mean():+.1f}%; "
+            + (f"at 250 labels or fewer: {100 * small['change'].mean():+.1f}%." if len(small) else ""),
+            "",
+            "Mean ± standard error over seeds; change = CDSSL mean / scratch mean - 1 (negative: CDSSL better).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summary: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(summary["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        part = summary[summary["task"] == task]
+        x = np.arange(len(part))
+        for k, (arm, color) in enumerate(zip(ARMS, ("tab:blue", "tab:gray"), strict=True)):
+            ax.bar(x + (k - 0.5) * 0.4, part[f"{arm}_mean"], 0.4, yerr=part[f"{arm}_se"].fillna(0), capsize=2,
+                   color=color, label=arm)  # fmt: skip
+        ax.set_xticks(x, [str(n) for n in part["n_train"]])
+        ax.set_xlabel("training labels")
+        ax.set_title(task, fontsize=10)
+        ax.set_ylabel(f"test MAE ({part['unit'].iloc[0]})")
+    axes[0][0].legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,379 @@
+"""Matbench: finetune a (pretrained) MEGNet on each fold of matbench's structure regression tasks.
+
+The runner uses matbench's own API end to end: ``MatbenchBenchmark`` picks the tasks, each task's
+``get_train_and_val_data``/``get_test_data`` give the fold's crystals, ``task.record`` stores (and scores) the
+predictions, and the benchmark is written in matbench's results format. Matbench is not a dependency of
+matgl-cdssl; install it as described in ``docs/matbench.md``.
+
+Matbench: A. Dunn, Q. Wang, A. Ganose, D. Dopp, A. Jain, npj Comput. Mater. 6, 138 (2020).
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import logging
+import re
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from matgl_cdssl.backend import BACKEND, get_backend
+from matgl_cdssl.data import build_dataset
+from matgl_cdssl.finetune import finetune
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from matbench.bench import MatbenchBenchmark
+    from torch import nn
+
+__all__ = ["DEFAULT_TASKS", "load_results", "predict", "run_matbench", "supported_tasks", "write_results"]
+
+logger = logging.getLogger(__name__)
+
+#: The task run when none is named.
+DEFAULT_TASKS = ("matbench_perovskites",)
+
+_INSTALL = (
+    "matbench is not installed. Install it next to a current matminer: `pip install -c constraints/<backend>.txt "
+    "matminer` then `pip install --no-deps matbench==0.6` (see docs/matbench.md)."
+)
+
+
+def _matbench_metadata() -> dict[str, Any]:
+    try:
+        from matbench.metadata import mbv01_metadata
+    except ImportError as exc:
+        raise ImportError(_INSTALL) from exc
+    return mbv01_metadata
+
+
+def supported_tasks() -> list[str]:
+    """Names of the matbench v0.1 tasks that the runner supports: regression on crystal structures."""
+    return [
+        name
+        for name, meta in _matbench_metadata().items()
+        if meta["input_type"] == "structure" and meta["task_type"] == "regression"
+    ]
+
+
+def _check_task(name: str) -> None:
+    """Raise a ValueError naming ``name`` unless it is a matbench structure regression task."""
+    metadata = _matbench_metadata()
+    supported = supported_tasks()
+    if name not in metadata:
+        raise ValueError(f"{name!r} is not a matbench v0.1 task; supported tasks: {', '.join(supported)}")
+    meta = metadata[name]
+    if name not in supported:
+        raise ValueError(
+            f"matbench task {name!r} is {meta['task_type']} on {meta['input_type']} inputs; only regression on "
+            f"crystal structures is supported ({', '.join(supported)})"
+        )
+
+
+def _lightning(model: nn.Module) -> Any:
+    """``model`` wrapped in matgl's ``ModelLightningModule``, whose ``forward`` gives its raw (normalised) output.
+
+    Both backends' ``ModelLightningModule.forward(g, lat, state_attr)`` turn the lattice into positions and periodic
+    shifts (node ``pos``, edge ``pbc_offshift``) on their own graph type before calling the model, exactly as in
+    training; calling it keeps the one backend-specific step inside matgl.
+    """
+    from matgl.utils.training import ModelLightningModule
+
+    return ModelLightningModule(model=model)
+
+
+def predict(
+    model: nn.Module, structures: Sequence[Any], data_mean: float, data_std: float, batch_size: int = 64
+) -> np.ndarray:
+    """Predict a property for many crystals in batches with a MEGNet trained by matgl's ``ModelLightningModule``.
+
+    Such a model's raw output is the normalised target, so the prediction is ``output * data_std + data_mean``
+    (the values in :class:`~matgl_cdssl.finetune.FinetuneResult`). Crystals are converted to graphs with the
+    model's element types and cutoff through matgl's dataset and loader (:func:`matgl_cdssl.data.build_dataset`).
+
+    Args:
+        model: The MEGNet. It is put in eval mode.
+        structures: Crystals, in any form :func:`matgl_cdssl.data.read_structures` accepts.
+        data_mean: Mean of the training targets.
+        data_std: Standard deviation of the training targets.
+        batch_size: Crystals per batch.
+
+    Returns:
+        One prediction per crystal, in input order, shape ``(n,)``.
+
+    Raises:
+        ValueError: A crystal the model cannot take (see :func:`matgl_cdssl.data.build_dataset`), named.
+
+    Example:
+        >>> import matgl_cdssl
+        >>> from matgl_cdssl.matbench import predict
+        >>> crystals = matgl_cdssl.load_sample(3).structures
+        >>> predict(matgl_cdssl.load_model("CDSSL-MEGNet-MP"), crystals, data_mean=-1.0, data_std=0.5).shape
+        (3,)
+    """
+    dataset, names, _ = build_dataset(structures, element_types=model.element_types, cutoff=model.cutoff)
+    _, loader = get_backend().loaders(dataset, dataset, batch_size=batch_size)
+    device = next(model.parameters()).device
+    out = np.full(len(names), np.nan)
+    module = _lightning(model).eval()
+    with torch.no_grad():
+        for g, lat, state_attr, index in loader:
+            raw = module(g=g.to(device), lat=lat.to(device), state_attr=state_attr.to(device))
+            out[index.long().numpy()] = raw.reshape(-1).double().cpu().numpy() * data_std + data_mean
+    return out
+
+
+def write_results(benchmark: MatbenchBenchmark, path: str | Path) -> Path:
+    """Write a benchmark in matbench's results format (``benchmark.as_dict()`` as JSON).
+
+    A plain name is written by matbench's own ``to_file``. A name ending in ``.gz`` (matbench's conventional
+    ``results.json.gz``) is gzip-compressed: matbench 0.6's ``to_file`` would write uncompressed text under it.
+    Read either back with :func:`load_results`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            json.dump(benchmark.as_dict(), f)
+    else:
+        benchmark.to_file(str(path))
+    return path
+
+
+def load_results(path: str | Path) -> MatbenchBenchmark:
+    """Read a results file written by :func:`write_results` (or matbench's ``to_file``), gzipped or not.
+
+    Matbench validates the file as it loads it; matbench 0.6 accepts only tasks with every fold recorded.
+    """
+    from matbench.bench import MatbenchBenchmark
+
+    path = Path(path)
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return MatbenchBenchmark.from_dict(json.load(f))
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, Any]:
+    """The JSON scalars of ``values`` (trainer options such as callbacks are left out of the record)."""
+    return {k: v for k, v in values.items() if isinstance(v, (bool, int, float, str)) or v is None}
+
+
+def _with_ids(exc: ValueError, where: str, ids: Sequence[str]) -> ValueError:
+    """``exc``, prefixed by ``where``, with the matbench id of each crystal ``structures[i]`` that it names."""
+    message = re.sub(r"structures\[(\d+)\]", lambda m: f"{ids[int(m.group(1))]} (structures[{m.group(1)}])", str(exc))
+    return ValueError(f"{where}: {message}")
+
+
+def run_matbench(
+    tasks: Sequence[str] | str | None = None,
+    model: str | Path | nn.Module = "CDSSL-MEGNet-MP",
+    output: str | Path | None = "results.json.gz",
+    *,
+    folds: Sequence[int] | None = None,
+    seed: int = 0,
+    predict_batch_size: int = 64,
+    benchmark: MatbenchBenchmark | None = None,
+    **finetune_kwargs: Any,
+) -> MatbenchBenchmark:
+    """Finetune ``model`` on every fold of matbench tasks and record its test predictions with matbench.
+
+    For each task and fold, a fresh copy of the model is finetuned with :func:`matgl_cdssl.finetune.finetune` on the
+    fold's training data (``val_fraction`` of it held out for validation and early stopping; seed ``seed + fold``),
+    the fold's test crystals are predicted with :func:`predict`, and ``task.record`` stores the predictions, which
+    matbench scores (MAE, RMSE, ...). The results file is rewritten after every fold.
+
+    Args:
+        tasks: Matbench v0.1 task names (regression on structures, see :func:`supported_tasks`); default
+            ``matbench_perovskites``, or every task of ``benchmark`` when one is given.
+        model: A registered name such as ``"CDSSL-MEGNet-MP"`` (loaded anew for each fold, readout freshly
+            initialised), a model folder, or a MEGNet (copied for each fold).
+        output: Results file (see :func:`write_results`); None writes nothing.
+        folds: Run only these folds (0-4), e.g. ``[0]`` for a quick check. Folds already recorded are skipped.
+            Matbench 0.6 reads back (``from_file``) only files with every fold of every task recorded.
+        seed: Base seed; fold ``k`` uses ``seed + k``.
+        predict_batch_size: Crystals per batch when predicting the test set.
+        benchmark: A ``MatbenchBenchmark`` to fill instead of a new ``MatbenchBenchmark(autoload=False,
+            subset=tasks)``; its tasks' data are loaded with ``task.load()`` unless already loaded.
+        **finetune_kwargs: Passed to :func:`~matgl_cdssl.finetune.finetune`: ``max_epochs``, ``patience``,
+            ``batch_size``, ``lr``, ``loss``, ``val_fraction``, ``skip_invalid`` (training crystals only), and
+            ``lightning.Trainer`` options.
+
+    Returns:
+        The benchmark with the recorded folds.
+
+    Raises:
+        ValueError: A task that is not a matbench structure regression task (composition or classification
+            tasks), a task not in ``benchmark``, an unknown fold, or non-finite predictions, each named.
+        ImportError: matbench is not installed.
+    """
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if benchmark is None:
+        names = list(tasks or DEFAULT_TASKS)
+    else:
+        available = [task.dataset_name for task in benchmark.tasks]
+        names = available if tasks is None else list(tasks)
+        missing = [name for name in names if name not in available]
+        if missing:
+            raise ValueError(f"task(s) {missing} are not in the given benchmark (it has {available})")
+    for name in names:
+        _check_task(name)
+    for key in ("val_structures", "val_targets", "test_structures", "test_targets"):
+        if key in finetune_kwargs:
+            raise ValueError(f"{key!r} comes from each matbench fold; it cannot be a finetune option of run_matbench")
+    if benchmark is None:
+        from matbench.bench import MatbenchBenchmark
+
+        benchmark = MatbenchBenchmark(autoload=False, subset=names)
+    if not benchmark.user_metadata:
+        benchmark.add_metadata(
+            {
+                "algorithm": "matgl-cdssl finetune",
+                "model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
+                "matgl_cdssl": _version("matgl-cdssl"),
+                "matgl": _version("matgl"),
+                "backend": BACKEND,
+                **{f"finetune_{k}": v for k, v in _scalars(finetune_kwargs).items()},
+            }
+        )
+
+    for task in benchmark.tasks:
+        if task.dataset_name not in names:
+            continue
+        chosen = list(task.folds) if folds is None else [int(f) for f in folds]
+        unknown = [f for f in chosen if f not in task.folds]
+        if unknown:
+            raise ValueError(f"{task.dataset_name}: no fold(s) {unknown}; its folds are {list(task.folds)}")
+        task.load()
+        for fold in chosen:
+            if task.is_recorded[fold]:
+                logger.info("%s fold %d is already recorded; skipping it", task.dataset_name, fold)
+                continue
+            train_inputs, train_outputs = task.get_train_and_val_data(fold)
+            test_inputs = task.get_test_data(fold, include_target=False)
+            where = f"{task.dataset_name} fold {fold}"
+            start = time.perf_counter()
+            try:
+                result = finetune(
+                    copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model,
+                    list(train_inputs),
+                    np.asarray(train_outputs, dtype=float),
+                    seed=seed + fold,
+                    **finetune_kwargs,
+                )
+            except ValueError as exc:
+                raise _with_ids(exc, f"{where}, training data", list(train_inputs.index)) from exc
+            try:
+                predictions = predict(
+                    result.model, list(test_inputs), result.data_mean, result.data_std, batch_size=predict_batch_size
+                )
+            except ValueError as exc:
+                raise _with_ids(
+                    exc, f"{where}, test data (every test crystal needs a prediction)", list(test_inputs.index)
+                ) from exc
+            bad = np.flatnonzero(~np.isfinite(predictions))
+            if bad.size:
+                raise ValueError(
+                    f"{where}: {bad.size} non-finite prediction(s), e.g. for {list(test_inputs.index[bad[:5]])}"
+                )
+            params = {
+                "seed": seed + fold,
+                "data_mean": float(result.data_mean),
+                "data_std": float(result.data_std),
+                "seconds": round(time.perf_counter() - start, 1),
+                **{k: float(v) for k, v in result.metrics.items()},
+            }
+            task.record(fold, predictions, params=params)
+            logger.info(
+                "%s fold %d: test MAE %.4g (best validation MAE %.4g at epoch %d)",
+                task.dataset_name,
+                fold,
+                task.results[task.folds_map[fold]].scores.mae,
+                result.metrics["best_val_MAE"],
+                result.metrics["best_epoch"],
+            )
+            if output is not None:
+                write_results(benchmark, output)
+    if output is not None:
+        write_results(benchmark, output)
+    return benchmark
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``cdssl matbench`` to the ``cdssl`` command (see ``matgl_cdssl.cli``)."""
+    from matgl_cdssl.cli import _devices, _positive_float
+
+    p = subparsers.add_parser(
+        "matbench",
+        help="finetune a pretrained MEGNet on matbench tasks with matbench's folds and record()",
+        description="Writes the results in matbench's submission format (gzip-compressed for a .gz name). "
+        "matbench is installed with `pip install --no-deps matbench==0.6` next to matminer (docs/matbench.md).",
+    )
+    p.add_argument("--task", nargs="+", default=list(DEFAULT_TASKS), metavar="NAME", help="matbench v0.1 task(s)")
+    p.add_argument("--out", type=Path, default=Path("results.json.gz"), help="results file")
+    p.add_argument("--model", default="CDSSL-MEGNet-MP", help="registered name or model folder")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
+    p.add_argument("--seed", type=int, default=0, help="fold k uses seed + k")
+    p.add_argument("--predict-batch-size", type=int, default=64)
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=50, help="early-stopping patience in epochs (0: none)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--backbone-lr", type=float, help="learning rate of the backbone")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the readout")
+    p.add_argument("--loss", choices=("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss"), default="l1_loss")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--skip-invalid", action="store_true", help="leave out invalid training crystals, warning")
+    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", type=_devices, help="Lightning devices")
+    p.add_argument("--no-progress-bar", action="store_true")
+    p.set_defaults(func=matbench_command)
+
+
+def matbench_command(args: Any) -> int:
+    """Run ``cdssl matbench``.
+
+    Side Effects:
+        Writes the results file ``args.out`` after every fold.
+    """
+    options = {k: getattr(args, k) for k in ("accelerator", "devices", "backbone_lr") if getattr(args, k) is not None}
+    mb = run_matbench(
+        args.task,
+        model=args.model,
+        output=args.out,
+        folds=args.folds,
+        seed=args.seed,
+        predict_batch_size=args.predict_batch_size,
+        max_epochs=args.max_epochs,
+        patience=args.patience or None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        freeze_backbone=args.freeze_backbone,
+        loss=args.loss,
+        val_fraction=args.val_fraction,
+        skip_invalid=args.skip_invalid,
+        enable_progress_bar=not args.no_progress_bar,
+        **options,
+    )
+    for task in mb.tasks:
+        recorded = [fold for fold, done in task.is_recorded.items() if done]
+        maes = [task.results[task.folds_map[fold]].scores.mae for fold in recorded]
+        print(f"{task.dataset_name}: folds {recorded}, test MAE per fold {[round(m, 5) for m in maes]}")
+    print(f"wrote {args.out}")
+    return 0

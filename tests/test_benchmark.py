@@ -1,0 +1,178 @@
+"""The SSL-vs-scratch benchmark: shipped tasks, splits, both arms, cache and resume, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from matgl_cdssl.benchmark import (
+    QUICK,
+    TASKS,
+    BenchmarkSettings,
+    TaskData,
+    _splits,
+    benchmark,
+    load_task,
+    summarise,
+)
+from matgl_cdssl.data import in_holdout_pool, load_sample
+
+TINY = BenchmarkSettings(sample_budget=40, max_epochs=2, min_val=8, max_val=8, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(pretrained_run):
+    return pretrained_run[1] / "model"
+
+
+@pytest.fixture(scope="module")
+def own_task(sample):
+    """A user task: 60 crystals of the bundled sample with their band gap."""
+    return TaskData("my_band_gap", sample.structures[:60], sample.labels["band_gap_eV"][:60].tolist(), n_test=12)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_shipped_tasks_are_complete_and_finite(name):
+    task = load_task(name)
+    assert len(task.structures) == len(task.targets) >= 3000
+    assert np.isfinite(task.targets).all()
+    if name.startswith("mp_"):
+        # Materials Project test crystals come from the hold-out pool that pretraining never saw.
+        assert len(task.test_structures) == len(task.test_targets) == 1000
+        assert all(in_holdout_pool(i) for i in load_sample().material_ids)
+        assert np.isfinite(task.test_targets).all()
+    else:
+        assert task.test_structures is None
+    if name == "mp_magnetization":  # per atom: the per-cell label divided by the atom count
+        sample = load_sample()
+        expected = sample.labels["total_magnetization_muB"] / [len(s) for s in sample.structures]
+        np.testing.assert_allclose(task.test_targets, expected)
+
+
+def test_mp_training_crystals_are_outside_the_hold_out_pool():
+    from matgl_cdssl.benchmark import _read_json_gz
+
+    ids = [r["id"] for r in _read_json_gz("mp_trainval.json.gz")]
+    assert len(set(ids)) == len(ids) == 3100
+    assert not any(in_holdout_pool(i) for i in ids)
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown benchmark task 'mp_gap'; known tasks: mp_formation_energy"):
+        load_task("mp_gap")
+
+
+@pytest.mark.parametrize("separate_test", [False, True])
+def test_splits_are_disjoint_fixed_per_seed_and_differ_between_seeds(own_task, separate_test):
+    task = own_task
+    if separate_test:
+        task = TaskData(
+            "t", own_task.structures, own_task.targets, own_task.structures[:30], own_task.targets[:30], n_test=10
+        )
+    sizes = (10, 20)
+    a, b, c = (_splits(task, sizes, seed, TINY) for seed in (0, 0, 1))
+    for n in sizes:
+        train, val = set(a["train"][n]), set(a["val"][n])
+        assert len(train) == n
+        assert len(val) == TINY.n_val(n)
+        assert not train & val
+        if not separate_test:
+            assert not (train | val) & set(a["test"])
+        assert np.array_equal(a["train"][n], b["train"][n])  # reproducible
+    assert set(a["train"][10]) <= set(a["train"][20])  # nested sizes within a seed
+    assert not np.array_equal(a["train"][20], c["train"][20])  # each seed its own split
+    assert not np.array_equal(a["test"], c["test"])
+    assert len(a["test"]) == task.n_test
+
+
+def test_sizes_that_do_not_fit_raise_naming_the_task(own_task):
+    with pytest.raises(ValueError, match="task 'my_band_gap' has 48 crystals outside its test set"):
+        _splits(own_task, (50,), 0, TINY)
+
+
+def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir, own_task, tmp_path):
+    out = tmp_path / "bench"
+    result = benchmark(
+        pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=TINY, progress=False
+    )
+    runs = result.runs
+    assert len(runs) == 2 * 2 * 2
+    assert set(runs["arm"]) == {"CDSSL", "scratch"}
+    assert np.isfinite(runs["test_MAE"]).all()
+    assert (runs["test_MAE"] > 0).all()
+    # Identical splits and budgets for the two arms of every configuration.
+    for _, pair in runs.groupby(["task", "n_train", "seed"]):
+        assert len(pair) == 2
+        assert pair[["n_val", "n_test", "max_epochs"]].nunique().eq(1).all()
+    assert (runs.loc[runs["n_train"] == 10, "max_epochs"] == TINY.epochs(10)).all()
+    for key in ("runs_csv", "table_md", "figure_png"):
+        assert result.paths[key].is_file()
+    assert len(pd.read_csv(result.paths["runs_csv"])) == 8
+    assert "CDSSL wins" in result.table
+    assert "| my_band_gap () | 20 | 2 |" in result.table
+
+    # Resume: a rerun trains nothing and reports the same numbers.
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    again = benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=TINY,
+                      progress=False)  # fmt: skip
+    assert (out / "runs.jsonl").read_text().splitlines() == lines
+    pd.testing.assert_frame_equal(again.runs, runs)
+    # An interrupted run (one record missing) redoes only that run, and gets the same result (seeded).
+    (out / "runs.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    redone = benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=TINY,
+                       progress=False)  # fmt: skip
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 8
+    last = json.loads(lines[-1])
+    new = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
+    assert new["test_MAE"] == pytest.approx(last["test_MAE"], rel=1e-5)
+    assert len(redone.runs) == 8
+    # Other settings are other runs, not cache hits.
+    other = benchmark(pretrained_dir, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=out,
+                      settings=BenchmarkSettings(**{**TINY.__dict__, "lr": 3e-3}), progress=False)  # fmt: skip
+    assert len(other.runs) == 2
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 10
+
+
+def test_summary_counts_wins_and_standard_errors():
+    rows = [
+        {"task": "t", "unit": "eV", "n_train": 50, "seed": s, "arm": arm, "test_MAE": v}
+        for s, (a, b) in enumerate([(1.0, 2.0), (2.0, 2.0), (3.0, 5.0)])
+        for arm, v in (("CDSSL", a), ("scratch", b))
+    ]
+    summary = summarise(pd.DataFrame(rows))
+    row = summary.iloc[0]
+    assert row["CDSSL_mean"] == pytest.approx(2.0)
+    assert row["scratch_mean"] == pytest.approx(3.0)
+    assert row["CDSSL_se"] == pytest.approx(1.0 / math.sqrt(3))
+    assert row["change"] == pytest.approx(2 / 3 - 1)
+    # A seed with only one arm finished is not compared.
+    partial = summarise(pd.DataFrame(rows[:-1]))
+    assert partial.iloc[0]["seeds"] == 2
+
+
+def test_quick_suite_is_small():
+    settings = QUICK["settings"]
+    assert len(QUICK["tasks"]) * len(QUICK["sizes"]) * len(QUICK["seeds"]) <= 4
+    assert max(settings.epochs(n) * n for n in QUICK["sizes"]) <= 2_500
+
+
+def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
+    from matgl_cdssl.cli import main
+
+    csv = tmp_path / "mine.csv"
+    pd.DataFrame(
+        {"cif": [s.to(fmt="cif") for s in sample.structures[:80]], "gap": sample.labels["band_gap_eV"][:80]}
+    ).to_csv(csv, index=False)
+    out = tmp_path / "b"
+    code = main(["benchmark", "--model", str(pretrained_dir), "--data", str(csv), "--target", "gap", "--sizes", "10",
+                 "--seeds", "0", "--sample-budget", "20", "--max-epochs", "2", "--batch-size", "8", "--out", str(out),
+                 "--no-progress-bar"])  # fmt: skip
+    assert code == 0
+    assert "CDSSL wins" in capsys.readouterr().out
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs["arm"]) == ["CDSSL", "scratch"]
+    assert (runs["n_test"] == 16).all()

@@ -1,0 +1,220 @@
+"""run_matbench with matbench's own MatbenchBenchmark/task API, on injected data (no network).
+
+INJECTED DATA: matbench downloads a task's data inside ``task.load()``, through matminer's ``load_dataset``. The
+``injected`` fixture replaces that download call only (``matbench.data_ops.load_dataset``), so that matbench's own
+``task.load()`` runs and receives 60 real cubic perovskites (Castelli et al., Energy Environ. Sci. 5, 9034 (2012);
+the shared perov5 set, ``heat_ref`` in eV per cell) under the columns of ``matbench_perovskites`` (``structure``,
+``e_form``). Matbench v0.1's fold splits name ids of the full 18,928-crystal set, so they are replaced by a 5-fold
+shuffled KFold over the 60 injected ids, the way matbench made its splits. Everything else (fold iteration,
+``task.record`` and its scoring, ``to_file``/``from_file`` and their validation) is matbench's unchanged code.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("matbench")
+
+# Only modules and classes at module level: matbench's RecursiveDotDict objects break doctest collection.
+import matbench.data_ops
+import matbench.metadata
+from matbench.bench import MatbenchBenchmark
+from pymatgen.core import Structure
+from sklearn.model_selection import KFold
+
+from matgl_cdssl.matbench import load_results, predict, run_matbench, supported_tasks, write_results
+from matgl_cdssl.registry import load_model
+
+TASK = "matbench_perovskites"
+PEROV5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "perov5" / "perov5.csv.gz"
+N_CRYSTALS = 60
+TINY = {"max_epochs": 2, "batch_size": 16, "patience": None, "enable_progress_bar": False}
+
+
+def _perovskites(n: int) -> tuple[list[Structure], list[float]]:
+    if not PEROV5.is_file():
+        pytest.skip(f"{PEROV5} (the shared perov5 data set) is not available")
+    structures, targets = [], []
+    with gzip.open(PEROV5, "rt", newline="") as f:
+        for row, _ in zip(csv.DictReader(f), range(n), strict=False):
+            structures.append(Structure.from_str(row["cif"], fmt="cif"))
+            targets.append(float(row["heat_ref"]))
+    return structures, targets
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny graphs: one torch thread avoids thread contention on a busy, shared 2-core CPU (no check depends on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def injected():
+    """Make matbench's ``task.load()`` return 60 perovskites, with 5 KFold splits over their ids (see above)."""
+    import pandas as pd
+
+    structures, targets = _perovskites(N_CRYSTALS)
+    frame = pd.DataFrame({"structure": structures, "e_form": targets})
+
+    def load_dataset(name, *args, **kwargs):
+        assert name == TASK, f"only {TASK} is injected, not {name}"
+        return frame.copy()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matbench.data_ops, "load_dataset", load_dataset)
+        ids = list(matbench.data_ops.load(TASK).index)  # matbench's own id scheme, mb-perovskites-01 ...
+        splits = {
+            f"fold_{k}": {"train": [ids[i] for i in train], "test": [ids[i] for i in test]}
+            for k, (train, test) in enumerate(KFold(n_splits=5, shuffle=True, random_state=18012019).split(ids))
+        }
+        mp.setitem(matbench.metadata.mbv01_validation.splits, TASK, splits)
+        yield frame.set_index(pd.Index(ids))
+
+
+@pytest.fixture(scope="module")
+def fold0(injected, tmp_path_factory):
+    """Fold 0 only, into a plain-JSON results file; returns the benchmark and a snapshot taken right after."""
+    output = tmp_path_factory.mktemp("matbench") / "results.json"
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    returned = run_matbench(benchmark=mb, output=output, folds=[0], **TINY)
+    task = mb.matbench_perovskites
+    snapshot = {"recorded": dict(task.is_recorded), "file": json.loads(output.read_text())}
+    return returned, mb, output, snapshot
+
+
+@pytest.fixture(scope="module")
+def full(fold0):
+    """The same benchmark, continued over all folds (fold 0 is already recorded and skipped)."""
+    _, mb, output, _ = fold0
+    run_matbench(benchmark=mb, output=output, **TINY)
+    return mb, output
+
+
+def _check_fold(task, fold, truth):
+    fold_key = task.folds_map[fold]
+    test_ids = list(task.validation[fold_key].test)
+    data = task.results[fold_key].data
+    assert list(data) == test_ids
+    predictions = np.array([data[i] for i in test_ids])
+    assert np.isfinite(predictions).all()
+    scores = task.results[fold_key].scores
+    assert scores.mae == pytest.approx(np.mean(np.abs(predictions - truth.loc[test_ids, "e_form"].to_numpy())))
+    params = task.results[fold_key].parameters
+    assert params["seed"] == fold
+    assert {"best_val_MAE", "best_epoch", "data_mean", "data_std"} <= set(params)
+    return predictions
+
+
+def test_requested_fold_is_recorded_and_scored_by_matbench(fold0, injected):
+    returned, mb, _, snapshot = fold0
+    assert returned is mb
+    assert snapshot["recorded"] == {0: True, 1: False, 2: False, 3: False, 4: False}
+    task = mb.matbench_perovskites
+    predictions = _check_fold(task, 0, injected)
+    assert len(predictions) == len(task.get_test_data(0)) == N_CRYSTALS // 5
+    # The file written after the fold holds the same predictions, in matbench's results format.
+    written = snapshot["file"]["tasks"][TASK]["results"]["fold_0"]
+    assert written["data"] == pytest.approx(dict(task.results.fold_0.data))
+    assert written["scores"]["mae"] == pytest.approx(task.results.fold_0.scores.mae)
+    assert snapshot["file"]["user_metadata"]["model"] == "CDSSL-MEGNet-MP"
+
+
+def test_all_folds_write_a_file_that_matbench_reads_back(full, injected, tmp_path):
+    mb, output = full
+    task = mb.matbench_perovskites
+    assert task.all_folds_recorded
+    for fold in task.folds:
+        _check_fold(task, fold, injected)
+    loaded = MatbenchBenchmark.from_file(str(output))  # matbench validates every fold and id as it loads
+    for fold_key in task.folds_keys:
+        assert loaded.matbench_perovskites.results[fold_key].scores == pytest.approx(
+            dict(task.results[fold_key].scores)
+        )
+    assert loaded.matbench_perovskites.scores.mae.mean == pytest.approx(task.scores.mae.mean)
+    assert math.isfinite(loaded.matbench_perovskites.scores.mae.mean)
+    # results.json.gz: gzip-compressed, read back with load_results.
+    gz = write_results(mb, tmp_path / "results.json.gz")
+    assert gz.read_bytes()[:2] == b"\x1f\x8b"
+    assert load_results(gz).matbench_perovskites.scores.mae.mean == pytest.approx(task.scores.mae.mean)
+    assert load_results(output).matbench_perovskites.scores.mae.mean == pytest.approx(task.scores.mae.mean)
+
+
+def test_batched_predict_matches_matgl_predict_structure(injected):
+    structures = list(injected["structure"][:7])
+    model = load_model("CDSSL-MEGNet-MP")
+    batched = predict(model, structures, data_mean=-1.5, data_std=0.25, batch_size=3)  # batches of 3, 3 and 1
+    single = np.array([float(model.predict_structure(s)) * 0.25 - 1.5 for s in structures])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("matbench_expt_gap", "'matbench_expt_gap' is regression on composition inputs"),
+        ("matbench_mp_is_metal", "'matbench_mp_is_metal' is classification on structure inputs"),
+        ("matbench_glass", "'matbench_glass' is classification on composition inputs"),
+        ("matbench_perovskite", "'matbench_perovskite' is not a matbench v0.1 task"),
+    ],
+)
+def test_unsupported_tasks_are_named(task, message):
+    with pytest.raises(ValueError, match=message) as info:
+        run_matbench([TASK, task], output=None)
+    assert TASK in str(info.value)  # the message lists the supported tasks
+
+
+def test_supported_tasks_are_the_structure_regressions():
+    assert TASK in supported_tasks()
+    assert "matbench_mp_gap" in supported_tasks()
+    assert "matbench_mp_is_metal" not in supported_tasks()
+    assert "matbench_expt_gap" not in supported_tasks()
+
+
+def test_unknown_fold_and_fold_options_are_named():
+    with pytest.raises(ValueError, match=r"matbench_perovskites: no fold\(s\) \[7\]; its folds are \[0, 1, 2, 3, 4\]"):
+        run_matbench(TASK, output=None, folds=[7])
+    with pytest.raises(ValueError, match="'val_structures' comes from each matbench fold"):
+        run_matbench(TASK, output=None, val_structures=[])
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    with pytest.raises(ValueError, match=r"task\(s\) \['matbench_mp_gap'\] are not in the given benchmark"):
+        run_matbench("matbench_mp_gap", benchmark=mb, output=None)
+
+
+def test_a_bad_crystal_is_named_by_its_matbench_id(injected):
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    task = mb.matbench_perovskites
+    task.load()
+    bad_id = list(task.validation.fold_0.train)[3]
+    lattice = task.df.at[bad_id, "structure"].lattice
+    task.df.at[bad_id, "structure"] = Structure(lattice, ["Sr", "Ti"], [[0, 0, 0], [0.01, 0, 0]])
+    expected = f"matbench_perovskites fold 0, training data: {bad_id} (structures[3]) has overlapping atoms"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        run_matbench(benchmark=mb, output=None, folds=[0], **TINY)
+    assert not task.is_recorded[0]
+
+
+def test_cli_runs_a_fold_through_matbench(injected, tmp_path, capsys):
+    from matgl_cdssl.cli import main
+
+    out = tmp_path / "cli.json.gz"
+    code = main(["matbench", "--task", TASK, "--folds", "1", "--max-epochs", "1", "--batch-size", "16", "--out",
+                 str(out), "--no-progress-bar"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"{TASK}: folds [1], test MAE per fold [" in printed
+    with gzip.open(out, "rt") as f:
+        written = json.load(f)
+    fold = written["tasks"][TASK]["results"]["fold_1"]
+    assert len(fold["data"]) == N_CRYSTALS // 5
+    assert np.isfinite(fold["scores"]["mae"])
