@@ -22,6 +22,7 @@ from matgl_cdssl.loss import EdgeEmbeddingDenoisingLoss  # noqa: E402
 from matgl_cdssl.module import CDSSLModule  # noqa: E402
 from matgl_cdssl.pretrain import pretrain  # noqa: E402
 from matgl_cdssl.registry import get_card, list_models, load_model, register  # noqa: E402
+from matgl_cdssl.represent import embed  # noqa: E402
 from matgl_cdssl.transform import GaussianPositionNoise  # noqa: E402
 
 try:
@@ -36,6 +37,7 @@ __all__ = [
     "GaussianPositionNoise",
     "benchmark",
     "convert_weights",
+    "embed",
     "finetune",
     "get_card",
     "list_models",

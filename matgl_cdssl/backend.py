@@ -26,6 +26,7 @@ import torch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from torch import nn
 
@@ -85,6 +86,10 @@ def _prepare_matgl_import() -> None:
     os.environ.setdefault("DGLBACKEND", "pytorch")
 
 
+_SAVED_GRAPHS = "graphs"
+"""Folder of matgl 2.2.x's saved graphs inside a graph-cache folder."""
+
+
 @dataclass(frozen=True)
 class Topology:
     """Backend-neutral view of a (batched) crystal graph.
@@ -132,6 +137,17 @@ class GraphBackend:
 
     def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
         """An in-memory matgl ``MGLDataset`` (no on-disk cache)."""
+        raise NotImplementedError
+
+    # ---- graphs stored on disk (matgl_cdssl.graph_cache) --------------------------------------------------
+    def write_graphs(
+        self, structures: list, converter: Any, labels: dict[str, list], folder: Path, shard_size: int
+    ) -> None:
+        """Convert crystals and store the graphs (with their labels) in ``folder``, for :meth:`open_graphs`."""
+        raise NotImplementedError
+
+    def open_graphs(self, folder: Path) -> Any:
+        """The dataset stored by :meth:`write_graphs`: streamed shard by shard on PyG, read into memory on DGL."""
         raise NotImplementedError
 
     # ---- graph fields ------------------------------------------------------------------------------------
@@ -189,6 +205,37 @@ class _DGLBackend(GraphBackend):
                 save_dir=tmp,
             )
 
+    def write_graphs(
+        self, structures: list, converter: Any, labels: dict[str, list], folder: Path, shard_size: int
+    ) -> None:
+        """Saved with ``MGLDataset(save_cache=True)`` of matgl 2.2.x (``dgl.save_graphs``); no shards."""
+        from matgl.graph.data import MGLDataset
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # matgl prints its cache status
+            MGLDataset(
+                structures=structures,
+                converter=converter,
+                labels=labels,
+                save_cache=True,
+                directory_name=_SAVED_GRAPHS,
+                raw_dir=str(folder),
+                save_dir=str(folder),
+            )
+
+    def open_graphs(self, folder: Path) -> Any:
+        from matgl.graph.data import MGLDataset
+
+        if not (folder / _SAVED_GRAPHS).is_dir():
+            raise FileNotFoundError(f"{folder / _SAVED_GRAPHS}: no saved graphs")
+        with contextlib.redirect_stdout(io.StringIO()):
+            dataset = MGLDataset(
+                save_cache=True, directory_name=_SAVED_GRAPHS, raw_dir=str(folder), save_dir=str(folder)
+            )
+        if not dataset.has_cache():  # matgl would silently give an empty dataset
+            raise FileNotFoundError(f"{folder / _SAVED_GRAPHS}: incomplete saved graphs")
+        return dataset
+
     def topology(self, g: Any) -> Topology:
         src, dst = g.edges()
         counts = torch.arange(g.batch_size, device=src.device)
@@ -232,6 +279,23 @@ class _PyGBackend(GraphBackend):
 
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             return MGLDataset(structures=structures, converter=converter, labels=labels, save_cache=False, root=tmp)
+
+    def write_graphs(
+        self, structures: list, converter: Any, labels: dict[str, list], folder: Path, shard_size: int
+    ) -> None:
+        """Written by ``write_mgl_shards`` of matgl: shards of ``shard_size`` crystals that load independently."""
+        from matgl.graph.data import write_mgl_shards
+
+        records = (
+            {"structure": s, "labels": {key: values[i] for key, values in labels.items()}}
+            for i, s in enumerate(structures)
+        )
+        write_mgl_shards(records, folder, converter=converter, shard_size=shard_size)
+
+    def open_graphs(self, folder: Path) -> Any:
+        from matgl.graph.data import MGLDiskDataset
+
+        return MGLDiskDataset(folder)
 
     def topology(self, g: Any) -> Topology:
         src, dst = g.edge_index[0], g.edge_index[1]

@@ -126,7 +126,7 @@ QUICK = {
     "settings": BenchmarkSettings(sample_budget=2_500, max_epochs=40, max_val=100),
     "n_test": 200,
 }
-"""``quick=True``: two tasks, two sizes, one seed and a small budget (a few minutes on 2 CPU cores)."""
+"""``quick=True``: two tasks, two sizes, one seed and a small budget (about half a minute on 2 CPU cores)."""
 
 
 @dataclass
@@ -302,7 +302,20 @@ def benchmark(
     finally:
         quiet.setLevel(level)
     wanted = {(p[1], p[0].name, p[3], p[2], p[4]) for p in plan}
-    return report([r for key, r in done.items() if key in wanted], output_dir)
+    trivial = {(t.name, seed): _median_predictor_mae(t, sizes, seed, settings) for t in loaded for seed in seeds}
+    runs = [
+        {**r, "median_MAE": trivial[r["task"], r["seed"]][r["n_train"]]} for key, r in done.items() if key in wanted
+    ]
+    return report(runs, output_dir)
+
+
+def _median_predictor_mae(task: TaskData, sizes: Sequence[int], seed: int, settings: BenchmarkSettings) -> dict:
+    """Test MAE of the trivial model that predicts the training labels' median, per training size."""
+    split = _splits(task, sizes, seed, settings)
+    test = np.asarray(task.test_targets if task.test_structures is not None else task.targets, dtype=float)
+    y_test = test[split["test"]]
+    y = np.asarray(task.targets, dtype=float)
+    return {n: float(np.abs(y_test - np.median(y[split["train"][n]])).mean()) for n in sizes}
 
 
 def _run(todo, done, sizes, seeds, settings, template, model_name, cache, progress, total, trainer_kwargs) -> None:
@@ -422,19 +435,33 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             row[f"{arm}_mean"] = float(values.mean())
             row[f"{arm}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
         row["change"] = row["CDSSL_mean"] / row["scratch_mean"] - 1
+        if "median_MAE" in group:
+            row["median_MAE"] = float(group.drop_duplicates("seed")["median_MAE"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _pm(mean: float, se: float) -> str:
+    """``mean ± se``, or the mean alone when there is no standard error (one seed)."""
+    return f"{mean:.4f}" if math.isnan(se) else f"{mean:.4f} ± {se:.4f}"
+
+
+LEARNED = 0.95
+"""A configuration counts as learned when the better arm's MAE is below this fraction of the median predictor's."""
+
+
 def _markdown(summary: pd.DataFrame) -> str:
+    trivial = "median_MAE" in summary
     lines = [
-        "| task | n_train | seeds | CDSSL test MAE | scratch test MAE | change |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| task | n_train | seeds | CDSSL test MAE | scratch test MAE | change |"
+        + (" median predictor |" if trivial else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if trivial else ""),
     ]
     for r in summary.itertuples():
         lines.append(
-            f"| {r.task} ({r.unit}) | {r.n_train} | {r.seeds} | {r.CDSSL_mean:.4f} ± {r.CDSSL_se:.4f} | "
-            f"{r.scratch_mean:.4f} ± {r.scratch_se:.4f} | {100 * r.change:+.1f}% |"
+            f"| {r.task} ({r.unit}) | {r.n_train} | {r.seeds} | {_pm(r.CDSSL_mean, r.CDSSL_se)} | "
+            f"{_pm(r.scratch_mean, r.scratch_se)} | {100 * r.change:+.1f}% |"
+            + (f" {r.median_MAE:.4f} |" if trivial else "")
         )
     if len(summary):
         wins = int((summary["change"] < 0).sum())
@@ -444,8 +471,20 @@ def _markdown(summary: pd.DataFrame) -> str:
             f"CDSSL wins {wins} of {len(summary)} configurations ({100 * wins / len(summary):.0f}%).",
             f"Mean change in test MAE, all configurations: {100 * summary['change'].mean():+.1f}%; "
             + (f"at 250 labels or fewer: {100 * small['change'].mean():+.1f}%." if len(small) else ""),
+        ]
+        if trivial:
+            best = summary[["CDSSL_mean", "scratch_mean"]].min(axis=1)
+            learned = summary[best < LEARNED * summary["median_MAE"]]
+            n_won = int((learned["change"] < 0).sum())
+            lines.append(
+                f"Where a model learned something (the better arm at least {100 * (1 - LEARNED):.0f}% below the median "
+                f"predictor): CDSSL wins {n_won} of {len(learned)}"
+                + (f"; mean change {100 * learned['change'].mean():+.1f}%." if len(learned) else ".")
+            )
+        lines += [
             "",
-            "Mean ± standard error over seeds; change = CDSSL mean / scratch mean - 1 (negative: CDSSL better).",
+            "Mean ± standard error over seeds; change = CDSSL mean / scratch mean - 1 (negative: CDSSL better)."
+            + (" Median predictor: the test MAE of predicting the training labels' median." if trivial else ""),
         ]
     return "\n".join(lines) + "\n"
 
@@ -464,12 +503,15 @@ def _plot(summary: pd.DataFrame, path: Path) -> Path:
         for k, (arm, color) in enumerate(zip(ARMS, ("tab:blue", "tab:gray"), strict=True)):
             ax.bar(x + (k - 0.5) * 0.4, part[f"{arm}_mean"], 0.4, yerr=part[f"{arm}_se"].fillna(0), capsize=2,
                    color=color, label=arm)  # fmt: skip
+        if "median_MAE" in part:
+            ax.plot(x, part["median_MAE"], "k_", markersize=18, mew=1.5, label="median predictor")
         ax.set_xticks(x, [str(n) for n in part["n_train"]])
         ax.set_xlabel("training labels")
         ax.set_title(task, fontsize=10)
         ax.set_ylabel(f"test MAE ({part['unit'].iloc[0]})")
-    axes[0][0].legend(frameon=False)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -93,19 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, help="test CSV, evaluated with the best weights")
     p.add_argument("--cif-column", default="cif")
     p.add_argument("--state-columns", nargs="+", default=(), metavar="COLUMN", help="MEGNet state attributes")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--loss", choices=("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss"), default="l1_loss")
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=50, help="early-stopping patience in epochs (0: none)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (readout, and backbone)")
-    p.add_argument("--backbone-lr", type=float, help="learning rate of the backbone")
-    p.add_argument("--freeze-backbone", action="store_true", help="train only the readout")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-invalid", action="store_true", help="leave out invalid crystals, warning")
-    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", type=_devices, help="Lightning devices")
-    p.add_argument("--no-progress-bar", action="store_true")
+    add_finetune_arguments(p)
     p.set_defaults(func=finetune_command)
 
     p = sub.add_parser(
@@ -226,13 +214,19 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if structures is None:
         print("cdssl pretrain: give structure FILES, --sample N, or a --config with a data section", file=sys.stderr)
         return 2
-    if args.resume == "last":
-        ckpt = Path(out) / "checkpoints" / "last.ckpt"
-        args.resume = ckpt if ckpt.is_file() else None
-        if args.resume is None:
-            print(f"cdssl pretrain: no {ckpt} to resume from; starting afresh", file=sys.stderr)
+    resume = args.resume == "last"
+    if resume and not (Path(out) / "checkpoints" / "last.ckpt").is_file():
+        print(
+            f"cdssl pretrain: no {Path(out) / 'checkpoints' / 'last.ckpt'} to resume from; starting afresh",
+            file=sys.stderr,
+        )
     matgl_cdssl.pretrain(
-        structures, output_dir=out, ckpt_path=args.resume, enable_progress_bar=not args.no_progress_bar, **options
+        structures,
+        output_dir=out,
+        ckpt_path=None if resume else args.resume,
+        resume=resume,
+        enable_progress_bar=not args.no_progress_bar,
+        **options,
     )
     config = json.loads((Path(out) / "model" / "cdssl.json").read_text())
     print(
@@ -240,6 +234,41 @@ def pretrain_command(args: argparse.Namespace) -> int:
         f"{config['epochs']} epochs, best {config['best_epoch_metric']} = {config['best_score']:.5g})"
     )
     return 0
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of :func:`matgl_cdssl.finetune` (and Lightning's device options) for a subcommand."""
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held out for validation (no --val given)")
+    p.add_argument("--loss", choices=("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss"), default="l1_loss")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=50, help="early-stopping patience in epochs (0: none)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (readout, and backbone)")
+    p.add_argument("--backbone-lr", type=float, help="learning rate of the backbone")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the readout")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-invalid", action="store_true", help="leave out invalid training crystals, warning")
+    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", type=_devices, help="Lightning devices")
+    p.add_argument("--no-progress-bar", action="store_true")
+
+
+def finetune_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`matgl_cdssl.finetune` from :func:`add_finetune_arguments`' options."""
+    return {
+        "val_fraction": args.val_fraction,
+        "loss": args.loss,
+        "max_epochs": args.max_epochs,
+        "patience": args.patience or None,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "backbone_lr": args.backbone_lr,
+        "freeze_backbone": args.freeze_backbone,
+        "seed": args.seed,
+        "skip_invalid": args.skip_invalid,
+        "enable_progress_bar": not args.no_progress_bar,
+        **_trainer_options(args),
+    }
 
 
 def _trainer_options(args: argparse.Namespace) -> dict:
@@ -277,19 +306,8 @@ def finetune_command(args: argparse.Namespace) -> int:
         test_structures=test[0],
         test_targets=test[1],
         test_state_attr=test[2],
-        val_fraction=args.val_fraction,
-        loss=args.loss,
-        max_epochs=args.max_epochs,
-        patience=args.patience or None,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        backbone_lr=args.backbone_lr,
-        freeze_backbone=args.freeze_backbone,
-        seed=args.seed,
         output_dir=args.out,
-        skip_invalid=args.skip_invalid,
-        enable_progress_bar=not args.no_progress_bar,
-        **_trainer_options(args),
+        **finetune_options(args),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     result.property_model().save(args.out / "model")

@@ -34,8 +34,10 @@ __all__ = [
     "Sample",
     "build_dataset",
     "in_holdout_pool",
+    "isolated_atoms",
     "load_sample",
     "read_csv_structures",
+    "read_labelled_csv",
     "read_structures",
     "structure_problem",
 ]
@@ -259,7 +261,7 @@ def structure_problem(s: Structure, element_types: Sequence[str]) -> str | None:
     return None
 
 
-def _isolated_atoms(g: Any) -> list[int]:
+def isolated_atoms(g: Any) -> list[int]:
     """Sites of atoms that have no edge (no neighbour within the cutoff)."""
     backend = get_backend()
     degree = torch.bincount(backend.topology(g).src, minlength=backend.frac_coords(g).shape[0])
@@ -337,7 +339,7 @@ def build_dataset(
 
     connected = []
     for i, (g, *_rest) in enumerate(dataset):
-        lonely = _isolated_atoms(g)
+        lonely = isolated_atoms(g)
         if lonely:
             reject(
                 names[i],

@@ -317,7 +317,7 @@ def run_matbench(
 
 def add_parser(subparsers: Any) -> None:
     """Add ``cdssl matbench`` to the ``cdssl`` command (see ``matgl_cdssl.cli``)."""
-    from matgl_cdssl.cli import _devices, _positive_float
+    from matgl_cdssl.cli import add_finetune_arguments
 
     p = subparsers.add_parser(
         "matbench",
@@ -329,20 +329,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("results.json.gz"), help="results file")
     p.add_argument("--model", default="CDSSL-MEGNet-MP", help="registered name or model folder")
     p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
-    p.add_argument("--seed", type=int, default=0, help="fold k uses seed + k")
     p.add_argument("--predict-batch-size", type=int, default=64)
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=50, help="early-stopping patience in epochs (0: none)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
-    p.add_argument("--backbone-lr", type=float, help="learning rate of the backbone")
-    p.add_argument("--freeze-backbone", action="store_true", help="train only the readout")
-    p.add_argument("--loss", choices=("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss"), default="l1_loss")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--skip-invalid", action="store_true", help="leave out invalid training crystals, warning")
-    p.add_argument("--accelerator", help="Lightning accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", type=_devices, help="Lightning devices")
-    p.add_argument("--no-progress-bar", action="store_true")
+    add_finetune_arguments(p)  # --seed: fold k uses seed + k
     p.set_defaults(func=matbench_command)
 
 
@@ -352,24 +340,15 @@ def matbench_command(args: Any) -> int:
     Side Effects:
         Writes the results file ``args.out`` after every fold.
     """
-    options = {k: getattr(args, k) for k in ("accelerator", "devices", "backbone_lr") if getattr(args, k) is not None}
+    from matgl_cdssl.cli import finetune_options
+
     mb = run_matbench(
         args.task,
         model=args.model,
         output=args.out,
         folds=args.folds,
-        seed=args.seed,
         predict_batch_size=args.predict_batch_size,
-        max_epochs=args.max_epochs,
-        patience=args.patience or None,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        freeze_backbone=args.freeze_backbone,
-        loss=args.loss,
-        val_fraction=args.val_fraction,
-        skip_invalid=args.skip_invalid,
-        enable_progress_bar=not args.no_progress_bar,
-        **options,
+        **finetune_options(args),
     )
     for task in mb.tasks:
         recorded = [fold for fold, done in task.is_recorded.items() if done]

@@ -62,6 +62,7 @@ def pretrain(
     head_hidden: tuple[int, ...] = (64,),
     gradient_clip_val: float | None = None,
     ckpt_path: str | Path | None = None,
+    resume: bool = False,
     loader_kwargs: dict[str, Any] | None = None,
     skip_invalid: bool = False,
     loggers: Sequence[str] = ("csv",),
@@ -90,6 +91,9 @@ def pretrain(
         head_hidden: Hidden layer sizes of the pretext head.
         gradient_clip_val: Clip the global gradient norm to this value.
         ckpt_path: Resume from this Lightning checkpoint (e.g. ``output_dir/checkpoints/last.ckpt``).
+        resume: Resume from ``output_dir/checkpoints/last.ckpt`` (written after every epoch) when it exists, and
+            start afresh (with a log message) when it does not: a killed run continues to the same ``max_epochs``.
+            Needs ``output_dir``; ignored when ``ckpt_path`` is given.
         loader_kwargs: Passed to matgl's ``MGLDataLoader`` (e.g. ``num_workers``).
         skip_invalid: Leave out invalid crystals, each logged with a warning and listed in ``cdssl.json``, instead
             of raising an error on the first.
@@ -122,6 +126,15 @@ def pretrain(
     sigma = float(sigma)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
+    if resume and ckpt_path is None:
+        if output_dir is None:
+            raise ValueError("resume=True needs output_dir: the run resumes from output_dir/checkpoints/last.ckpt")
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            ckpt_path = last
+            logger.info("Resuming from %s", last)
+        else:
+            logger.info("No %s to resume from; starting afresh", last)
     loggers = _check_loggers(loggers) if "logger" not in trainer_kwargs else ()
     backend = get_backend()
     start = time.perf_counter()

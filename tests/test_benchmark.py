@@ -132,7 +132,7 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
     assert len(redone.runs) == 8
     # Other settings are other runs, not cache hits.
     other = benchmark(pretrained_dir, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=out,
-                      settings=BenchmarkSettings(**{**TINY.__dict__, "lr": 3e-3}), progress=False)  # fmt: skip
+                      settings=BenchmarkSettings(**{**TINY.__dict__, "lr": 1e-2}), progress=False)  # fmt: skip
     assert len(other.runs) == 2
     assert len((out / "runs.jsonl").read_text().splitlines()) == 10
 
@@ -176,3 +176,18 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     runs = pd.read_csv(out / "runs.csv")
     assert list(runs["arm"]) == ["CDSSL", "scratch"]
     assert (runs["n_test"] == 16).all()
+
+
+def test_cli_quick_suite_end_to_end(tmp_path, capsys):
+    """``cdssl benchmark --quick``: the shipped data, CDSSL-MEGNet-MP, both arms, all outputs (a few minutes)."""
+    from matgl_cdssl.cli import main
+
+    out = tmp_path / "quick"
+    assert main(["benchmark", "--quick", "--out", str(out), "--no-progress-bar"]) == 0
+    printed = capsys.readouterr().out
+    assert "CDSSL wins" in printed
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == len(QUICK["tasks"]) * len(QUICK["sizes"]) * len(QUICK["seeds"]) * 2
+    assert set(runs["task"]) == set(QUICK["tasks"])
+    assert (runs["n_test"] == QUICK["n_test"]).all()
+    assert (out / "results.png").stat().st_size > 10_000

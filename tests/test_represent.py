@@ -348,3 +348,15 @@ def test_cli_probe_csv_labels_with_missing_values(tmp_path, sample, capsys):
     assert "gap: left out 4 crystal(s) without a value" in printed
     assert main(["probe", str(path), "--labels", "nope", "--baseline", "none"]) == 1
     assert "no column(s) ['nope']" in capsys.readouterr().err
+
+
+def test_cli_embed_writes_parquet_with_ids(tmp_path, sample):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "e.parquet"
+    assert main(["embed", "--sample", "4", "--out", str(out)]) == 0
+    frame = pd.read_parquet(out)
+    assert list(frame["id"]) == list(sample.material_ids[:4])
+    assert frame.shape == (4, 97)
+    np.testing.assert_allclose(frame.drop(columns="id").to_numpy(), embed("CDSSL-MEGNet-MP", sample.structures[:4]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Lattice, Structure
 
-from matgl_cdssl import CDSSLModule, finetune, pretrain
+from matgl_cdssl import CDSSLModule, finetune, load_sample, pretrain
 from matgl_cdssl.data import build_dataset
 from matgl_cdssl.module import TrainingDiverged
 
@@ -136,3 +136,67 @@ def test_same_seed_gives_identical_weights_on_cpu(sample, tmp_path):
     other = pretrain(sample.structures[:24], max_epochs=2, batch_size=8, sigma=0.2, seed=4, accelerator="cpu",
                      enable_progress_bar=False, output_dir=tmp_path / "c").state_dict()  # fmt: skip
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+KILLED_RUN = """
+import sys
+import matgl_cdssl
+matgl_cdssl.pretrain(matgl_cdssl.load_sample(24).structures, max_epochs=6, batch_size=8, sigma=0.1, seed=0,
+                     output_dir=sys.argv[1], enable_progress_bar=False)
+"""
+
+
+def test_a_killed_run_resumes_and_reaches_the_same_epoch_count(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not last.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the checkpoint finish writing
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.kill()  # SIGKILL: no clean-up, as when a job is killed
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert killed_at < 5
+    pretrain(load_sample(24).structures, max_epochs=6, batch_size=8, sigma=0.1, seed=0,
+             output_dir=out, resume=True, enable_progress_bar=False)  # fmt: skip
+    assert json.loads((out / "model" / "cdssl.json").read_text())["epochs"] == 6
+    epochs = pd.read_csv(out / "metrics.csv")["epoch"].dropna().astype(int)
+    assert sorted(set(epochs)) == list(range(6))  # every epoch logged, the ones before the kill kept
+
+
+def test_resume_needs_an_output_folder(sample):
+    with pytest.raises(ValueError, match="resume=True needs output_dir"):
+        pretrain(sample.structures[:8], max_epochs=1, resume=True)
+
+
+@SETTINGS
+@given(structures=st.lists(crystals(), min_size=1, max_size=3))
+def test_embed_on_random_crystals(structures, megnet):
+    from matgl_cdssl import embed
+
+    error = X = None
+    try:
+        with np.errstate(all="ignore"):
+            X = embed(megnet, structures)
+    except ValueError as exc:
+        error = exc
+    if error is not None:
+        assert _documented(error), str(error)
+    else:
+        assert X.shape == (len(structures), 96)
+        assert np.isfinite(X).all()

@@ -1,0 +1,193 @@
+"""The on-disk graph cache: misses, hits, keys, interrupted writes, and equivalence with the in-memory dataset."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+import matgl_cdssl
+from matgl_cdssl.backend import get_backend, matgl_version
+from matgl_cdssl.data import build_dataset
+from matgl_cdssl.graph_cache import (
+    MARKER,
+    cache_folder,
+    cache_key,
+    cached_dataset,
+    fingerprint_labels,
+    fingerprint_structures,
+)
+from matgl_cdssl.module import CDSSLModule
+
+
+@pytest.fixture(scope="module")
+def crystals():
+    sample = matgl_cdssl.load_sample(20)
+    return sample.structures, {"band_gap": sample.labels["band_gap_eV"]}
+
+
+def _args(megnet, tmp_path, labels, **overrides):
+    args = {"element_types": megnet.element_types, "cutoff": megnet.cutoff, "cache_dir": tmp_path, "labels": labels}
+    args.update(overrides)
+    return args
+
+
+def _assert_same_items(cached, reference):
+    backend = get_backend()
+    assert len(cached) == len(reference)
+    for i in range(len(reference)):
+        (g1, lat1, state1, labels1), (g2, lat2, state2, labels2) = cached[i], reference[i]
+        t1, t2 = backend.topology(g1), backend.topology(g2)
+        assert t1.src.numel() == t2.src.numel(), f"item {i}: edge count"
+        assert torch.equal(t1.src, t2.src)
+        assert torch.equal(t1.dst, t2.dst)
+        assert torch.equal(backend.node_types(g1), backend.node_types(g2))
+        assert torch.equal(backend.frac_coords(g1), backend.frac_coords(g2))
+        assert torch.equal(backend.pbc_offset(g1), backend.pbc_offset(g2))
+        assert torch.equal(lat1, lat2)
+        assert torch.equal(state1, state2)
+        assert list(labels1) == list(labels2) == ["band_gap", "structure_index"]
+        for key in labels1:
+            assert torch.equal(labels1[key], labels2[key]) or (labels1[key].isnan() and labels2[key].isnan())
+
+
+def test_miss_then_hit_loads_the_same_graphs(crystals, megnet, tmp_path):
+    structures, labels = crystals
+    first, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=7)
+    assert not hit
+    folder = cache_folder(structures, **_args(megnet, tmp_path, labels))
+    assert (folder / MARKER).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left behind
+    files = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+    second, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=7)
+    assert hit
+    assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")} == files  # nothing was rewritten
+
+    reference, _, _ = build_dataset(structures, element_types=megnet.element_types, cutoff=megnet.cutoff, labels=labels)
+    _assert_same_items(first, reference)
+    _assert_same_items(second, reference)
+
+
+def test_other_cutoff_elements_or_labels_miss(crystals, megnet, tmp_path):
+    structures, labels = crystals
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels))[1]
+    assert cached_dataset(structures, **_args(megnet, tmp_path, labels))[1]
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels, cutoff=megnet.cutoff + 0.5))[1]
+    reordered = [*megnet.element_types[1:], megnet.element_types[0]]
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels, element_types=reordered))[1]
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, {"band_gap": labels["band_gap"] + 1.0}))[1]
+    assert not cached_dataset(structures[:10], **_args(megnet, tmp_path, None))[1]
+    assert len(list(tmp_path.iterdir())) == 5
+
+
+def test_interrupted_cache_is_rebuilt(crystals, megnet, tmp_path):
+    structures, labels = crystals
+    cached_dataset(structures, **_args(megnet, tmp_path, labels))
+    folder = cache_folder(structures, **_args(megnet, tmp_path, labels))
+    (folder / MARKER).unlink()  # as if the process had died before publishing the cache
+    dataset, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels))
+    assert not hit
+    assert len(dataset) == len(structures)
+    assert (folder / MARKER).is_file()
+    assert cached_dataset(structures, **_args(megnet, tmp_path, labels))[1]
+
+
+def test_files_hit_until_one_changes(crystals, megnet, tmp_path):
+    structures, _ = crystals
+    paths = []
+    for i, s in enumerate(structures[:3]):
+        paths.append(tmp_path / f"{i}.cif")
+        s.to(filename=str(paths[-1]))
+    cache = tmp_path / "cache"
+    assert not cached_dataset(paths, **_args(megnet, cache, None))[1]
+    dataset, hit = cached_dataset([str(p) for p in paths], **_args(megnet, cache, None))
+    assert hit
+    assert len(dataset) == 3
+    structures[1].to(filename=str(paths[0]))  # rewritten in place: a new size and mtime
+    assert not cached_dataset(paths, **_args(megnet, cache, None))[1]
+
+
+def test_invalid_crystal_is_named_and_nothing_is_cached(crystals, megnet, tmp_path):
+    structures, _ = crystals
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])
+    with pytest.raises(ValueError, match=r"structures\[3\] has overlapping atoms"):
+        cached_dataset([*structures[:3], overlapping], **_args(megnet, tmp_path, None))
+    lonely = Structure(Lattice.cubic(3 * megnet.cutoff), ["Na"], [[0, 0, 0]])
+    with pytest.raises(ValueError, match=r"structures\[1\] has atom\(s\) at site\(s\) \[0\] with no neighbour"):
+        cached_dataset([structures[0], lonely], **_args(megnet, tmp_path, None))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shard_size", [1000, 7])
+def test_batches_give_the_in_memory_loss(crystals, megnet, tmp_path, shard_size):
+    structures, labels = crystals
+    backend = get_backend()
+    cached, _ = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=shard_size)
+    cached, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=shard_size)
+    assert hit
+    reference, _, _ = build_dataset(structures, element_types=megnet.element_types, cutoff=megnet.cutoff, labels=labels)
+    # On PyG matgl batches a disk dataset shard by shard, so batches cut at shard ends; compare batch by batch.
+    sizes = [len(structures)] if backend.name == "dgl" or shard_size >= len(structures) else None
+    _, cached_val = backend.loaders(cached, cached, batch_size=len(structures))
+    cached_batches = list(cached_val)
+    if sizes is None:
+        sizes = [int(b[3].numel()) for b in cached_batches]
+        assert sizes == [7, 7, 6]
+    offsets = np.cumsum([0, *sizes])
+    reference_batches = []
+    for start, stop in itertools.pairwise(offsets):
+        subset = torch.utils.data.Subset(reference, range(start, stop))
+        reference_batches.append(next(iter(backend.loaders(subset, subset, batch_size=len(structures))[1])))
+    for cached_batch, reference_batch in zip(cached_batches, reference_batches, strict=True):
+        losses = []
+        for batch in (cached_batch, reference_batch):
+            torch.manual_seed(0)  # CDSSLModule draws its prediction head from torch's global generator
+            module = CDSSLModule(megnet, sigma=0.1, seed=0).eval()
+            with torch.no_grad():
+                losses.append(module.step(batch)[0]["Total_Loss"])
+        assert torch.isfinite(losses[0])
+        torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_fingerprints_and_keys(crystals, tmp_path):
+    structures, labels = crystals
+    s = structures[0]
+    assert fingerprint_structures(structures) == fingerprint_structures(list(structures))
+    assert fingerprint_structures([s]) == fingerprint_structures(s)
+    nudged = s.copy()
+    nudged.translate_sites([0], [1e-9, 0, 0])
+    assert fingerprint_structures([nudged]) == fingerprint_structures([s])
+    nudged.translate_sites([0], [1e-3, 0, 0])
+    assert fingerprint_structures([nudged]) != fingerprint_structures([s])
+    assert fingerprint_structures(structures[:2]) != fingerprint_structures(structures[1::-1])
+
+    from ase.build import bulk
+
+    assert fingerprint_structures([bulk("Cu")]) != fingerprint_structures([bulk("Cu", a=3.7)])
+
+    path = tmp_path / "first.cif"
+    s.to(filename=str(path))
+    before = fingerprint_structures([path])
+    assert fingerprint_structures([str(path)]) == before
+    os.utime(path, ns=(1, 1))
+    assert fingerprint_structures([path]) != before
+    with pytest.raises(FileNotFoundError, match=r"missing\.cif"):
+        fingerprint_structures([tmp_path / "missing.cif"])
+    with pytest.raises(ValueError, match=r"structures\[1\] is a int"):
+        fingerprint_structures([s, 3])
+
+    assert fingerprint_labels(labels) == fingerprint_labels({"band_gap": list(labels["band_gap"])})
+    assert fingerprint_labels(labels) != fingerprint_labels({"gap": labels["band_gap"]})
+
+    key = cache_key("abc", ["H", "O"], 4, "pyg", matgl_version())
+    assert len(key) == 16
+    assert key == cache_key("abc", ("H", "O"), 4.0, "pyg", matgl_version())
+    assert key != cache_key("abc", ["O", "H"], 4, "pyg", matgl_version())
+    assert key != cache_key("abc", ["H", "O"], 4, "dgl", matgl_version())
+    assert key != cache_key("abc", ["H", "O"], 4, "pyg", "0.0.0")
+    assert key != cache_key("abc", ["H", "O"], 4, "pyg", matgl_version(), labels_fingerprint="x")
