@@ -27,6 +27,7 @@ VARIANTS = {
     "frozen pretrained backbone": {"freeze_backbone": True},
     "MSE loss": {"loss": "mse_loss"},
     "lr 1e-3": {"lr": 1e-3},
+    "3x finetuning budget": {"sample_budget": 60_000, "max_epochs": 600},
 }
 
 
