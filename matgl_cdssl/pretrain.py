@@ -186,11 +186,17 @@ def pretrain(
         trainer_kwargs.setdefault("default_root_dir", root)
         trainer = L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **trainer_kwargs)
         earlier = _set_aside_metrics(root) if ckpt_path is not None else None
-        trainer.fit(
-            module, loaders[0], loaders[1] if val_idx else None, ckpt_path=None if ckpt_path is None else str(ckpt_path)
-        )
-        if earlier is not None:
-            _merge_metrics(root, earlier)
+        try:
+            trainer.fit(
+                module,
+                loaders[0],
+                loaders[1] if val_idx else None,
+                ckpt_path=None if ckpt_path is None else str(ckpt_path),
+            )
+        finally:  # also when the run stops with an error (e.g. TrainingDiverged): keep the metrics, unfreeze
+            module.teardown("fit")
+            if earlier is not None:
+                _merge_metrics(root, earlier)
         if checkpoint.best_model_path:
             best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
             module.load_state_dict(best["state_dict"])

@@ -119,7 +119,8 @@ def test_nan_gradients_stop_the_run_and_keep_the_last_good_checkpoint(sample, tm
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
-    # The run resumes from the last good checkpoint and finishes.
+    # The stopped run's metrics are kept, and the run resumes from the last good checkpoint and finishes.
+    assert (out / "metrics.csv").is_file()
     pretrain(sample.structures[:24], ckpt_path=last, **kwargs)
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 2
 
