@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-nodes", type=int, help="Lightning nodes (multi-node DDP, e.g. under SLURM)")
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (see docs/distributed.md)")
     p.add_argument("--loggers", nargs="+", choices=("csv", "tensorboard"), help="metric loggers (default: csv)")
+    p.add_argument("--graph-cache", type=Path, metavar="DIR", help="keep the converted graphs here and reuse them")
     p.add_argument("--no-progress-bar", action="store_true")
     p.set_defaults(func=pretrain_command)
 
@@ -163,6 +164,7 @@ _OPTIONS = (
     "num_nodes",
     "strategy",
     "loggers",
+    "graph_cache",
 )
 
 

@@ -66,6 +66,7 @@ def pretrain(
     loader_kwargs: dict[str, Any] | None = None,
     skip_invalid: bool = False,
     loggers: Sequence[str] = ("csv",),
+    graph_cache: str | Path | None = None,
     **trainer_kwargs: Any,
 ) -> nn.Module:
     """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
@@ -101,6 +102,10 @@ def pretrain(
             resumes), ``"tensorboard"`` writes TensorBoard event files to ``tensorboard/`` (needs the
             ``tensorboard`` or ``tensorboardX`` package). Both go to ``output_dir`` (a temporary folder when None).
             Ignored when ``trainer_kwargs`` has a ``logger``.
+        graph_cache: A folder in which the converted graphs of the training and validation crystals are kept and
+            reused by later runs on the same crystals, cutoff and elements (:mod:`matgl_cdssl.graph_cache`; on PyG
+            the graphs then stream from disk shard by shard). Invalid crystals raise (``skip_invalid`` is not
+            supported with it yet).
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
@@ -155,16 +160,19 @@ def pretrain(
     if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
         raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
 
-    dataset, _names, skipped = build_dataset(
-        structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
-    )
-    train_idx, val_idx = _split(len(dataset), val_fraction, seed)
-    loaders = backend.loaders(
-        Subset(dataset, train_idx),
-        Subset(dataset, val_idx or train_idx[:1]),
-        batch_size=batch_size,
-        **(loader_kwargs or {}),
-    )
+    if graph_cache is None:
+        dataset, _names, skipped = build_dataset(
+            structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
+        )
+        train_idx, val_idx = _split(len(dataset), val_fraction, seed)
+        train_set, val_set = Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1])
+        n_structures = len(dataset)
+    else:
+        if skip_invalid:
+            raise ValueError("graph_cache does not support skip_invalid yet: remove the invalid crystals first")
+        train_set, val_set, train_idx, val_idx = _cached_split(structures, model, graph_cache, val_fraction, seed)
+        n_structures, skipped = len(train_idx) + len(val_idx), []
+    loaders = backend.loaders(train_set, val_set, batch_size=batch_size, **(loader_kwargs or {}))
     module = CDSSLModule(
         model,
         sigma=sigma,
@@ -212,7 +220,7 @@ def pretrain(
                     "cutoff": model.cutoff,
                     "head_hidden": list(head_hidden),
                     "seed": seed,
-                    "n_structures": len(dataset),
+                    "n_structures": n_structures,
                     "skipped": skipped,
                     "n_train": len(train_idx),
                     "n_val": len(val_idx),
@@ -225,6 +233,23 @@ def pretrain(
                 },
             )
     return module.model
+
+
+def _cached_split(structures: Sequence[Any], model: nn.Module, cache_dir: str | Path, val_fraction: float, seed: int):
+    """Training and validation graphs from the graph cache: ``(train_set, val_set, train_idx, val_idx)``."""
+    from matgl_cdssl.data import read_structures
+    from matgl_cdssl.graph_cache import cached_dataset
+
+    _, structs = read_structures(structures)
+    train_idx, val_idx = _split(len(structs), val_fraction, seed)
+    sets = []
+    for name, idx in (("training", train_idx), ("validation", val_idx or train_idx[:1])):
+        part, hit = cached_dataset(
+            [structs[i] for i in idx], element_types=model.element_types, cutoff=model.cutoff, cache_dir=cache_dir
+        )
+        logger.info("Graph cache %s for the %d %s crystals (%s)", "hit" if hit else "miss", len(idx), name, cache_dir)
+        sets.append(part)
+    return sets[0], sets[1], train_idx, val_idx
 
 
 def _check_loggers(loggers: Sequence[str] | str) -> tuple[str, ...]:

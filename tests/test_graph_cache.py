@@ -191,3 +191,28 @@ def test_fingerprints_and_keys(crystals, tmp_path):
     assert key != cache_key("abc", ["H", "O"], 4, "dgl", matgl_version())
     assert key != cache_key("abc", ["H", "O"], 4, "pyg", "0.0.0")
     assert key != cache_key("abc", ["H", "O"], 4, "pyg", matgl_version(), labels_fingerprint="x")
+
+
+def test_pretrain_with_a_graph_cache_reuses_it(sample, tmp_path):
+    import json
+
+    import torch
+
+    from matgl_cdssl import pretrain
+
+    cache = tmp_path / "graphs"
+    kwargs = {"max_epochs": 2, "batch_size": 8, "sigma": 0.1, "seed": 1, "val_fraction": 0.25, "graph_cache": cache,
+              "enable_progress_bar": False}  # fmt: skip
+    first = pretrain(sample.structures[:24], output_dir=tmp_path / "a", **kwargs)
+    folders = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert len(folders) == 2  # training and validation graphs
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    second = pretrain(sample.structures[:24], output_dir=tmp_path / "b", **kwargs)
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == stamps  # a hit: nothing rewritten
+    config = json.loads((tmp_path / "b" / "model" / "cdssl.json").read_text())
+    assert (config["n_train"], config["n_val"], config["n_structures"]) == (18, 6, 24)
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="graph_cache does not support skip_invalid"):
+        pretrain(sample.structures[:24], skip_invalid=True, **kwargs)
