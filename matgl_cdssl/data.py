@@ -33,12 +33,15 @@ __all__ = [
     "MIN_INTERATOMIC_DISTANCE",
     "Sample",
     "build_dataset",
+    "check_label_lengths",
+    "connectivity_problem",
     "in_holdout_pool",
     "isolated_atoms",
     "load_sample",
     "read_csv_structures",
     "read_labelled_csv",
     "read_structures",
+    "screen_structures",
     "structure_problem",
 ]
 
@@ -261,6 +264,38 @@ def structure_problem(s: Structure, element_types: Sequence[str]) -> str | None:
     return None
 
 
+def check_label_lengths(labels: dict[str, Sequence] | None, n: int) -> None:
+    """Raise a ``ValueError`` naming the first label that does not have one value per crystal."""
+    for key, values in (labels or {}).items():
+        if len(values) != n:
+            raise ValueError(f"label {key!r} has {len(values)} values for {n} structures")
+
+
+def screen_structures(
+    names: Sequence[str], structs: Sequence[Structure], element_types: Sequence[str], reject: Any
+) -> list[int]:
+    """Indices of the crystals without a :func:`structure_problem`; ``reject(name, problem)`` is called for the rest."""
+    keep = []
+    for i, (name, s) in enumerate(zip(names, structs, strict=True)):
+        problem = structure_problem(s, element_types)
+        if problem is None:
+            keep.append(i)
+        else:
+            reject(name, problem)
+    return keep
+
+
+def connectivity_problem(g: Any, cutoff: float) -> str | None:
+    """What is wrong with a converted crystal graph whose atoms lack neighbours within ``cutoff``, or None."""
+    lonely = isolated_atoms(g)
+    if not lonely:
+        return None
+    return (
+        f"has atom(s) at site(s) {lonely} with no neighbour within the cutoff of {cutoff} Å; use a larger cutoff or "
+        "remove the structure"
+    )
+
+
 def isolated_atoms(g: Any) -> list[int]:
     """Sites of atoms that have no edge (no neighbour within the cutoff)."""
     backend = get_backend()
@@ -301,9 +336,7 @@ def build_dataset(
             atom with no neighbour within ``cutoff``. Also labels of the wrong length.
     """
     names, structs = read_structures(structures)
-    for key, values in (labels or {}).items():
-        if len(values) != len(structs):
-            raise ValueError(f"label {key!r} has {len(values)} values for {len(structs)} structures")
+    check_label_lengths(labels, len(structs))
     skipped: list[tuple[str, str]] = []
 
     def reject(name: str, reason: str) -> None:
@@ -312,13 +345,7 @@ def build_dataset(
         logger.warning("Skipping %s: it %s", name, reason)
         skipped.append((name, reason))
 
-    keep = []
-    for i, (name, s) in enumerate(zip(names, structs, strict=True)):
-        problem = structure_problem(s, element_types)
-        if problem is None:
-            keep.append(i)
-        else:
-            reject(name, problem)
+    keep = screen_structures(names, structs, element_types, reject)
     if not keep:
         raise ValueError(f"none of the {len(structs)} structures is usable: {skipped[:3]} ...")
     if state_attr is not None:
@@ -339,13 +366,9 @@ def build_dataset(
 
     connected = []
     for i, (g, *_rest) in enumerate(dataset):
-        lonely = isolated_atoms(g)
-        if lonely:
-            reject(
-                names[i],
-                f"has atom(s) at site(s) {lonely} with no neighbour within the cutoff of {cutoff} Å; use a larger "
-                "cutoff or remove the structure",
-            )
+        problem = connectivity_problem(g, cutoff)
+        if problem:
+            reject(names[i], problem)
         else:
             connected.append(i)
     if not connected:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.data import isolated_atoms, read_structures, structure_problem
+from matgl_cdssl.data import check_label_lengths, connectivity_problem, read_structures, screen_structures
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -214,6 +214,10 @@ def _open_complete(folder: Path, key: str) -> Any | None:
     return dataset
 
 
+def _raise(name: str, problem: str) -> None:
+    raise ValueError(f"{name} {problem}")
+
+
 def _convert_into(
     staging: Path,
     structures: Any,
@@ -226,13 +230,8 @@ def _convert_into(
 ) -> None:
     """Check the crystals, convert them and write a complete cache (marker last) into ``staging``."""
     names, structs = read_structures(structures)
-    for key_name, values in (labels or {}).items():
-        if len(values) != len(structs):
-            raise ValueError(f"label {key_name!r} has {len(values)} values for {len(structs)} structures")
-    for name, s in zip(names, structs, strict=True):
-        problem = structure_problem(s, element_types)
-        if problem is not None:
-            raise ValueError(f"{name} {problem}")
+    check_label_lengths(labels, len(structs))
+    screen_structures(names, structs, element_types, _raise)
     # matgl's collate batches the first label: user labels come first, the index last (as in build_dataset).
     all_labels = {k: [v.item() if hasattr(v, "item") else v for v in values] for k, values in (labels or {}).items()}
     all_labels["structure_index"] = list(range(len(structs)))
@@ -241,12 +240,9 @@ def _convert_into(
     backend.write_graphs(structs, backend.converter(element_types, cutoff), all_labels, staging, shard_size)
     dataset = backend.open_graphs(staging)
     for i in range(len(dataset)):
-        lonely = isolated_atoms(dataset[i][0])
-        if lonely:
-            raise ValueError(
-                f"{names[i]} has atom(s) at site(s) {lonely} with no neighbour within the cutoff of {cutoff} Å; use a "
-                "larger cutoff or remove the structure"
-            )
+        problem = connectivity_problem(dataset[i][0], cutoff)
+        if problem:
+            _raise(names[i], problem)
     (staging / _NAMES).write_text(json.dumps(names))
     info = {
         "key": key,
