@@ -14,6 +14,7 @@ Finished runs are cached in ``OUTPUT_DIR/runs.jsonl``, so an interrupted benchma
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -33,7 +34,7 @@ from matgl_cdssl.finetune import clone, fit
 from matgl_cdssl.registry import load_model, reset_readout
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     import pandas as pd
     from torch import nn
@@ -282,105 +283,112 @@ def benchmark(
     if cache.exists():
         for line in cache.read_text().splitlines():
             record = json.loads(line)
-            done[(record["fingerprint"], record["task"], record["n_train"], record["seed"], record["arm"])] = record
+            done[_run_key(record)] = record
 
-    plan = []
-    for task in loaded:
-        fingerprint = _fingerprint(str(model_name), settings, task)
-        for seed in seeds:
-            for n in sizes:
-                for arm in ARMS:
-                    plan.append((task, fingerprint, seed, n, arm))
-    todo = [p for p in plan if (p[1], p[0].name, p[3], p[2], p[4]) not in done]
+    splits = {(t.name, seed): _splits(t, sizes, seed, settings) for t in loaded for seed in seeds}
+    fingerprints = {t.name: _fingerprint(str(model_name), settings, t) for t in loaded}
+    plan = [
+        {"task": t, "fingerprint": fingerprints[t.name], "seed": seed, "n_train": n, "arm": arm}
+        for t in loaded
+        for seed in seeds
+        for n in sizes
+        for arm in ARMS
+    ]
+    todo = [p for p in plan if _run_key(p) not in done]
     logger.info("benchmark: %d runs, %d cached, %d to do", len(plan), len(plan) - len(todo), len(todo))
 
-    quiet = logging.getLogger("lightning.pytorch")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        _run(todo, done, sizes, seeds, settings, template, str(model_name), cache, progress, len(plan), trainer_kwargs)
-    finally:
-        quiet.setLevel(level)
-    wanted = {(p[1], p[0].name, p[3], p[2], p[4]) for p in plan}
-    trivial = {(t.name, seed): _median_predictor_mae(t, sizes, seed, settings) for t in loaded for seed in seeds}
-    runs = [
-        {**r, "median_MAE": trivial[r["task"], r["seed"]][r["n_train"]]} for key, r in done.items() if key in wanted
-    ]
+    from tqdm.auto import tqdm
+
+    graphs: dict[str, tuple[_Graphs, _Graphs]] = {}
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, desc="SSL vs scratch")
+    with _lightning_warnings_only():
+        for run in todo:
+            task, seed, n, arm = run["task"], run["seed"], run["n_train"], run["arm"]
+            split = splits[task.name, seed]
+            if task.name not in graphs:
+                graphs[task.name] = _task_graphs(task, [splits[task.name, s] for s in seeds], sizes, template)
+            pool, test_pool = graphs[task.name]
+            bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm}")
+            L.seed_everything(seed, verbose=False)
+            net = reset_readout(clone(template)) if arm == "CDSSL" else type(template)(**template._init_args)
+            epochs = settings.epochs(n)
+            start = time.perf_counter()
+            result = fit(
+                net,
+                pool.subset(split["train"][n]),
+                pool.subset(split["val"][n]),
+                test=test_pool.subset(split["test"]),
+                loss=settings.loss,
+                max_epochs=epochs,
+                patience=max(10, epochs // 3),
+                batch_size=settings.batch_size,
+                lr=settings.lr,
+                backbone_lr=settings.backbone_lr,
+                freeze_backbone=settings.freeze_backbone and arm == "CDSSL",
+                seed=seed,
+                enable_progress_bar=False,
+                **trainer_kwargs,
+            )
+            record = {
+                "task": task.name,
+                "unit": task.unit,
+                "n_train": n,
+                "seed": seed,
+                "arm": arm,
+                "test_MAE": result.metrics["test_MAE"],
+                "best_val_MAE": result.metrics["best_val_MAE"],
+                "best_epoch": int(result.metrics["best_epoch"]),
+                "epochs_run": int(result.metrics["epochs"]),
+                "max_epochs": epochs,
+                "n_val": len(split["val"][n]),
+                "n_test": len(split["test"]),
+                "wall_s": round(time.perf_counter() - start, 2),
+                "model": str(model_name),
+                "fingerprint": run["fingerprint"],
+            }
+            with cache.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            done[_run_key(record)] = record
+            bar.update()
+    bar.close()
+
+    trivial = {(t.name, seed): _median_predictor_mae(t, splits[t.name, seed], sizes) for t in loaded for seed in seeds}
+    runs = [{**done[_run_key(p)], "median_MAE": trivial[p["task"].name, p["seed"]][p["n_train"]]} for p in plan]
     return report(runs, output_dir)
 
 
-def _median_predictor_mae(task: TaskData, sizes: Sequence[int], seed: int, settings: BenchmarkSettings) -> dict:
+def _run_key(run: dict) -> tuple:
+    """What identifies a run in the cache (``task`` may be the task or its name)."""
+    task = run["task"] if isinstance(run["task"], str) else run["task"].name
+    return run["fingerprint"], task, run["n_train"], run["seed"], run["arm"]
+
+
+@contextlib.contextmanager
+def _lightning_warnings_only() -> Iterator[None]:
+    """Silence Lightning's per-run info messages (devices, "`Trainer.fit` stopped") under the progress bar."""
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lightning_logger.setLevel(level)
+
+
+def _median_predictor_mae(task: TaskData, split: dict[str, Any], sizes: Sequence[int]) -> dict:
     """Test MAE of the trivial model that predicts the training labels' median, per training size."""
-    split = _splits(task, sizes, seed, settings)
     test = np.asarray(task.test_targets if task.test_structures is not None else task.targets, dtype=float)
     y_test = test[split["test"]]
     y = np.asarray(task.targets, dtype=float)
     return {n: float(np.abs(y_test - np.median(y[split["train"][n]])).mean()) for n in sizes}
 
 
-def _run(todo, done, sizes, seeds, settings, template, model_name, cache, progress, total, trainer_kwargs) -> None:
-    """Train the runs still to do, appending each finished one to the cache."""
-    from tqdm.auto import tqdm
-
-    graphs: dict[str, tuple[_Graphs, _Graphs]] = {}
-    bar = tqdm(total=total, initial=total - len(todo), disable=not progress, desc="SSL vs scratch")
-    for task, fingerprint, seed, n, arm in todo:
-        split = _splits(task, sizes, seed, settings)
-        if task.name not in graphs:
-            graphs[task.name] = _task_graphs(task, sizes, seeds, settings, template)
-        pool, test_pool = graphs[task.name]
-        bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm}")
-        L.seed_everything(seed, verbose=False)
-        net = reset_readout(clone(template)) if arm == "CDSSL" else type(template)(**template._init_args)
-        epochs = settings.epochs(n)
-        start = time.perf_counter()
-        result = fit(
-            net,
-            pool.subset(split["train"][n]),
-            pool.subset(split["val"][n]),
-            test=test_pool.subset(split["test"]),
-            loss=settings.loss,
-            max_epochs=epochs,
-            patience=max(10, epochs // 3),
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            backbone_lr=settings.backbone_lr,
-            freeze_backbone=settings.freeze_backbone and arm == "CDSSL",
-            seed=seed,
-            enable_progress_bar=False,
-            **trainer_kwargs,
-        )
-        record = {
-            "task": task.name,
-            "unit": task.unit,
-            "n_train": n,
-            "seed": seed,
-            "arm": arm,
-            "test_MAE": result.metrics["test_MAE"],
-            "best_val_MAE": result.metrics["best_val_MAE"],
-            "best_epoch": int(result.metrics["best_epoch"]),
-            "epochs_run": int(result.metrics["epochs"]),
-            "max_epochs": epochs,
-            "n_val": len(split["val"][n]),
-            "n_test": len(split["test"]),
-            "wall_s": round(time.perf_counter() - start, 2),
-            "model": model_name,
-            "fingerprint": fingerprint,
-        }
-        with cache.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        done[(fingerprint, task.name, n, seed, arm)] = record
-        bar.update()
-    bar.close()
-
-
 def _task_graphs(
-    task: TaskData, sizes: Sequence[int], seeds: Sequence[int], settings: BenchmarkSettings, model: nn.Module
+    task: TaskData, splits: Sequence[dict[str, Any]], sizes: Sequence[int], model: nn.Module
 ) -> tuple[_Graphs, _Graphs]:
-    """Convert every crystal that some run of the task uses, once."""
+    """Convert every crystal that some run of the task uses (over the seeds' ``splits``), once."""
     needed, needed_test = set(), set()
-    for seed in seeds:
-        split = _splits(task, sizes, seed, settings)
+    for split in splits:
         for n in sizes:
             needed |= {int(i) for i in split["train"][n]} | {int(i) for i in split["val"][n]}
         (needed_test if task.test_structures is not None else needed).update(int(i) for i in split["test"])
