@@ -311,6 +311,7 @@ def build_dataset(
     labels: dict[str, Sequence] | None = None,
     state_attr: Any = None,
     skip_invalid: bool = False,
+    names: Sequence[str] | None = None,
 ) -> tuple[Any, list[str], list[tuple[str, str]]]:
     """Read, check and convert crystals into matgl's ``MGLDataset``.
 
@@ -326,6 +327,8 @@ def build_dataset(
             matgl's default state (zeros) when None.
         skip_invalid: Leave out invalid crystals (each is logged with a warning and returned in ``skipped``)
             instead of raising on the first one.
+        names: A name per crystal (per frame of a multi-frame file) for messages and the returned names; default
+            ``structures[i]`` or the file path (:func:`read_structures`).
 
     Returns:
         ``(dataset, names, skipped)``: the dataset (a ``Subset`` when crystals were skipped after graph
@@ -335,7 +338,12 @@ def build_dataset(
         ValueError: Bad input, naming the crystal: see :func:`read_structures` and :func:`structure_problem`, or an
             atom with no neighbour within ``cutoff``. Also labels of the wrong length.
     """
-    names, structs = read_structures(structures)
+    read_names, structs = read_structures(structures)
+    if names is None:
+        names = read_names
+    elif len(names) != len(structs):
+        raise ValueError(f"names has {len(names)} entries for {len(structs)} crystals")
+    names = [str(name) for name in names]
     check_label_lengths(labels, len(structs))
     skipped: list[tuple[str, str]] = []
 

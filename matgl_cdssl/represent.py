@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,11 +170,6 @@ def _quiet_skips() -> Iterator[None]:
         data_logger.removeFilter(quiet)
 
 
-def _rename(text: str, names: Sequence[str]) -> str:
-    """Replace ``structures[i]`` (the index into the list given to ``build_dataset``) by the caller's name."""
-    return re.sub(r"structures\[(\d+)\]", lambda m: names[int(m.group(1))], text)
-
-
 def embed(
     model: Any,
     structures: Sequence[Any],
@@ -227,24 +221,16 @@ def embed(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     model = _as_model(model)
-    read_names, structs = read_structures(structures)
-    if names is None:
-        names = read_names
-    elif len(names) != len(structs):
-        raise ValueError(f"names has {len(names)} entries for {len(structs)} crystals")
-    names = [str(name) for name in names]
+    read_names, structs = read_structures(structures)  # file paths name their crystals
     with _quiet_skips():
-        try:
-            dataset, _, skipped = build_dataset(
-                structs,
-                element_types=model.element_types,
-                cutoff=model.cutoff,
-                labels={"row": list(range(len(structs)))},  # the first label is the one matgl's collate batches
-                skip_invalid=True,
-            )
-        except ValueError as exc:
-            raise ValueError(_rename(str(exc), names)) from exc
-    skipped = [(_rename(name, names), reason) for name, reason in skipped]
+        dataset, _, skipped = build_dataset(
+            structs,
+            element_types=model.element_types,
+            cutoff=model.cutoff,
+            labels={"row": list(range(len(structs)))},  # the first label is the one matgl's collate batches
+            skip_invalid=True,
+            names=read_names if names is None else names,
+        )
     if skipped and not skip_invalid:
         name, reason = skipped[0]
         more = f" ({len(skipped) - 1} more invalid crystal(s); pass skip_invalid=True to embed the rest)"
