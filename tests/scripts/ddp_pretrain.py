@@ -19,7 +19,8 @@ import lightning as L
 
 
 class Record(L.Callback):
-    def __init__(self) -> None:
+    def __init__(self, out: Path) -> None:
+        self.out = out
         self.seen: dict[int, list[int]] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -28,11 +29,11 @@ class Record(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         record = {"seen": self.seen, "noise_seed": pl_module._train_gen.initial_seed(), "world": trainer.world_size}
-        (OUT / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-OUT = Path(sys.argv[1])
-if __name__ == "__main__":
+if __name__ == "__main__":  # not at import: pytest's doctest collection imports this file
+    OUT = Path(sys.argv[1])
     structures = matgl_cdssl.load_sample(40).structures
     matgl_cdssl.pretrain(
         structures,
@@ -45,6 +46,6 @@ if __name__ == "__main__":
         accelerator="cpu",
         devices=2,
         strategy="ddp",
-        callbacks=[Record()],
+        callbacks=[Record(OUT)],
         enable_progress_bar=False,
     )
