@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
     from torch import nn
@@ -128,11 +128,17 @@ class GraphBackend:
 
         return Structure2Graph(element_types=tuple(element_types), cutoff=cutoff)
 
-    def loaders(self, train: Any, val: Any, *, batch_size: int, **kwargs: Any) -> tuple:
-        """Loaders from matgl's ``MGLDataLoader`` and graph collate: shuffled over ``train``, in order over ``val``."""
+    def loaders(self, train: Any, val: Any, *, batch_size: int, seed: int = 0, **kwargs: Any) -> tuple:
+        """Loaders from matgl's ``MGLDataLoader`` and graph collate: shuffled over ``train``, in order over ``val``.
+
+        ``seed`` seeds the shard order of streaming datasets (PyG's ``MGLDiskDataset``); in-memory datasets are
+        shuffled by torch's global generator.
+        """
         from matgl.graph.data import MGLDataLoader, collate_fn_graph
 
         kwargs.setdefault("num_workers", 0)
+        if self.streams and type(train).__name__ == "MGLDiskDataset":
+            kwargs.setdefault("shard_seed", seed)
         return MGLDataLoader(train, val, collate_fn=collate_fn_graph, batch_size=batch_size, **kwargs)
 
     def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
@@ -140,10 +146,15 @@ class GraphBackend:
         raise NotImplementedError
 
     # ---- graphs stored on disk (matgl_cdssl.graph_cache) --------------------------------------------------
-    def write_graphs(
-        self, structures: list, converter: Any, labels: dict[str, list], folder: Path, shard_size: int
-    ) -> None:
-        """Convert crystals and store the graphs (with their labels) in ``folder``, for :meth:`open_graphs`."""
+    #: Whether :meth:`open_graphs` streams from disk (subsets are then written as datasets of their own).
+    streams: bool = False
+
+    def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
+        """Convert ``{"structure": ..., "labels": {...}}`` records and store the graphs in ``folder``.
+
+        The records are consumed one at a time; ``converter.get_graph`` is called once per record. The stored
+        dataset is opened with :meth:`open_graphs`.
+        """
         raise NotImplementedError
 
     def open_graphs(self, folder: Path) -> Any:
@@ -205,12 +216,20 @@ class _DGLBackend(GraphBackend):
                 save_dir=tmp,
             )
 
-    def write_graphs(
-        self, structures: list, converter: Any, labels: dict[str, list], folder: Path, shard_size: int
-    ) -> None:
-        """Saved with ``MGLDataset(save_cache=True)`` of matgl 2.2.x (``dgl.save_graphs``); no shards."""
+    def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
+        """Saved with ``MGLDataset(save_cache=True)`` of matgl 2.2.x (``dgl.save_graphs``); no shards.
+
+        matgl 2.2.x converts a list of structures, so the records are gathered first.
+        """
         from matgl.graph.data import MGLDataset
 
+        structures, labels = [], {}
+        for record in records:
+            structures.append(record["structure"])
+            for key, value in record["labels"].items():
+                labels.setdefault(key, []).append(value)
+        if not structures:
+            raise ValueError("cannot create an empty MGL dataset")
         folder.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(io.StringIO()):  # matgl prints its cache status
             MGLDataset(
@@ -280,16 +299,12 @@ class _PyGBackend(GraphBackend):
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             return MGLDataset(structures=structures, converter=converter, labels=labels, save_cache=False, root=tmp)
 
-    def write_graphs(
-        self, structures: list, converter: Any, labels: dict[str, list], folder: Path, shard_size: int
-    ) -> None:
-        """Written by ``write_mgl_shards`` of matgl: shards of ``shard_size`` crystals that load independently."""
+    streams = True
+
+    def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
+        """Streamed by ``write_mgl_shards`` of matgl into shards of ``shard_size`` crystals that load independently."""
         from matgl.graph.data import write_mgl_shards
 
-        records = (
-            {"structure": s, "labels": {key: values[i] for key, values in labels.items()}}
-            for i, s in enumerate(structures)
-        )
         write_mgl_shards(records, folder, converter=converter, shard_size=shard_size)
 
     def open_graphs(self, folder: Path) -> Any:

@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain a MEGNet by crystal denoising on structure files",
         description="Options given on the command line override those of --config.",
     )
-    p.add_argument("files", nargs="*", type=Path, help="CIF, POSCAR, extxyz or CSV (cif column) files")
+    p.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="structure files or folders: CIF, POSCAR, extxyz, CSV (cif column), JSON/JSON Lines of Structure dicts",
+    )
     p.add_argument("--config", type=Path, help="YAML run configuration (data, pretrain options, out)")
     p.add_argument("--sample", type=int, metavar="N", help="use the first N crystals of the bundled sample instead")
     p.add_argument("--out", type=Path, help="output folder: checkpoints/, metrics.csv, model/")

@@ -26,10 +26,14 @@ A cache is published atomically: it is written into a hidden temporary folder ne
 ``complete.json`` marker is written last, and the folder is then renamed to ``cache_dir/<key>``. A folder without
 the marker (an interrupted or damaged write) is never taken as a hit; it is removed and rebuilt.
 
-The crystals are checked as in :func:`matgl_cdssl.data.build_dataset` with ``skip_invalid=False``: the first
-invalid crystal raises a ``ValueError`` naming it, and nothing is cached. Each item carries the user's labels
-followed by ``structure_index``, its position in the input (``names.json`` in the cache folder maps it back to
-each crystal's name).
+Crystals are read, checked (as in :func:`matgl_cdssl.data.build_dataset`) and converted one at a time, so a cold
+start on PyG never holds more than one shard of graphs. The first invalid crystal raises a ``ValueError`` naming
+it, and nothing is cached; with ``skip_invalid=True`` invalid crystals are left out and listed in ``skipped.json``.
+Each item carries the user's labels followed by ``structure_index``, its position among the cached crystals
+(``names.json`` in the cache folder maps it back to each crystal's name).
+
+:func:`split_cached` makes training/validation subsets that stream like the whole (on PyG, datasets of their own
+under ``<key>/splits/``, written from the cached graphs without converting again).
 """
 
 from __future__ import annotations
@@ -41,25 +45,35 @@ import math
 import os
 import shutil
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.data import check_label_lengths, connectivity_problem, read_structures, screen_structures
+from matgl_cdssl.data import (
+    check_label_lengths,
+    connectivity_problem,
+    input_items,
+    iter_structures,
+    structure_files,
+    structure_problem,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
     "CACHE_FORMAT",
     "MARKER",
+    "CachedGraphs",
     "cache_folder",
     "cache_key",
     "cached_dataset",
     "fingerprint_labels",
     "fingerprint_structures",
+    "split_cached",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +85,7 @@ MARKER = "complete.json"
 #: Digits of the SHA-256 kept in a cache key.
 KEY_LENGTH = 16
 _NAMES = "names.json"
+_SKIPPED = "skipped.json"
 
 
 # ---- keys --------------------------------------------------------------------------------------------------------
@@ -84,11 +99,12 @@ def fingerprint_structures(structures: Any) -> str:
 
     Args:
         structures: What :func:`matgl_cdssl.data.read_structures` accepts: pymatgen ``Structure`` objects,
-            ASE ``Atoms`` or paths to structure files (or one of these on its own).
+            ASE ``Atoms`` or paths to structure files or folders (or one of these on its own).
 
     Returns:
         The hex digest. It covers, per crystal, the lattice matrix, the species and the fractional coordinates
-        rounded to 1e-6; for a file, its resolved path, size and modification time (its content is not read).
+        rounded to 1e-6; for a file, its resolved path, size and modification time (its content is not read); for a
+        folder, that of each structure file in it.
 
     Raises:
         ValueError: an item of another type, naming it (``structures[i]``).
@@ -97,16 +113,15 @@ def fingerprint_structures(structures: Any) -> str:
     from ase import Atoms
     from pymatgen.core import IStructure
 
-    if isinstance(structures, (str, Path, IStructure, Atoms)) or not hasattr(structures, "__len__"):
-        structures = [structures]
     digest = hashlib.sha256()
-    for i, item in enumerate(structures):
+    for i, item in enumerate(input_items(structures)):
         if isinstance(item, (str, Path)):
             path = Path(item).resolve()
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"{item}: no such file")
-            stat = path.stat()
-            digest.update(f"file:{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            for file in structure_files(path) if path.is_dir() else [path]:
+                stat = file.stat()
+                digest.update(f"file:{file}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         elif isinstance(item, IStructure):
             digest.update(f"structure:{len(item)}:".encode())
             digest.update(_rounded(item.lattice.matrix))
@@ -194,6 +209,26 @@ def cache_folder(
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------------
+@dataclass
+class CachedGraphs:
+    """What :func:`cached_dataset` returns.
+
+    Attributes:
+        dataset: The graphs, items ``(graph, lattice, state_attr, labels)``: a streaming ``MGLDiskDataset`` on PyG,
+            an in-memory ``MGLDataset`` on DGL.
+        hit: True when the graphs were loaded from the cache without converting.
+        folder: The cache folder.
+        names: The name of every cached crystal; item ``i`` has ``structure_index == i``.
+        skipped: ``(name, reason)`` for each crystal left out under ``skip_invalid``.
+    """
+
+    dataset: Any
+    hit: bool
+    folder: Path
+    names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
 def _open_complete(folder: Path, key: str) -> Any | None:
     """The dataset in ``folder`` if it is a complete cache for ``key``, else None (after logging why)."""
     marker = folder / MARKER
@@ -214,8 +249,59 @@ def _open_complete(folder: Path, key: str) -> Any | None:
     return dataset
 
 
-def _raise(name: str, problem: str) -> None:
-    raise ValueError(f"{name} {problem}")
+def _publish(folder: Path, key: str, write: Callable[[Path], dict[str, Any]]) -> tuple[Any, bool]:
+    """Open the complete cache ``folder``, or build it with ``write(staging)`` and publish it atomically.
+
+    ``write`` fills the staging folder and returns the marker's content (``n`` at least); the marker is written last
+    and the folder renamed into place. Returns ``(dataset, hit)``.
+    """
+    dataset = _open_complete(folder, key)
+    if dataset is not None:
+        return dataset, True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        info = write(staging)
+        info = {"key": key, "format": CACHE_FORMAT, "backend": get_backend().name, "matgl": matgl_version(), **info}
+        (staging / MARKER).write_text(json.dumps(info, indent=1))
+        if folder.exists() and not (folder / MARKER).is_file():
+            shutil.rmtree(folder)  # an incomplete cache left by an interrupted write
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / MARKER).is_file():
+                raise
+            # Another process (another DDP rank, say) published the same cache meanwhile: keep theirs.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    dataset = _open_complete(folder, key)
+    if dataset is None:  # pragma: no cover - the folder was just written and checked
+        raise RuntimeError(f"{folder}: the graph cache just written cannot be read back")
+    return dataset, False
+
+
+class _Checked:
+    """A matgl converter that hands matgl's dataset writers graphs already built (and checked) by :meth:`build`.
+
+    Converting each crystal once, before it reaches the writer, lets a crystal whose atoms lack neighbours be
+    rejected (or skipped) without converting it twice or writing it.
+    """
+
+    def __init__(self, converter: Any) -> None:
+        self.converter = converter
+        self._built: dict[int, Any] = {}
+
+    def build(self, structure: Any) -> Any:
+        graph = self.converter.get_graph(structure)
+        self._built[id(structure)] = graph
+        return graph[0]
+
+    def forget(self, structure: Any) -> None:
+        self._built.pop(id(structure), None)
+
+    def get_graph(self, structure: Any) -> Any:
+        built = self._built.pop(id(structure), None)
+        return built if built is not None else self.converter.get_graph(structure)
 
 
 def _convert_into(
@@ -226,35 +312,65 @@ def _convert_into(
     cutoff: float,
     labels: dict[str, Sequence] | None,
     shard_size: int,
-    key: str,
-) -> None:
-    """Check the crystals, convert them and write a complete cache (marker last) into ``staging``."""
-    names, structs = read_structures(structures)
-    check_label_lengths(labels, len(structs))
-    screen_structures(names, structs, element_types, _raise)
-    # matgl's collate batches the first label: user labels come first, the index last (as in build_dataset).
-    all_labels = {k: [v.item() if hasattr(v, "item") else v for v in values] for k, values in (labels or {}).items()}
-    all_labels["structure_index"] = list(range(len(structs)))
-
+    skip_invalid: bool,
+) -> dict[str, Any]:
+    """Read, check and convert the crystals one at a time into ``staging``; returns the marker's content."""
     backend = get_backend()
-    backend.write_graphs(structs, backend.converter(element_types, cutoff), all_labels, staging, shard_size)
-    dataset = backend.open_graphs(staging)
-    for i in range(len(dataset)):
-        problem = connectivity_problem(dataset[i][0], cutoff)
-        if problem:
-            _raise(names[i], problem)
+    converter = _Checked(backend.converter(element_types, cutoff))
+    names: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    n_read = 0
+    items = input_items(structures)
+    if labels and hasattr(items, "__len__") and not any(isinstance(x, (str, Path)) for x in items):
+        check_label_lengths(labels, len(items))  # fail before converting anything when the count is known
+
+    def records() -> Iterator[dict[str, Any]]:
+        nonlocal n_read
+        for index, (name, structure) in enumerate(iter_structures(structures)):
+            n_read = index + 1
+            if labels and any(index >= len(values) for values in labels.values()):
+                continue  # counted, and reported below with the label lengths
+            problem = structure_problem(structure, element_types)
+            if problem is None:
+                problem = connectivity_problem(converter.build(structure), cutoff)
+                if problem:
+                    converter.forget(structure)
+            if problem:
+                if not skip_invalid:
+                    raise ValueError(f"{name} {problem}")
+                logger.warning("Skipping %s: it %s", name, problem)
+                skipped.append((name, problem))
+                continue
+            # matgl's collate batches the first label: user labels first, the index last (as in build_dataset).
+            item_labels = {key: _plain(values[index]) for key, values in (labels or {}).items()}
+            item_labels["structure_index"] = len(names)
+            names.append(name)
+            yield {"structure": structure, "labels": item_labels}
+
+    try:
+        backend.write_graphs(records(), converter, staging, shard_size)
+    except ValueError:
+        if n_read == 0 or names:
+            raise
+        # the writers refuse an empty dataset; say why it is empty
+    if n_read == 0:
+        raise ValueError("structures is empty: give at least one crystal (pymatgen Structure, ASE Atoms or file path)")
+    check_label_lengths(labels, n_read)
+    if not names:
+        raise ValueError(f"none of the {n_read} structures is usable: {skipped[:3]} ...")
     (staging / _NAMES).write_text(json.dumps(names))
-    info = {
-        "key": key,
-        "format": CACHE_FORMAT,
-        "n": len(structs),
-        "backend": backend.name,
-        "matgl": matgl_version(),
+    (staging / _SKIPPED).write_text(json.dumps(skipped))
+    return {
+        "n": len(names),
+        "n_read": n_read,
         "element_types": list(element_types),
         "cutoff": float(cutoff),
-        "labels": list(all_labels),
+        "labels": [*(labels or {}), "structure_index"],
     }
-    (staging / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def cached_dataset(
@@ -265,8 +381,13 @@ def cached_dataset(
     cache_dir: str | Path,
     labels: dict[str, Sequence] | None = None,
     shard_size: int = 1000,
-) -> tuple[Any, bool]:
+    skip_invalid: bool = False,
+) -> CachedGraphs:
     """Crystals as a matgl dataset, converted once and then loaded from ``cache_dir``.
+
+    The crystals are read, checked and converted one at a time (:func:`matgl_cdssl.data.iter_structures`), and on
+    PyG written shard by shard, so a cold start never holds more than one shard of graphs (plus, for in-memory
+    input, the caller's own crystals).
 
     Args:
         structures: See :func:`matgl_cdssl.data.read_structures`.
@@ -274,13 +395,15 @@ def cached_dataset(
         cutoff: Neighbour cutoff in Å.
         cache_dir: Parent folder of the caches; each lives in ``cache_dir/<key>`` (see :func:`cache_key`).
         labels: Optional labels, one value per crystal; the first one is what matgl's collate batches.
-            ``structure_index`` is appended, as in :func:`matgl_cdssl.data.build_dataset`.
+            ``structure_index`` (the position in :attr:`CachedGraphs.names`) is appended, as in
+            :func:`matgl_cdssl.data.build_dataset`.
         shard_size: Crystals per shard file (PyG only).
+        skip_invalid: Leave out invalid crystals (logged, listed in :attr:`CachedGraphs.skipped` and in the cache's
+            ``skipped.json``) instead of raising on the first. A cache built this way is reused without the
+            flag only if it skipped nothing; otherwise its first skipped crystal raises, as a cold start would.
 
     Returns:
-        ``(dataset, hit)``: items are ``(graph, lattice, state_attr, labels)``; on PyG a streaming
-        ``MGLDiskDataset``, on DGL an in-memory ``MGLDataset``. ``hit`` is True when the graphs were loaded from
-        the cache without converting.
+        The :class:`CachedGraphs`.
 
     Raises:
         ValueError: a crystal that :func:`matgl_cdssl.data.build_dataset` would reject (named in the message), labels
@@ -290,36 +413,74 @@ def cached_dataset(
     if shard_size <= 0:
         raise ValueError(f"shard_size must be a positive number of crystals; got {shard_size}")
     folder = cache_folder(structures, element_types=element_types, cutoff=cutoff, cache_dir=cache_dir, labels=labels)
-    key = folder.name
-    dataset = _open_complete(folder, key)
-    if dataset is not None:
-        logger.info("Loaded %d cached graphs from %s", len(dataset), folder)
-        return dataset, True
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
-    try:
-        _convert_into(
+    def write(staging: Path) -> dict[str, Any]:
+        return _convert_into(
             staging,
             structures,
             element_types=element_types,
             cutoff=cutoff,
             labels=labels,
             shard_size=shard_size,
-            key=key,
+            skip_invalid=skip_invalid,
         )
-        if folder.exists() and not (folder / MARKER).is_file():
-            shutil.rmtree(folder)  # an incomplete cache left by an interrupted write
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / MARKER).is_file():
-                raise
-            # Another process published the same cache meanwhile: keep theirs.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    dataset = _open_complete(folder, key)
-    if dataset is None:  # pragma: no cover - the folder was just written and checked
-        raise RuntimeError(f"{folder}: the graph cache just written cannot be read back")
-    logger.info("Converted %d crystals and cached their graphs in %s", len(dataset), folder)
-    return dataset, False
+
+    dataset, hit = _publish(folder, folder.name, write)
+    names = json.loads((folder / _NAMES).read_text())
+    skipped = [tuple(pair) for pair in json.loads((folder / _SKIPPED).read_text())]
+    if skipped and not skip_invalid:
+        name, problem = skipped[0]
+        raise ValueError(f"{name} {problem} (found when the graph cache {folder} was built with skip_invalid)")
+    logger.info("%s %d graphs in %s", "Loaded" if hit else "Converted and cached", len(dataset), folder)
+    return CachedGraphs(dataset, hit, folder, names, skipped)
+
+
+def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_size: int = 1000) -> dict[str, Any]:
+    """Subsets of a cached dataset (a training/validation split, say) that stream like the whole.
+
+    On DGL the subsets are ``torch.utils.data.Subset`` views of the in-memory dataset. On PyG, matgl's loaders
+    batch ``MGLDiskDataset`` objects shard by shard and take no subsets, so each part is written once as a dataset
+    of its own (by matgl's ``write_mgl_shards``, from the cached graphs: nothing is converted again) under
+    ``<cache folder>/splits/<key>/<part>`` and reused by later calls with the same indices and ``shard_size``.
+
+    Args:
+        cached: From :func:`cached_dataset`.
+        parts: Indices into ``cached.dataset`` for each part, e.g. ``{"train": [...], "val": [...]}``.
+        shard_size: Crystals per shard of each part (PyG). Under DDP every rank reads whole shards of its own, so
+            a part needs at least as many shards as there are ranks.
+
+    Returns:
+        ``{part: dataset}``, the items in the order of the indices.
+    """
+    from torch.utils.data import Subset
+
+    backend = get_backend()
+    if not backend.streams:
+        return {name: Subset(cached.dataset, list(indices)) for name, indices in parts.items()}
+    out = {}
+    for name, indices in parts.items():
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError(f"split part {name!r} is empty")
+        digest = hashlib.sha256(json.dumps([cached.folder.name, indices, shard_size]).encode()).hexdigest()
+        folder = cached.folder / "splits" / f"{name}-{digest[:KEY_LENGTH]}"
+
+        def write(staging: Path, indices: list[int] = indices) -> dict[str, Any]:
+            records = ({"structure": i, "labels": cached.dataset[i][3]} for i in indices)
+            backend.write_graphs(records, _FromDataset(cached.dataset), staging, shard_size)
+            return {"n": len(indices), "source": cached.folder.name, "shard_size": shard_size}
+
+        out[name], hit = _publish(folder, folder.name, write)
+        logger.info("Graph cache split %s: %d graphs (%s)", folder, len(indices), "hit" if hit else "written")
+    return out
+
+
+class _FromDataset:
+    """A matgl converter whose "structures" are indices into an already converted dataset."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def get_graph(self, index: int) -> tuple[Any, Any, Any]:
+        graph, lattice, state_attr, _labels = self.dataset[index]
+        return graph, lattice, state_attr

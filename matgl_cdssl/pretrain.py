@@ -81,7 +81,9 @@ def pretrain(
         batch_size: Crystals per batch.
         lr: Adam learning rate (cosine decay to 1% over ``max_epochs``).
         val_fraction: Fraction of crystals held out for validation (0 to train on all).
-        seed: Seeds the split, the initial weights, the batch order and the noise.
+        seed: Seeds the split, the initial weights, the batch order and the noise. On the CPU, two runs with the
+            same seed and inputs give identical weights (the Trainer's ``deterministic=True`` is the default there;
+            on GPUs pass ``deterministic=True`` or ``"warn"`` yourself, at some cost in speed).
         model: Continue from this MEGNet, a CDSSL model folder or a registered name such as ``"CDSSL-MEGNet-MP"``
             (for the last two, the pretext head is restored too).
             A new MEGNet with matgl's default architecture is made when None.
@@ -104,8 +106,9 @@ def pretrain(
             Ignored when ``trainer_kwargs`` has a ``logger``.
         graph_cache: A folder in which the converted graphs of the training and validation crystals are kept and
             reused by later runs on the same crystals, cutoff and elements (:mod:`matgl_cdssl.graph_cache`; on PyG
-            the graphs then stream from disk shard by shard). Invalid crystals raise (``skip_invalid`` is not
-            supported with it yet).
+            the graphs then stream from disk shard by shard, and crystals are read from files one at a time, so
+            they are never all in memory). Under DDP each rank reads whole shards of its own (matgl's shard
+            sampler replaces Lightning's distributed sampler).
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
@@ -168,11 +171,15 @@ def pretrain(
         train_set, val_set = Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1])
         n_structures = len(dataset)
     else:
-        if skip_invalid:
-            raise ValueError("graph_cache does not support skip_invalid yet: remove the invalid crystals first")
-        train_set, val_set, train_idx, val_idx = _cached_split(structures, model, graph_cache, val_fraction, seed)
-        n_structures, skipped = len(train_idx) + len(val_idx), []
-    loaders = backend.loaders(train_set, val_set, batch_size=batch_size, **(loader_kwargs or {}))
+        world_size = _world_size(trainer_kwargs)
+        train_set, val_set, train_idx, val_idx, skipped = _cached_split(
+            structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size
+        )
+        n_structures = len(train_idx) + len(val_idx)
+        if backend.streams and world_size > 1:
+            # matgl's shard sampler gives each rank whole shards of its own; Lightning's sampler would not.
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
+    loaders = backend.loaders(train_set, val_set, batch_size=batch_size, seed=seed, **(loader_kwargs or {}))
     module = CDSSLModule(
         model,
         sigma=sigma,
@@ -191,6 +198,8 @@ def pretrain(
         trainer_kwargs.setdefault("logger", _make_loggers(loggers, root))
         trainer_kwargs.setdefault("callbacks", []).append(checkpoint)
         trainer_kwargs.setdefault("inference_mode", False)  # validation computes a gradient norm
+        if _on_cpu(trainer_kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
+            trainer_kwargs.setdefault("deterministic", True)
         trainer_kwargs.setdefault("default_root_dir", root)
         trainer = L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **trainer_kwargs)
         earlier = _set_aside_metrics(root) if ckpt_path is not None else None
@@ -235,21 +244,60 @@ def pretrain(
     return module.model
 
 
-def _cached_split(structures: Sequence[Any], model: nn.Module, cache_dir: str | Path, val_fraction: float, seed: int):
-    """Training and validation graphs from the graph cache: ``(train_set, val_set, train_idx, val_idx)``."""
-    from matgl_cdssl.data import read_structures
-    from matgl_cdssl.graph_cache import cached_dataset
+def _on_cpu(trainer_kwargs: dict[str, Any]) -> bool:
+    """Whether the Trainer will run on the CPU."""
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    return accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
 
-    _, structs = read_structures(structures)
-    train_idx, val_idx = _split(len(structs), val_fraction, seed)
+
+def _world_size(trainer_kwargs: dict[str, Any]) -> int:
+    """Processes the Trainer will run: devices per node (an int, a list of ids, or "auto"/-1 for all) times nodes."""
+    devices = trainer_kwargs.get("devices", 1)
+    if isinstance(devices, (list, tuple)):
+        per_node = len(devices)
+    elif str(devices).strip() in ("auto", "-1"):
+        per_node = torch.cuda.device_count() if trainer_kwargs.get("accelerator") not in (None, "cpu") else 1
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    else:
+        per_node = int(devices)
+    return max(1, per_node) * max(1, int(trainer_kwargs.get("num_nodes", 1)))
+
+
+def _cached_split(
+    structures: Sequence[Any],
+    model: nn.Module,
+    cache_dir: str | Path,
+    val_fraction: float,
+    seed: int,
+    skip_invalid: bool,
+    world_size: int,
+) -> tuple[Any, Any, list[int], list[int], list[tuple[str, str]]]:
+    """Training and validation graphs from the graph cache: ``(train_set, val_set, train_idx, val_idx, skipped)``.
+
+    All crystals are converted into one cache; the split is drawn over the valid ones, as without a cache. On PyG
+    each part is a streaming dataset of its own (:func:`matgl_cdssl.graph_cache.split_cached`), with shards of at
+    most 1000 crystals and at least one per rank.
+    """
+    from matgl_cdssl.graph_cache import cached_dataset, split_cached
+
+    cached = cached_dataset(
+        structures,
+        element_types=model.element_types,
+        cutoff=model.cutoff,
+        cache_dir=cache_dir,
+        skip_invalid=skip_invalid,
+    )
+    logger.info("Graph cache %s: %d crystals (%s)", cached.folder, len(cached.dataset), "hit" if cached.hit else "miss")
+    train_idx, val_idx = _split(len(cached.dataset), val_fraction, seed)
     sets = []
-    for name, idx in (("training", train_idx), ("validation", val_idx or train_idx[:1])):
-        part, hit = cached_dataset(
-            [structs[i] for i in idx], element_types=model.element_types, cutoff=model.cutoff, cache_dir=cache_dir
-        )
-        logger.info("Graph cache %s for the %d %s crystals (%s)", "hit" if hit else "miss", len(idx), name, cache_dir)
-        sets.append(part)
-    return sets[0], sets[1], train_idx, val_idx
+    for name, idx in (("train", train_idx), ("val", val_idx)):
+        if not idx:  # no validation: the loader needs a set of the same kind, which is never iterated
+            sets.append(sets[0])
+            continue
+        shard_size = max(1, min(1000, math.ceil(len(idx) / world_size)))
+        sets.append(split_cached(cached, {name: idx}, shard_size=shard_size)[name])
+    return sets[0], sets[1], train_idx, val_idx, cached.skipped
 
 
 def _check_loggers(loggers: Sequence[str] | str) -> tuple[str, ...]:

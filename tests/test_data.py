@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 
 import pandas as pd
 import pytest
@@ -77,3 +78,62 @@ def test_config_rejects_unknown_options(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"pretrain": {"sigmaa": 0.2}, "out": "run"}))
     assert main(["pretrain", "--config", str(config)]) == 1
+
+
+def test_folders_json_and_jsonl_read_one_crystal_at_a_time(tmp_path, sample):
+    import json
+
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from matgl_cdssl.data import iter_structures
+
+    crystals = sample.structures[:4]
+    folder = tmp_path / "crystals"
+    folder.mkdir()
+    for i, s in enumerate(crystals[:2]):
+        s.to(filename=str(folder / f"c{i}.cif"))
+    (folder / "notes.txt").write_text("not a structure: ignored")
+    ase.io.write(folder / "frames.extxyz", [AseAtomsAdaptor.get_atoms(s) for s in crystals], format="extxyz")
+    ids = sample.material_ids[:4]
+    entries = [{"material_id": mp_id, "structure": s.as_dict()} for mp_id, s in zip(ids, crystals, strict=True)]
+    (tmp_path / "list.json").write_text(json.dumps(entries))
+    (tmp_path / "mapping.json").write_text(json.dumps({"a": crystals[0].as_dict(), "b": crystals[1].as_dict()}))
+    with gzip.open(tmp_path / "lines.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(s.as_dict()) + "\n" for s in crystals)
+
+    names, structures = read_structures([folder])  # files sorted by name; each extxyz frame is a crystal
+    assert names == [
+        str(folder / "c0.cif"),
+        str(folder / "c1.cif"),
+        *(f"{folder / 'frames.extxyz'}[{i}]" for i in range(4)),
+    ]
+    assert [s.composition for s in structures] == [s.composition for s in [*crystals[:2], *crystals]]
+    names, structures = read_structures(tmp_path / "list.json")
+    assert names == [f"{tmp_path / 'list.json'}[{mp_id}]" for mp_id in sample.material_ids[:4]]
+    assert structures[2] == crystals[2]
+    assert read_structures(tmp_path / "mapping.json")[0] == [f"{tmp_path / 'mapping.json'}[{k}]" for k in "ab"]
+    names, structures = read_structures(tmp_path / "lines.jsonl.gz")
+    assert names == [f"{tmp_path / 'lines.jsonl.gz'}[{i}]" for i in range(4)]
+    assert structures[3] == crystals[3]
+
+    # Lazy: the first crystal of a file comes before the rest of the file is read.
+    stream = iter_structures([tmp_path / "lines.jsonl.gz", tmp_path / "missing.cif"])
+    assert next(stream)[1] == crystals[0]
+    assert len(list(itertools.islice(stream, 3))) == 3
+    with pytest.raises(FileNotFoundError, match=r"missing\.cif"):
+        next(stream)
+
+
+def test_json_errors_name_the_file_and_entry(tmp_path, sample):
+    import json
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps(sample.structures[0].as_dict()) + '\n{"x": 1}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl\[1\]: not a pymatgen Structure dictionary"):
+        read_structures(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON"):
+        read_structures(tmp_path / "broken.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="a folder with no structure files"):
+        read_structures(tmp_path / "empty")

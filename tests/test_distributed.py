@@ -15,12 +15,19 @@ import matgl_cdssl
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_pretrain.py"
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["in-memory", "graph-cache"])
+def ddp_run(request, tmp_path_factory):
+    """A 2-rank run on graphs built in memory, and one on the graph cache (on PyG: matgl's shard sampler)."""
     out = tmp_path_factory.mktemp("ddp")
+    cache = [str(out / "graphs")] if request.param == "graph-cache" else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, str(SCRIPT), str(out), *cache],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

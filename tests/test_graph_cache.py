@@ -20,6 +20,7 @@ from matgl_cdssl.graph_cache import (
     cached_dataset,
     fingerprint_labels,
     fingerprint_structures,
+    split_cached,
 )
 from matgl_cdssl.module import CDSSLModule
 
@@ -57,31 +58,34 @@ def _assert_same_items(cached, reference):
 
 def test_miss_then_hit_loads_the_same_graphs(crystals, megnet, tmp_path):
     structures, labels = crystals
-    first, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=7)
-    assert not hit
+    first = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=7)
+    assert not first.hit
+    assert first.names == [f"structures[{i}]" for i in range(len(structures))]
+    assert first.skipped == []
     folder = cache_folder(structures, **_args(megnet, tmp_path, labels))
     assert (folder / MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left behind
     files = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")}
 
-    second, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=7)
-    assert hit
+    second = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=7)
+    assert second.hit
+    assert second.names == first.names
     assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")} == files  # nothing was rewritten
 
     reference, _, _ = build_dataset(structures, element_types=megnet.element_types, cutoff=megnet.cutoff, labels=labels)
-    _assert_same_items(first, reference)
-    _assert_same_items(second, reference)
+    _assert_same_items(first.dataset, reference)
+    _assert_same_items(second.dataset, reference)
 
 
 def test_other_cutoff_elements_or_labels_miss(crystals, megnet, tmp_path):
     structures, labels = crystals
-    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels))[1]
-    assert cached_dataset(structures, **_args(megnet, tmp_path, labels))[1]
-    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels, cutoff=megnet.cutoff + 0.5))[1]
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels)).hit
+    assert cached_dataset(structures, **_args(megnet, tmp_path, labels)).hit
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels, cutoff=megnet.cutoff + 0.5)).hit
     reordered = [*megnet.element_types[1:], megnet.element_types[0]]
-    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels, element_types=reordered))[1]
-    assert not cached_dataset(structures, **_args(megnet, tmp_path, {"band_gap": labels["band_gap"] + 1.0}))[1]
-    assert not cached_dataset(structures[:10], **_args(megnet, tmp_path, None))[1]
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, labels, element_types=reordered)).hit
+    assert not cached_dataset(structures, **_args(megnet, tmp_path, {"band_gap": labels["band_gap"] + 1.0})).hit
+    assert not cached_dataset(structures[:10], **_args(megnet, tmp_path, None)).hit
     assert len(list(tmp_path.iterdir())) == 5
 
 
@@ -90,11 +94,11 @@ def test_interrupted_cache_is_rebuilt(crystals, megnet, tmp_path):
     cached_dataset(structures, **_args(megnet, tmp_path, labels))
     folder = cache_folder(structures, **_args(megnet, tmp_path, labels))
     (folder / MARKER).unlink()  # as if the process had died before publishing the cache
-    dataset, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels))
-    assert not hit
-    assert len(dataset) == len(structures)
+    rebuilt = cached_dataset(structures, **_args(megnet, tmp_path, labels))
+    assert not rebuilt.hit
+    assert len(rebuilt.dataset) == len(structures)
     assert (folder / MARKER).is_file()
-    assert cached_dataset(structures, **_args(megnet, tmp_path, labels))[1]
+    assert cached_dataset(structures, **_args(megnet, tmp_path, labels)).hit
 
 
 def test_files_hit_until_one_changes(crystals, megnet, tmp_path):
@@ -104,12 +108,14 @@ def test_files_hit_until_one_changes(crystals, megnet, tmp_path):
         paths.append(tmp_path / f"{i}.cif")
         s.to(filename=str(paths[-1]))
     cache = tmp_path / "cache"
-    assert not cached_dataset(paths, **_args(megnet, cache, None))[1]
-    dataset, hit = cached_dataset([str(p) for p in paths], **_args(megnet, cache, None))
-    assert hit
-    assert len(dataset) == 3
+    assert not cached_dataset(paths, **_args(megnet, cache, None)).hit
+    cached = cached_dataset([str(p) for p in paths], **_args(megnet, cache, None))
+    assert cached.hit
+    assert len(cached.dataset) == 3
+    assert cached.names == [str(p) for p in paths]
+    assert cached_dataset(tmp_path, **_args(megnet, cache, None)).names == [str(p) for p in paths]  # the folder
     structures[1].to(filename=str(paths[0]))  # rewritten in place: a new size and mtime
-    assert not cached_dataset(paths, **_args(megnet, cache, None))[1]
+    assert not cached_dataset(paths, **_args(megnet, cache, None)).hit
 
 
 def test_invalid_crystal_is_named_and_nothing_is_cached(crystals, megnet, tmp_path):
@@ -127,9 +133,10 @@ def test_invalid_crystal_is_named_and_nothing_is_cached(crystals, megnet, tmp_pa
 def test_batches_give_the_in_memory_loss(crystals, megnet, tmp_path, shard_size):
     structures, labels = crystals
     backend = get_backend()
-    cached, _ = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=shard_size)
-    cached, hit = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=shard_size)
-    assert hit
+    cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=shard_size)
+    result = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=shard_size)
+    assert result.hit
+    cached = result.dataset
     reference, _, _ = build_dataset(structures, element_types=megnet.element_types, cutoff=megnet.cutoff, labels=labels)
     # On PyG matgl batches a disk dataset shard by shard, so batches cut at shard ends; compare batch by batch.
     sizes = [len(structures)] if backend.name == "dgl" or shard_size >= len(structures) else None
@@ -205,7 +212,9 @@ def test_pretrain_with_a_graph_cache_reuses_it(sample, tmp_path):
               "enable_progress_bar": False}  # fmt: skip
     first = pretrain(sample.structures[:24], output_dir=tmp_path / "a", **kwargs)
     folders = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
-    assert len(folders) == 2  # training and validation graphs
+    assert len(folders) == 1  # one cache of all the crystals
+    if get_backend().streams:  # the training and validation parts, each a streaming dataset of its own
+        assert sorted(p.name.split("-")[0] for p in (cache / folders[0] / "splits").iterdir()) == ["train", "val"]
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     second = pretrain(sample.structures[:24], output_dir=tmp_path / "b", **kwargs)
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == stamps  # a hit: nothing rewritten
@@ -214,5 +223,80 @@ def test_pretrain_with_a_graph_cache_reuses_it(sample, tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
     )
-    with pytest.raises(ValueError, match="graph_cache does not support skip_invalid"):
-        pretrain(sample.structures[:24], skip_invalid=True, **kwargs)
+
+
+def test_skip_invalid_with_a_graph_cache(crystals, megnet, tmp_path):
+    structures, _ = crystals
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])
+    lonely = Structure(Lattice.cubic(3 * megnet.cutoff), ["Na"], [[0, 0, 0]])
+    inputs = [structures[0], overlapping, *structures[1:4], lonely, structures[4]]
+    cached = cached_dataset(inputs, **_args(megnet, tmp_path, None), skip_invalid=True)
+    assert [name for name, _ in cached.skipped] == ["structures[1]", "structures[5]"]
+    assert "overlapping atoms" in cached.skipped[0][1]
+    assert "no neighbour" in cached.skipped[1][1]
+    assert cached.names == ["structures[0]", "structures[2]", "structures[3]", "structures[4]", "structures[6]"]
+    assert [int(cached.dataset[i][3]["structure_index"]) for i in range(5)] == [0, 1, 2, 3, 4]
+    frac = get_backend().frac_coords
+    assert [frac(cached.dataset[i][0]).shape[0] for i in range(5)] == [len(s) for s in structures[:5]]
+    again = cached_dataset(inputs, **_args(megnet, tmp_path, None), skip_invalid=True)
+    assert again.hit
+    assert again.skipped == cached.skipped
+    # Without skip_invalid the same cache is not a way around the check: its first skipped crystal is reported.
+    with pytest.raises(ValueError, match=r"structures\[1\] has overlapping atoms.*built with skip_invalid"):
+        cached_dataset(inputs, **_args(megnet, tmp_path, None))
+
+
+def test_pretrain_skip_invalid_with_a_graph_cache(sample, tmp_path):
+    import json
+
+    from matgl_cdssl import pretrain
+
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])
+    crystals = [*sample.structures[:10], overlapping, *sample.structures[10:20]]
+    pretrain(crystals, max_epochs=1, batch_size=8, sigma=0.1, skip_invalid=True, graph_cache=tmp_path / "graphs",
+             output_dir=tmp_path / "run", enable_progress_bar=False)  # fmt: skip
+    config = json.loads((tmp_path / "run" / "model" / "cdssl.json").read_text())
+    assert config["n_structures"] == 20
+    assert [name for name, _ in config["skipped"]] == ["structures[10]"]
+
+
+def test_split_parts_hold_the_cached_graphs(crystals, megnet, tmp_path):
+    structures, labels = crystals
+    cached = cached_dataset(structures, **_args(megnet, tmp_path, labels), shard_size=6)
+    parts = {"train": [0, 2, 3, 5, 7, 11, 13, 17, 19], "val": [1, 4, 18]}
+    split = split_cached(cached, parts, shard_size=4)
+    for name, indices in parts.items():
+        _assert_same_items(split[name], torch.utils.data.Subset(cached.dataset, indices))
+    if get_backend().streams:
+        assert split["train"].num_shards == 3
+        assert split["val"].num_shards == 1
+        stamps = {p: p.stat().st_mtime_ns for p in (cached.folder / "splits").rglob("*")}
+        split_cached(cached, parts, shard_size=4)
+        assert {p: p.stat().st_mtime_ns for p in (cached.folder / "splits").rglob("*")} == stamps  # reused
+
+
+def test_conversion_streams_one_shard_at_a_time(crystals, megnet, tmp_path, monkeypatch):
+    """A cold start converts and writes each shard before reading the crystals of the next one."""
+    import json as json_module
+
+    import matgl_cdssl.graph_cache as graph_cache
+
+    if not get_backend().streams:
+        pytest.skip("matgl 2.2.x (DGL) has no streaming dataset: its cache is written in one piece")
+    structures, _ = crystals
+    jsonl = tmp_path / "crystals.jsonl"
+    jsonl.write_text("".join(json_module.dumps(s.as_dict()) + "\n" for s in structures))
+    shards_on_disk = []
+    real = graph_cache.iter_structures
+
+    def observed(inputs):
+        for i, item in enumerate(real(inputs)):
+            shards_on_disk.append((i, len(list((tmp_path / "cache").rglob("shard_*.pt")))))
+            yield item
+
+    monkeypatch.setattr(graph_cache, "iter_structures", observed)
+    cached = cached_dataset(jsonl, **_args(megnet, tmp_path / "cache", None), shard_size=5)
+    assert len(cached.dataset) == 20
+    assert cached.names[3] == f"{jsonl}[3]"
+    # When crystal i is read, the shards of all crystals before the last multiple of 5 are already written.
+    assert shards_on_disk == [(i, i // 5) for i in range(20)]

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py: CDSSL pretraining under Lightning DDP on CPU (gloo), 2 processes.
 
-    python tests/scripts/ddp_pretrain.py OUT_DIR
+    python tests/scripts/ddp_pretrain.py OUT_DIR [GRAPH_CACHE_DIR]
 
 Lightning's DDP launcher starts the second process by re-running this script. Each rank records which crystals
 it trained on in each epoch and the seed of its noise stream in ``OUT_DIR/rank<r>.json``.
@@ -34,6 +34,7 @@ class Record(L.Callback):
 
 if __name__ == "__main__":  # not at import: pytest's doctest collection imports this file
     OUT = Path(sys.argv[1])
+    cache = {"graph_cache": Path(sys.argv[2])} if len(sys.argv) > 2 else {}
     structures = matgl_cdssl.load_sample(40).structures
     matgl_cdssl.pretrain(
         structures,
@@ -48,4 +49,5 @@ if __name__ == "__main__":  # not at import: pytest's doctest collection imports
         strategy="ddp",
         callbacks=[Record(OUT)],
         enable_progress_bar=False,
+        **cache,
     )
