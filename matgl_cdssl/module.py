@@ -2,8 +2,9 @@ r"""CDSSL in one file: the pretext task as a Lightning module.
 
 For a batch of clean crystals G (matgl graphs plus their lattices):
 
-1. corrupt: :class:`~matgl_cdssl.transform.GaussianPositionNoise` displaces every atom,
-   :math:`\tilde x = x + \sigma\epsilon`, keeping the clean edge list and image offsets;
+1. corrupt: :class:`~matgl_cdssl.transform.GaussianPositionNoise` draws a displacement for every atom,
+   :math:`\tilde x = x + \sigma\epsilon`, keeping the clean edge list and image offsets, so each edge's noisy
+   vector is its clean vector plus the difference of its two atoms' displacements;
 2. target: :math:`E_{\mathrm{clean}}` = ``model.bond_expansion(d_clean)``, MEGNet's own Gaussian expansion of the
    clean bond length of every edge (v, v', k);
 3. predict: MEGNet's embedding, encoders and message-passing blocks run on G~ (whose edges carry the noisy
@@ -40,15 +41,15 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["CDSSLModule", "TrainingDiverged", "bond_distances", "edge_feature_dim", "encode", "make_head"]
+__all__ = ["CDSSLModule", "TrainingDiverged", "bond_distances", "bond_vectors", "edge_feature_dim", "encode", "make_head"]
 
 # Seeds of the noise streams: training noise differs per rank; validation noise is the same every epoch.
 _RANK_STRIDE = 1_000_003
 _VAL_OFFSET = 7_919
 
 
-def bond_distances(g: Any, lattice: torch.Tensor, topo: Topology | None = None) -> torch.Tensor:
-    """Length of every edge (v, v', k): ``|x_v' + k L - x_v|`` in Å, shape ``(n_edges,)``.
+def bond_vectors(g: Any, lattice: torch.Tensor, topo: Topology | None = None) -> torch.Tensor:
+    """Vector of every edge (v, v', k): ``x_v' + k L - x_v`` in Å, shape ``(n_edges, 3)``.
 
     Positions are rebuilt from the graph's fractional coordinates and the lattice, as matgl does.
     """
@@ -58,7 +59,12 @@ def bond_distances(g: Any, lattice: torch.Tensor, topo: Topology | None = None) 
     lat = lattice.reshape(-1, 3, 3).to(frac.dtype)
     pos = torch.einsum("ni,nij->nj", frac, node_lattices(lat, topo.node_graph))
     shift = torch.einsum("ei,eij->ej", backend.pbc_offset(g).to(frac.dtype), lat[topo.edge_graph])
-    return torch.linalg.vector_norm(pos[topo.dst] + shift - pos[topo.src], dim=1)
+    return pos[topo.dst] + shift - pos[topo.src]
+
+
+def bond_distances(g: Any, lattice: torch.Tensor, topo: Topology | None = None) -> torch.Tensor:
+    """Length of every edge (v, v', k): ``|x_v' + k L - x_v|`` in Å, shape ``(n_edges,)``."""
+    return torch.linalg.vector_norm(bond_vectors(g, lattice, topo), dim=1)
 
 
 def encode(
@@ -182,13 +188,23 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
             return self.model.bond_expansion(bond_distances(g, lattice, topo))
 
     def _pretext(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Corrupt, predict, compare: ``(loss, prediction, target, noisy_edge_attr)`` for one batch."""
+        """Corrupt, predict, compare: ``(loss, prediction, target, noisy_edge_attr)`` for one batch.
+
+        The noisy bond vectors are computed directly as ``(x_v' + d_v') + k L - (x_v + d_v)``: the clean vectors plus
+        the difference of the two atoms' displacements ``d`` drawn by :attr:`noise`. This is what
+        ``bond_distances(self.noise(g, lattice), lattice)`` gives (up to float rounding), without rebuilding
+        positions, inverting lattices or copying the graph; MEGNet's blocks read only the edge list and atom types,
+        which the noisy crystal shares with the clean one.
+        """
         g, lattice, state_attr = batch[0], batch[1], batch[2]
         topo = get_backend().topology(g)
-        target = self.target(g, lattice, topo)
-        noisy = self.noise(g, lattice)  # same edges and image offsets, displaced atoms
-        noisy_attr = self.model.bond_expansion(bond_distances(noisy, lattice, topo))
-        edge_feat, _, _ = encode(self.model, noisy, noisy_attr, state_attr, topo)
+        clean = bond_vectors(g, lattice, topo)
+        displacement = self.noise.displacements(g)
+        noisy = clean + displacement[topo.dst] - displacement[topo.src]
+        with torch.no_grad():
+            target = self.model.bond_expansion(torch.linalg.vector_norm(clean, dim=1))
+        noisy_attr = self.model.bond_expansion(torch.linalg.vector_norm(noisy, dim=1))
+        edge_feat, _, _ = encode(self.model, g, noisy_attr, state_attr, topo)
         pred = self.head(edge_feat)
         return self.loss(pred, target), pred, target, noisy_attr
 

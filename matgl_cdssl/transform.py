@@ -58,6 +58,17 @@ class GaussianPositionNoise:
         self.sigma = sigma
         self.generator = generator
 
+    def displacements(self, g: Any) -> torch.Tensor:
+        """Draw one Cartesian displacement :math:`\\sigma \\epsilon` (Å) per atom of ``g``, shape ``(n_atoms, 3)``.
+
+        This is the random part of :meth:`__call__` (the same draws from the same generator), for callers that
+        need the displacements rather than a displaced graph.
+        """
+        frac = get_backend().frac_coords(g)
+        device = self.generator.device if self.generator is not None else frac.device
+        eps = torch.randn(frac.shape, generator=self.generator, device=device, dtype=frac.dtype).to(frac.device)
+        return self.sigma * eps
+
     def __call__(self, g: Any, lattice: torch.Tensor) -> Any:
         """Return a displaced copy of ``g``.
 
@@ -70,9 +81,7 @@ class GaussianPositionNoise:
         """
         backend = get_backend()
         frac = backend.frac_coords(g)
-        device = self.generator.device if self.generator is not None else frac.device
-        eps = torch.randn(frac.shape, generator=self.generator, device=device, dtype=frac.dtype).to(frac.device)
-        displacement = self.sigma * eps
+        displacement = self.displacements(g)
         # Cartesian x = f @ L, so a displacement dx moves fractional coordinates by dx @ L^-1.
         inverse = torch.linalg.inv(lattice.reshape(-1, 3, 3).to(frac.dtype))
         frac_shift = torch.einsum("ni,nij->nj", displacement, node_lattices(inverse, backend.topology(g).node_graph))

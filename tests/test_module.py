@@ -9,7 +9,7 @@ import torch
 from pymatgen.core.operations import SymmOp
 
 import matgl_cdssl
-from matgl_cdssl import CDSSLModule
+from matgl_cdssl import CDSSLModule, GaussianPositionNoise
 from matgl_cdssl.module import bond_distances, encode
 from tests.helpers import graph_of
 
@@ -59,6 +59,18 @@ def test_step_metrics_and_gradients(batch_of, tiny_structures, megnet):
     assert megnet.node_s2s is not None
     assert all(p.grad is None for p in megnet.output_proj.parameters())
     megnet.zero_grad(set_to_none=True)
+
+
+def test_step_sees_the_lengths_of_the_transformed_crystal(batch_of, tiny_structures, megnet):
+    """The step's shortcut (clean bond vectors plus displacement differences) equals transform + bond_distances."""
+    batch = batch_of(tiny_structures)
+    g, lat = batch[0], batch[1]
+    module = CDSSLModule(megnet, sigma=0.2, seed=3).train()
+    module.noise.generator = torch.Generator().manual_seed(11)
+    _, _, target, noisy_attr = module._pretext(batch)
+    noisy = GaussianPositionNoise(0.2, generator=torch.Generator().manual_seed(11))(g, lat)  # the same draws
+    torch.testing.assert_close(noisy_attr, megnet.bond_expansion(bond_distances(noisy, lat)), atol=2e-5, rtol=0)
+    torch.testing.assert_close(target, megnet.bond_expansion(bond_distances(g, lat)))
 
 
 def test_validation_step_reports_gradient_norm_and_fixed_noise(batch_of, tiny_structures, megnet):
