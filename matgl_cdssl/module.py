@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["CDSSLModule", "TrainingDiverged", "bond_distances", "bond_vectors", "edge_feature_dim", "encode", "make_head"]
+__all__ = [
+    "CDSSLModule",
+    "TrainingDiverged",
+    "bond_distances",
+    "bond_vectors",
+    "edge_feature_dim",
+    "encode",
+    "make_head",
+]
 
 # Seeds of the noise streams: training noise differs per rank; validation noise is the same every epoch.
 _RANK_STRIDE = 1_000_003

@@ -59,7 +59,7 @@ class GaussianPositionNoise:
         self.generator = generator
 
     def displacements(self, g: Any) -> torch.Tensor:
-        """Draw one Cartesian displacement :math:`\\sigma \\epsilon` (Å) per atom of ``g``, shape ``(n_atoms, 3)``.
+        r"""Draw one Cartesian displacement :math:`\sigma \epsilon` (Å) per atom of ``g``, shape ``(n_atoms, 3)``.
 
         This is the random part of :meth:`__call__` (the same draws from the same generator), for callers that
         need the displacements rather than a displaced graph.
