@@ -324,8 +324,10 @@ def _convert_into(
     if labels and hasattr(items, "__len__") and not any(isinstance(x, (str, Path)) for x in items):
         check_label_lengths(labels, len(items))  # fail before converting anything when the count is known
 
+    exhausted = False
+
     def records() -> Iterator[dict[str, Any]]:
-        nonlocal n_read
+        nonlocal n_read, exhausted
         for index, (name, structure) in enumerate(iter_structures(structures)):
             n_read = index + 1
             if labels and any(index >= len(values) for values in labels.values()):
@@ -346,13 +348,14 @@ def _convert_into(
             item_labels["structure_index"] = len(names)
             names.append(name)
             yield {"structure": structure, "labels": item_labels}
+        exhausted = True
 
     try:
         backend.write_graphs(records(), converter, staging, shard_size)
     except ValueError:
-        if n_read == 0 or names:
+        if names or not exhausted:
             raise
-        # the writers refuse an empty dataset; say why it is empty
+        # matgl refuses to write an empty dataset: say below why it is empty
     if n_read == 0:
         raise ValueError("structures is empty: give at least one crystal (pymatgen Structure, ASE Atoms or file path)")
     check_label_lengths(labels, n_read)
@@ -412,6 +415,9 @@ def cached_dataset(
     """
     if shard_size <= 0:
         raise ValueError(f"shard_size must be a positive number of crystals; got {shard_size}")
+    structures = input_items(structures)
+    if not hasattr(structures, "__len__"):  # a one-shot iterator: the key and the conversion both go through it
+        structures = list(structures)
     folder = cache_folder(structures, element_types=element_types, cutoff=cutoff, cache_dir=cache_dir, labels=labels)
 
     def write(staging: Path) -> dict[str, Any]:
