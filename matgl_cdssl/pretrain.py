@@ -72,7 +72,9 @@ def pretrain(
     """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
 
     Args:
-        structures: pymatgen Structures, ASE Atoms, or paths to CIF/POSCAR/extxyz files.
+        structures: pymatgen Structures, ASE Atoms, or paths to structure files or folders (CIF, POSCAR, extxyz,
+            CSV with a ``cif`` column, JSON/JSON Lines of Structure dicts; see
+            :func:`matgl_cdssl.data.read_structures`). With ``graph_cache``, files are read one crystal at a time.
         sigma: Noise level in Å (standard deviation of each Cartesian displacement component); must be > 0. The
             default, 0.3 Å, gave the best downstream validation MAE in the sweep of docs/results/sigma_sweep.
         cutoff: Neighbour cutoff in Å for a new model (matgl's MEGNet default, 4.0, when None). Must match
