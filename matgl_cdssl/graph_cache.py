@@ -79,7 +79,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the layout of a cache folder changes, so old caches are not read as new ones.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: File written last into a cache folder; a folder without it is incomplete.
 MARKER = "complete.json"
 #: Digits of the SHA-256 kept in a cache key.

@@ -74,6 +74,24 @@ def test_pretrain_from_config(tmp_path, csv_of_sample, capsys):
     assert sorted(metrics.dropna(subset=["val_MAE"])["epoch"]) == [0, 1, 2], "resuming keeps the earlier epochs"
 
 
+def test_cli_pretrains_from_a_folder_through_the_graph_cache(tmp_path, sample, capsys):
+    import json
+
+    folder = tmp_path / "crystals"
+    folder.mkdir()
+    for i, s in enumerate(sample.structures[:6]):
+        s.to(filename=str(folder / f"{i}.cif"))
+    (folder / "more.jsonl").write_text("".join(json.dumps(s.as_dict()) + "\n" for s in sample.structures[6:14]))
+    args = ["pretrain", str(folder), "--out", str(tmp_path / "run"), "--graph-cache", str(tmp_path / "graphs"),
+            "--max-epochs", "1", "--batch-size", "4", "--no-progress-bar"]  # fmt: skip
+    assert main(args) == 0
+    assert "14 crystals, 1 epochs" in capsys.readouterr().out
+    (cache,) = [p for p in (tmp_path / "graphs").iterdir() if not p.name.startswith(".")]
+    names = json.loads((cache / "names.json").read_text())
+    assert names[:2] == [str(folder / "0.cif"), str(folder / "1.cif")]
+    assert names[6] == f"{folder / 'more.jsonl'}[0]"
+
+
 def test_config_rejects_unknown_options(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"pretrain": {"sigmaa": 0.2}, "out": "run"}))
