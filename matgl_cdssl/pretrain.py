@@ -203,7 +203,10 @@ def pretrain(
         if _on_cpu(trainer_kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
             trainer_kwargs.setdefault("deterministic", True)
         trainer_kwargs.setdefault("default_root_dir", root)
-        determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        deterministic, warn_only = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
         trainer = L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **trainer_kwargs)
         earlier = _set_aside_metrics(root) if ckpt_path is not None else None
         try:
@@ -216,7 +219,7 @@ def pretrain(
         finally:  # also when the run stops with an error (e.g. TrainingDiverged): keep the metrics, unfreeze
             module.teardown("fit")
             # The Trainer's deterministic=True is process-wide; give the caller back their own setting.
-            torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             if earlier is not None:
                 _merge_metrics(root, earlier)
         if checkpoint.best_model_path:
