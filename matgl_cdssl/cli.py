@@ -173,11 +173,9 @@ _OPTIONS = (
 )
 
 
-def _load_config(path: Path) -> tuple[dict, list | None, Path | None]:
-    """Read a run configuration: pretrain options, structures (from its data section) and output folder."""
+def _load_config(path: Path) -> tuple[dict, dict | None, Path | None]:
+    """Read a run configuration: pretrain options, its data section (path resolved) and output folder."""
     import yaml
-
-    from matgl_cdssl.mp import read_mp_split
 
     config = yaml.safe_load(path.read_text()) or {}
     unknown = set(config) - {"data", "pretrain", "out"}
@@ -187,16 +185,26 @@ def _load_config(path: Path) -> tuple[dict, list | None, Path | None]:
     bad = set(options) - set(_OPTIONS)
     if bad:
         raise ValueError(f"{path}: unknown pretrain option(s) {sorted(bad)}; known: {', '.join(_OPTIONS)}")
-    structures = None
+    if options.get("graph_cache") is not None:  # paths in the file are relative to it
+        options["graph_cache"] = (path.parent / options["graph_cache"]).resolve()
+    data = None
     if "data" in config:
-        data = config["data"]
-        source = (path.parent / data["path"]).resolve()
-        if data.get("split"):
-            _, structures = read_mp_split(source, data["split"])
-        else:
-            structures = [source]
+        data = {"path": (path.parent / config["data"]["path"]).resolve(), "split": config["data"].get("split")}
     out = (path.parent / config["out"]).resolve() if "out" in config else None
-    return options, structures, out
+    return options, data, out
+
+
+def _config_structures(data: dict, out: Path) -> list[Path]:
+    """The crystals of a configuration's data section, as files that ``pretrain`` reads one crystal at a time.
+
+    A Materials Project split (``split: pretrain``) is written once to ``OUT/inputs/`` as a CSV of its own
+    (:func:`matgl_cdssl.mp.write_mp_split`), so that a graph cache keyed on that file is hit by later runs.
+    """
+    from matgl_cdssl.mp import write_mp_split
+
+    if data["split"]:
+        return [write_mp_split(data["path"], data["split"], Path(out) / "inputs")]
+    return [data["path"]]
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
@@ -207,12 +215,15 @@ def pretrain_command(args: argparse.Namespace) -> int:
     """
     import matgl_cdssl
 
-    options, structures, out = _load_config(args.config) if args.config else ({}, None, None)
+    options, data, out = _load_config(args.config) if args.config else ({}, None, None)
     options.update({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
     out = args.out or out
     if out is None:
         print("cdssl pretrain: give --out (or out: in the --config file)", file=sys.stderr)
         return 2
+    structures = None
+    if data is not None and not (args.files or args.sample is not None):
+        structures = _config_structures(data, out)
     if args.files or args.sample is not None:
         if bool(args.files) == (args.sample is not None):
             print("cdssl pretrain: give structure FILES or --sample N (not both)", file=sys.stderr)

@@ -8,7 +8,10 @@ are for pretraining. ``configs/mp_holdout_ids.txt`` lists the pool.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +20,7 @@ from matgl_cdssl.data import in_holdout_pool, read_csv_structures
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-__all__ = ["hash_order", "read_mp_split"]
+__all__ = ["hash_order", "read_mp_split", "write_mp_split"]
 
 
 def hash_order(material_id: str) -> str:
@@ -42,3 +45,41 @@ def read_mp_split(path: str | Path, split: str = "pretrain") -> tuple[list[str],
     ids = [name[name.rindex("[") + 1 : -1] for name in names]
     order = sorted(range(len(ids)), key=lambda i: hash_order(ids[i]))
     return [ids[i] for i in order], [structures[i] for i in order]
+
+
+def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
+    """Write one split of the Materials Project CSV to a CSV of its own, in hash order, and return its path.
+
+    The rows are copied as text (no CIF is parsed), so that ``pretrain`` can read the split from disk one crystal at
+    a time, as it does any CSV, and a graph cache keyed on the file (path, size, modification time) is hit by later
+    runs. The file is written once: it is rewritten only when ``path`` is newer than it.
+
+    Args:
+        path: ``mp_multi.csv.gz``.
+        split: ``"pretrain"`` or ``"holdout"``, as in :func:`read_mp_split`.
+        folder: Where to write ``<name>_<split>.csv.gz``.
+
+    Returns:
+        The written (or already present) file. Reading it gives the crystals of :func:`read_mp_split`, in its order.
+    """
+    if split not in ("pretrain", "holdout"):
+        raise ValueError(f"split must be 'pretrain' or 'holdout'; got {split!r}")
+    path, folder = Path(path), Path(folder)
+    dest = folder / f"{path.name.split('.')[0]}_{split}.csv.gz"
+    if dest.is_file() and dest.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+        return dest
+    want_holdout = split == "holdout"
+    csv.field_size_limit(2**31 - 1)
+    with gzip.open(path, "rt", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = [row for row in reader if in_holdout_pool(row["material_id"]) == want_holdout]
+    rows.sort(key=lambda row: hash_order(row["material_id"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    with gzip.open(partial, "wt", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(dest)
+    return dest

@@ -92,6 +92,36 @@ def test_cli_pretrains_from_a_folder_through_the_graph_cache(tmp_path, sample, c
     assert names[6] == f"{folder / 'more.jsonl'}[0]"
 
 
+def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sample):
+    import json
+
+    from matgl_cdssl.mp import read_mp_split, write_mp_split
+
+    ids, structures = read_mp_split(csv_of_sample, "holdout")  # the sample lies in the hold-out pool
+    written = write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs")
+    names, from_file = read_structures(written)
+    assert names == [f"{written}[{i}]" for i in ids]  # the same crystals, in the same (hash) order
+    assert from_file == structures
+    stamp = written.stat().st_mtime_ns
+    assert write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs").stat().st_mtime_ns == stamp  # not rewritten
+
+    # A run configuration with a split reads it through that file, so a graph cache is hit by later runs.
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"path": str(csv_of_sample), "split": "holdout"},
+                "pretrain": {"max_epochs": 1, "batch_size": 6, "graph_cache": "graphs"},
+                "out": "run",
+            }
+        )
+    )
+    assert main(["pretrain", "--config", str(config), "--no-progress-bar"]) == 0
+    assert (tmp_path / "run" / "inputs" / written.name).is_file()
+    assert (tmp_path / "graphs").is_dir()  # relative to the configuration file
+    assert json.loads((tmp_path / "run" / "model" / "cdssl.json").read_text())["n_structures"] == 12
+
+
 def test_config_rejects_unknown_options(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"pretrain": {"sigmaa": 0.2}, "out": "run"}))
