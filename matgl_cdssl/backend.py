@@ -137,8 +137,6 @@ class GraphBackend:
         from matgl.graph.data import MGLDataLoader, collate_fn_graph
 
         kwargs.setdefault("num_workers", 0)
-        if self.streams and type(train).__name__ == "MGLDiskDataset":
-            kwargs.setdefault("shard_seed", seed)
         return MGLDataLoader(train, val, collate_fn=collate_fn_graph, batch_size=batch_size, **kwargs)
 
     def dataset(self, structures: list, converter: Any, labels: dict[str, list]) -> Any:
@@ -300,6 +298,13 @@ class _PyGBackend(GraphBackend):
             return MGLDataset(structures=structures, converter=converter, labels=labels, save_cache=False, root=tmp)
 
     streams = True
+
+    def loaders(self, train: Any, val: Any, *, batch_size: int, seed: int = 0, **kwargs: Any) -> tuple:
+        from matgl.graph.data import MGLDiskDataset
+
+        if isinstance(train, MGLDiskDataset):
+            kwargs.setdefault("shard_seed", seed)
+        return super().loaders(train, val, batch_size=batch_size, seed=seed, **kwargs)
 
     def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
         """Streamed by ``write_mgl_shards`` of matgl into shards of ``shard_size`` crystals that load independently."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from matgl_cdssl.data import build_dataset, load_sample
 from matgl_cdssl.finetune import clone, fit
+from matgl_cdssl.io import same_architecture
 from matgl_cdssl.registry import load_model, reset_readout
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def benchmark(
             pool, test_pool = graphs[task.name]
             bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm}")
             L.seed_everything(seed, verbose=False)
-            net = reset_readout(clone(template)) if arm == "CDSSL" else type(template)(**template._init_args)
+            net = reset_readout(clone(template)) if arm == "CDSSL" else same_architecture(template)
             epochs = settings.epochs(n)
             start = time.perf_counter()
             result = fit(

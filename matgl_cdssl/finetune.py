@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 
 from matgl_cdssl.backend import get_backend
 from matgl_cdssl.data import build_dataset
+from matgl_cdssl.io import same_architecture
 from matgl_cdssl.registry import load_model
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def clone(model: nn.Module) -> nn.Module:
 
     ``copy.deepcopy`` fails on a model that holds tensors from a previous forward pass.
     """
-    copied = type(model)(**model._init_args)
+    copied = same_architecture(model)
     copied.load_state_dict(model.state_dict())
     return copied
 

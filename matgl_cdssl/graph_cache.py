@@ -320,9 +320,8 @@ def _convert_into(
     names: list[str] = []
     skipped: list[tuple[str, str]] = []
     n_read = 0
-    items = input_items(structures)
-    if labels and hasattr(items, "__len__") and not any(isinstance(x, (str, Path)) for x in items):
-        check_label_lengths(labels, len(items))  # fail before converting anything when the count is known
+    if labels and not any(isinstance(x, (str, Path)) for x in structures):  # cached_dataset made it a list
+        check_label_lengths(labels, len(structures))  # fail before converting anything when the count is known
 
     exhausted = False
 
@@ -472,8 +471,9 @@ def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_si
         folder = cached.folder / "splits" / f"{name}-{digest[:KEY_LENGTH]}"
 
         def write(staging: Path, indices: list[int] = indices) -> dict[str, Any]:
-            records = ({"structure": i, "labels": cached.dataset[i][3]} for i in indices)
-            backend.write_graphs(records, _FromDataset(cached.dataset), staging, shard_size)
+            items = (cached.dataset[i] for i in indices)  # each read once: graph, lattice, state, labels
+            records = ({"structure": item[:3], "labels": item[3]} for item in items)
+            backend.write_graphs(records, _Converted(), staging, shard_size)
             return {"n": len(indices), "source": cached.folder.name, "shard_size": shard_size}
 
         out[name], hit = _publish(folder, folder.name, write)
@@ -481,12 +481,9 @@ def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_si
     return out
 
 
-class _FromDataset:
-    """A matgl converter whose "structures" are indices into an already converted dataset."""
+class _Converted:
+    """A matgl converter for records whose "structure" is already converted: ``(graph, lattice, state_attr)``."""
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def get_graph(self, index: int) -> tuple[Any, Any, Any]:
-        graph, lattice, state_attr, _labels = self.dataset[index]
-        return graph, lattice, state_attr
+    @staticmethod
+    def get_graph(converted: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+        return converted

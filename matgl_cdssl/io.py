@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-__all__ = ["CONFIG_FILE", "HEAD_FILE", "convert_weights", "load_head", "load_model", "read_config", "save_pretrained"]
+__all__ = [
+    "CONFIG_FILE",
+    "HEAD_FILE",
+    "convert_weights",
+    "load_head",
+    "load_model",
+    "read_config",
+    "same_architecture",
+    "save_pretrained",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +161,14 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
         "Converted %s weights written by matgl %s to the %s convention", path, cfg.get("matgl_version"), BACKEND
     )
     return model
+
+
+def same_architecture(model: nn.Module) -> nn.Module:
+    """A new model of the same class, built from the constructor arguments matgl records (``_init_args``).
+
+    Its weights are freshly initialised from torch's global generator.
+    """
+    return type(model)(**model._init_args)
 
 
 def load_head(path: str | Path, model: nn.Module) -> nn.Module:

@@ -28,6 +28,13 @@ def hash_order(material_id: str) -> str:
     return hashlib.sha256(material_id.encode()).hexdigest()
 
 
+def _wants_holdout(split: str) -> bool:
+    """Whether ``split`` names the hold-out pool (``"holdout"``) rather than the pretraining split (``"pretrain"``)."""
+    if split not in ("pretrain", "holdout"):
+        raise ValueError(f"split must be 'pretrain' or 'holdout'; got {split!r}")
+    return split == "holdout"
+
+
 def read_mp_split(path: str | Path, split: str = "pretrain") -> tuple[list[str], list[Structure]]:
     """Read one split of the Materials Project CSV, in hash order.
 
@@ -38,9 +45,7 @@ def read_mp_split(path: str | Path, split: str = "pretrain") -> tuple[list[str],
     Returns:
         ``(material_ids, structures)`` ordered by :func:`hash_order`.
     """
-    if split not in ("pretrain", "holdout"):
-        raise ValueError(f"split must be 'pretrain' or 'holdout'; got {split!r}")
-    want_holdout = split == "holdout"
+    want_holdout = _wants_holdout(split)
     names, structures = read_csv_structures(path, keep=lambda mp_id: in_holdout_pool(mp_id) == want_holdout)
     ids = [name[name.rindex("[") + 1 : -1] for name in names]
     order = sorted(range(len(ids)), key=lambda i: hash_order(ids[i]))
@@ -62,13 +67,11 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
     Returns:
         The written (or already present) file. Reading it gives the crystals of :func:`read_mp_split`, in its order.
     """
-    if split not in ("pretrain", "holdout"):
-        raise ValueError(f"split must be 'pretrain' or 'holdout'; got {split!r}")
+    want_holdout = _wants_holdout(split)
     path, folder = Path(path), Path(folder)
     dest = folder / f"{path.name.split('.')[0]}_{split}.csv.gz"
     if dest.is_file() and dest.stat().st_mtime_ns >= path.stat().st_mtime_ns:
         return dest
-    want_holdout = split == "holdout"
     csv.field_size_limit(2**31 - 1)
     with gzip.open(path, "rt", newline="") as f:
         reader = csv.DictReader(f)

@@ -165,6 +165,7 @@ def pretrain(
     if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
         raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
 
+    world_size = _world_size(trainer_kwargs)
     if graph_cache is None:
         dataset, _names, skipped = build_dataset(
             structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
@@ -173,7 +174,6 @@ def pretrain(
         train_set, val_set = Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1])
         n_structures = len(dataset)
     else:
-        world_size = _world_size(trainer_kwargs)
         train_set, val_set, train_idx, val_idx, skipped = _cached_split(
             structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size
         )
@@ -190,7 +190,7 @@ def pretrain(
         lr=lr,
         decay_steps=max_epochs,
         seed=seed,
-        sync_dist=trainer_kwargs.get("devices", 1) not in (1, "1", None) or trainer_kwargs.get("num_nodes", 1) > 1,
+        sync_dist=world_size > 1,
     )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,7 +264,7 @@ def _world_size(trainer_kwargs: dict[str, Any]) -> int:
     if isinstance(devices, (list, tuple)):
         per_node = len(devices)
     elif str(devices).strip() in ("auto", "-1"):
-        per_node = torch.cuda.device_count() if trainer_kwargs.get("accelerator") not in (None, "cpu") else 1
+        per_node = 1 if _on_cpu(trainer_kwargs) else torch.cuda.device_count()
     elif isinstance(devices, str) and "," in devices:
         per_node = len([d for d in devices.split(",") if d.strip()])
     else:

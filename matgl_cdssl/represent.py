@@ -117,10 +117,12 @@ def random_like(model: Any, *, seed: int = 0) -> nn.Module:
     """
     import torch
 
+    from matgl_cdssl.io import same_architecture
+
     model = _as_model(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return type(model)(**model._init_args)
+        return same_architecture(model)
 
 
 def _last_linear_width(module: nn.Module) -> int | None:
