@@ -11,9 +11,13 @@ for backend in dgl pyg; do
   extras=test
   [ "$backend" = pyg ] && extras=test,docs
   echo "=== $backend: installing ==="
-  if ! bash "$root/scripts/setup-env.sh" "$backend" "$extras"; then
-    summary="$summary\n$backend: install FAILED"; status=1; continue
+  log=$(mktemp)
+  if ! bash "$root/scripts/setup-env.sh" "$backend" "$extras" 2>&1 | tee "$log"; then
+    # Repeat the cause in the summary, which is what a truncated CI log still shows.
+    summary="$summary\n$backend: install FAILED:\n$(grep -v 'is ignored: it is neither' "$log" | tail -n 15)"
+    status=1; rm -f "$log"; continue
   fi
+  rm -f "$log"
   echo "=== $backend: pytest ==="
   (cd "$root" && "$root/.venvs/$backend/bin/python" -m pytest "$@")
   rc=$?
