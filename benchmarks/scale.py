@@ -202,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", type=Path, help="mp_multi.csv.gz")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 0], help="0: the whole split")
-    parser.add_argument("--in-memory", type=int, nargs="*", default=[10000], help="sizes also run without a cache")
+    parser.add_argument("--in-memory", type=int, nargs="*", default=[10000, 0], help="sizes also run without a cache")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "cdssl-scale")

@@ -86,10 +86,6 @@ def _prepare_matgl_import() -> None:
     os.environ.setdefault("DGLBACKEND", "pytorch")
 
 
-_SAVED_GRAPHS = "graphs"
-"""Folder of matgl 2.2.x's saved graphs inside a graph-cache folder."""
-
-
 @dataclass(frozen=True)
 class Topology:
     """Backend-neutral view of a (batched) crystal graph.
@@ -131,8 +127,8 @@ class GraphBackend:
     def loaders(self, train: Any, val: Any, *, batch_size: int, seed: int = 0, **kwargs: Any) -> tuple:
         """Loaders from matgl's ``MGLDataLoader`` and graph collate: shuffled over ``train``, in order over ``val``.
 
-        ``seed`` seeds the shard order of streaming datasets (PyG's ``MGLDiskDataset``); in-memory datasets are
-        shuffled by torch's global generator.
+        ``seed`` seeds the shard order of streaming datasets (:meth:`open_graphs`: matgl's ``MGLDiskDataset`` on PyG,
+        :class:`~matgl_cdssl.shards.ShardedGraphs` on DGL); in-memory datasets are shuffled by torch's global generator.
         """
         from matgl.graph.data import MGLDataLoader, collate_fn_graph
 
@@ -144,19 +140,21 @@ class GraphBackend:
         raise NotImplementedError
 
     # ---- graphs stored on disk (matgl_cdssl.graph_cache) --------------------------------------------------
-    #: Whether :meth:`open_graphs` streams from disk (subsets are then written as datasets of their own).
-    streams: bool = False
+    #: Whether a ``torch.utils.data.Subset`` of a dataset from :meth:`open_graphs` streams too (DGL, through
+    #: :mod:`matgl_cdssl.shards`). If not (PyG: matgl's loader takes only whole ``MGLDiskDataset`` objects), subsets
+    #: are written as datasets of their own (:func:`matgl_cdssl.graph_cache.split_cached`).
+    subsets_stream: bool = False
 
     def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
-        """Convert ``{"structure": ..., "labels": {...}}`` records and store the graphs in ``folder``.
+        """Convert ``{"structure": ..., "labels": {...}}`` records and store the graphs in ``folder`` as shards.
 
-        The records are consumed one at a time; ``converter.get_graph`` is called once per record. The stored
-        dataset is opened with :meth:`open_graphs`.
+        The records are consumed one at a time, and each shard is written when it is full; ``converter.get_graph`` is
+        called once per record. The stored dataset is opened with :meth:`open_graphs`.
         """
         raise NotImplementedError
 
     def open_graphs(self, folder: Path) -> Any:
-        """The dataset stored by :meth:`write_graphs`: streamed shard by shard on PyG, read into memory on DGL."""
+        """The dataset stored by :meth:`write_graphs`, streamed shard by shard."""
         raise NotImplementedError
 
     # ---- graph fields ------------------------------------------------------------------------------------
@@ -214,44 +212,37 @@ class _DGLBackend(GraphBackend):
                 save_dir=tmp,
             )
 
-    def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
-        """Saved with ``MGLDataset(save_cache=True)`` of matgl 2.2.x (``dgl.save_graphs``); no shards.
+    subsets_stream = True
 
-        matgl 2.2.x converts a list of structures, so the records are gathered first.
-        """
-        from matgl.graph.data import MGLDataset
+    def loaders(self, train: Any, val: Any, *, batch_size: int, seed: int = 0, **kwargs: Any) -> tuple:
+        from matgl_cdssl.shards import ShardBatchSampler, ShardedGraphs
 
-        structures, labels = [], {}
-        for record in records:
-            structures.append(record["structure"])
-            for key, value in record["labels"].items():
-                labels.setdefault(key, []).append(value)
-        if not structures:
-            raise ValueError("cannot create an empty MGL dataset")
-        folder.mkdir(parents=True, exist_ok=True)
-        with contextlib.redirect_stdout(io.StringIO()):  # matgl prints its cache status
-            MGLDataset(
-                structures=structures,
-                converter=converter,
-                labels=labels,
-                save_cache=True,
-                directory_name=_SAVED_GRAPHS,
-                raw_dir=str(folder),
-                save_dir=str(folder),
+        if not isinstance(getattr(train, "dataset", train), ShardedGraphs):
+            return super().loaders(train, val, batch_size=batch_size, seed=seed, **kwargs)
+        from dgl.dataloading import GraphDataLoader
+        from matgl.graph.data import collate_fn_graph
+
+        kwargs.setdefault("num_workers", 0)
+        return tuple(
+            GraphDataLoader(
+                data,
+                batch_sampler=ShardBatchSampler(data, batch_size, shuffle=shuffle, seed=seed),
+                collate_fn=collate_fn_graph,
+                **kwargs,
             )
+            for data, shuffle in ((train, True), (val, False))
+        )
+
+    def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
+        """Shards of matgl 2.2.x's saved ``MGLDataset`` (:func:`matgl_cdssl.shards.write_shards`)."""
+        from matgl_cdssl.shards import write_shards
+
+        write_shards(records, converter, folder, shard_size)
 
     def open_graphs(self, folder: Path) -> Any:
-        from matgl.graph.data import MGLDataset
+        from matgl_cdssl.shards import ShardedGraphs
 
-        if not (folder / _SAVED_GRAPHS).is_dir():
-            raise FileNotFoundError(f"{folder / _SAVED_GRAPHS}: no saved graphs")
-        with contextlib.redirect_stdout(io.StringIO()):
-            dataset = MGLDataset(
-                save_cache=True, directory_name=_SAVED_GRAPHS, raw_dir=str(folder), save_dir=str(folder)
-            )
-        if not dataset.has_cache():  # matgl would silently give an empty dataset
-            raise FileNotFoundError(f"{folder / _SAVED_GRAPHS}: incomplete saved graphs")
-        return dataset
+        return ShardedGraphs(folder)
 
     def topology(self, g: Any) -> Topology:
         src, dst = g.edges()
@@ -296,8 +287,6 @@ class _PyGBackend(GraphBackend):
 
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             return MGLDataset(structures=structures, converter=converter, labels=labels, save_cache=False, root=tmp)
-
-    streams = True
 
     def loaders(self, train: Any, val: Any, *, batch_size: int, seed: int = 0, **kwargs: Any) -> tuple:
         from matgl.graph.data import MGLDiskDataset

@@ -19,21 +19,23 @@ Storage per backend:
   are ``(graph, lattice, state_attr, labels)``, as with the in-memory ``MGLDataset``. matgl's ``MGLDataLoader``
   (:meth:`~matgl_cdssl.backend.GraphBackend.loaders`) batches it shard by shard, so a batch never spans two
   shards, and it requires the training and validation sets to be ``MGLDiskDataset`` objects alike.
-* **DGL** (matgl 2.2.x): matgl's ``MGLDataset(save_cache=True)`` saves the graphs with ``dgl.save_graphs``;
-  loading reads them all into memory. matgl 2.2.x has no streaming dataset, so there is none here.
+* **DGL** (matgl 2.2.x): matgl 2.2.x has no streaming dataset, so :mod:`matgl_cdssl.shards` gives it the same
+  pieces on matgl's own dataset cache: each shard of ``shard_size`` crystals is saved by ``MGLDataset(save_cache=True)``
+  (``dgl.save_graphs``), and :class:`~matgl_cdssl.shards.ShardedGraphs` reads one shard at a time, batched shard by
+  shard by :class:`~matgl_cdssl.shards.ShardBatchSampler`.
 
 A cache is published atomically: it is written into a hidden temporary folder next to its final place, a
 ``complete.json`` marker is written last, and the folder is then renamed to ``cache_dir/<key>``. A folder without
 the marker (an interrupted or damaged write) is never taken as a hit; it is removed and rebuilt.
 
 Crystals are read, checked (as in :func:`matgl_cdssl.data.build_dataset`) and converted one at a time, so a cold
-start on PyG never holds more than one shard of graphs. The first invalid crystal raises a ``ValueError`` naming
+start never holds more than one shard of graphs. The first invalid crystal raises a ``ValueError`` naming
 it, and nothing is cached; with ``skip_invalid=True`` invalid crystals are left out and listed in ``skipped.json``.
 Each item carries the user's labels followed by ``structure_index``, its position among the cached crystals
 (``names.json`` in the cache folder maps it back to each crystal's name).
 
-:func:`split_cached` makes training/validation subsets that stream like the whole (on PyG, datasets of their own
-under ``<key>/splits/``, written from the cached graphs without converting again).
+:func:`split_cached` makes training/validation subsets that stream like the whole (on DGL, views of the cache; on
+PyG, datasets of their own under ``<key>/splits/``, written from the cached graphs without converting again).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the layout of a cache folder changes, so old caches are not read as new ones.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: File written last into a cache folder; a folder without it is incomplete.
 MARKER = "complete.json"
 #: Digits of the SHA-256 kept in a cache key.
@@ -214,8 +216,8 @@ class CachedGraphs:
     """What :func:`cached_dataset` returns.
 
     Attributes:
-        dataset: The graphs, items ``(graph, lattice, state_attr, labels)``: a streaming ``MGLDiskDataset`` on PyG,
-            an in-memory ``MGLDataset`` on DGL.
+        dataset: The graphs, items ``(graph, lattice, state_attr, labels)``, streamed from disk one shard at a time:
+            matgl's ``MGLDiskDataset`` on PyG, :class:`~matgl_cdssl.shards.ShardedGraphs` on DGL.
         hit: True when the graphs were loaded from the cache without converting.
         folder: The cache folder.
         names: The name of every cached crystal; item ``i`` has ``structure_index == i``.
@@ -387,9 +389,9 @@ def cached_dataset(
 ) -> CachedGraphs:
     """Crystals as a matgl dataset, converted once and then loaded from ``cache_dir``.
 
-    The crystals are read, checked and converted one at a time (:func:`matgl_cdssl.data.iter_structures`), and on
-    PyG written shard by shard, so a cold start never holds more than one shard of graphs (plus, for in-memory
-    input, the caller's own crystals).
+    The crystals are read, checked and converted one at a time (:func:`matgl_cdssl.data.iter_structures`) and
+    written shard by shard, so a cold start never holds more than one shard of graphs (plus, for in-memory input,
+    the caller's own crystals).
 
     Args:
         structures: See :func:`matgl_cdssl.data.read_structures`.
@@ -399,7 +401,7 @@ def cached_dataset(
         labels: Optional labels, one value per crystal; the first one is what matgl's collate batches.
             ``structure_index`` (the position in :attr:`CachedGraphs.names`) is appended, as in
             :func:`matgl_cdssl.data.build_dataset`.
-        shard_size: Crystals per shard file (PyG only).
+        shard_size: Crystals per shard.
         skip_invalid: Leave out invalid crystals (logged, listed in :attr:`CachedGraphs.skipped` and in the cache's
             ``skipped.json``) instead of raising on the first. A cache built this way is reused without the
             flag only if it skipped nothing; otherwise its first skipped crystal raises, as a cold start would.
@@ -443,7 +445,8 @@ def cached_dataset(
 def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_size: int = 1000) -> dict[str, Any]:
     """Subsets of a cached dataset (a training/validation split, say) that stream like the whole.
 
-    On DGL the subsets are ``torch.utils.data.Subset`` views of the in-memory dataset. On PyG, matgl's loaders
+    On DGL the subsets are ``torch.utils.data.Subset`` views of the cached shards, which
+    :class:`~matgl_cdssl.shards.ShardBatchSampler` batches shard by shard. On PyG, matgl's loaders
     batch ``MGLDiskDataset`` objects shard by shard and take no subsets, so each part is written once as a dataset
     of its own (by matgl's ``write_mgl_shards``, from the cached graphs: nothing is converted again) under
     ``<cache folder>/splits/<key>/<part>`` and reused by later calls with the same indices and ``shard_size``.
@@ -451,8 +454,8 @@ def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_si
     Args:
         cached: From :func:`cached_dataset`.
         parts: Indices into ``cached.dataset`` for each part, e.g. ``{"train": [...], "val": [...]}``.
-        shard_size: Crystals per shard of each part (PyG). Under DDP every rank reads whole shards of its own, so
-            a part needs at least as many shards as there are ranks.
+        shard_size: Crystals per shard of each part (PyG; on DGL the parts keep the cache's shards). Under DDP every
+            rank reads whole shards of its own, so a part needs at least as many shards as there are ranks.
 
     Returns:
         ``{part: dataset}``, the items in the order of the indices.
@@ -460,7 +463,7 @@ def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_si
     from torch.utils.data import Subset
 
     backend = get_backend()
-    if not backend.streams:
+    if backend.subsets_stream:
         return {name: Subset(cached.dataset, list(indices)) for name, indices in parts.items()}
     out = {}
     for name, indices in parts.items():

@@ -107,10 +107,10 @@ def pretrain(
             ``tensorboard`` or ``tensorboardX`` package). Both go to ``output_dir`` (a temporary folder when None).
             Ignored when ``trainer_kwargs`` has a ``logger``.
         graph_cache: A folder in which the converted graphs of the training and validation crystals are kept and
-            reused by later runs on the same crystals, cutoff and elements (:mod:`matgl_cdssl.graph_cache`; on PyG
-            the graphs then stream from disk shard by shard, and crystals are read from files one at a time, so
-            they are never all in memory). Under DDP each rank reads whole shards of its own (matgl's shard
-            sampler replaces Lightning's distributed sampler).
+            reused by later runs on the same crystals, cutoff and elements (:mod:`matgl_cdssl.graph_cache`). The graphs
+            then stream from disk shard by shard, and crystals are read from files one at a time, so they are never
+            all in memory. Under DDP each rank reads whole shards of its own (a shard sampler, matgl's on PyG,
+            :class:`~matgl_cdssl.shards.ShardBatchSampler` on DGL, replaces Lightning's distributed sampler).
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
@@ -178,8 +178,8 @@ def pretrain(
             structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size
         )
         n_structures = len(train_idx) + len(val_idx)
-        if backend.streams and world_size > 1:
-            # matgl's shard sampler gives each rank whole shards of its own; Lightning's sampler would not.
+        if world_size > 1:
+            # The shard samplers give each rank whole shards of its own; Lightning's sampler would not.
             trainer_kwargs.setdefault("use_distributed_sampler", False)
     loaders = backend.loaders(train_set, val_set, batch_size=batch_size, seed=seed, **(loader_kwargs or {}))
     module = CDSSLModule(
@@ -283,9 +283,9 @@ def _cached_split(
 ) -> tuple[Any, Any, list[int], list[int], list[tuple[str, str]]]:
     """Training and validation graphs from the graph cache: ``(train_set, val_set, train_idx, val_idx, skipped)``.
 
-    All crystals are converted into one cache; the split is drawn over the valid ones, as without a cache. On PyG
-    each part is a streaming dataset of its own (:func:`matgl_cdssl.graph_cache.split_cached`), with shards of at
-    most 1000 crystals and at least one per rank.
+    All crystals are converted into one cache; the split is drawn over the valid ones, as without a cache. Each part
+    streams (:func:`matgl_cdssl.graph_cache.split_cached`): on PyG a dataset of its own with shards of at most 1000
+    crystals and at least one per rank, on DGL a view of the cache's shards.
     """
     from matgl_cdssl.graph_cache import cached_dataset, split_cached
 

@@ -2,21 +2,20 @@
 
 INJECTED DATA: matbench downloads a task's data inside ``task.load()``, through matminer's ``load_dataset``. The
 ``injected`` fixture replaces that download call only (``matbench.data_ops.load_dataset``), so that matbench's own
-``task.load()`` runs and receives 60 real cubic perovskites (Castelli et al., Energy Environ. Sci. 5, 9034 (2012);
-the shared perov5 set, ``heat_ref`` in eV per cell) under the columns of ``matbench_perovskites`` (``structure``,
-``e_form``). Matbench v0.1's fold splits name ids of the full 18,928-crystal set, so they are replaced by a 5-fold
-shuffled KFold over the 60 injected ids, the way matbench made its splits. Everything else (fold iteration,
-``task.record`` and its scoring, ``to_file``/``from_file`` and their validation) is matbench's unchanged code.
+``task.load()`` runs and receives 60 real cubic perovskites (Castelli et al., Energy Environ. Sci. 5, 9034 (2012):
+the perov5 subset shipped for the benchmark, ``heat_ref`` in eV per cell) under the columns of
+``matbench_perovskites`` (``structure``, ``e_form``). Matbench v0.1's fold splits name ids of the full 18,928-crystal
+set, so they are replaced by a 5-fold shuffled KFold over the 60 injected ids, the way matbench made its splits.
+Everything else (fold iteration, ``task.record`` and its scoring, ``to_file``/``from_file`` and their validation) is
+matbench's unchanged code.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,24 +30,18 @@ from matbench.bench import MatbenchBenchmark
 from pymatgen.core import Structure
 from sklearn.model_selection import KFold
 
+from matgl_cdssl.benchmark import load_task
 from matgl_cdssl.matbench import load_results, predict, run_matbench, supported_tasks, write_results
 from matgl_cdssl.registry import load_model
 
 TASK = "matbench_perovskites"
-PEROV5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "perov5" / "perov5.csv.gz"
 N_CRYSTALS = 60
 TINY = {"max_epochs": 2, "batch_size": 16, "patience": None, "enable_progress_bar": False}
 
 
 def _perovskites(n: int) -> tuple[list[Structure], list[float]]:
-    if not PEROV5.is_file():
-        pytest.skip(f"{PEROV5} (the shared perov5 data set) is not available")
-    structures, targets = [], []
-    with gzip.open(PEROV5, "rt", newline="") as f:
-        for row, _ in zip(csv.DictReader(f), range(n), strict=False):
-            structures.append(Structure.from_str(row["cif"], fmt="cif"))
-            targets.append(float(row["heat_ref"]))
-    return structures, targets
+    task = load_task("perov_heat_ref")  # the perovskites shipped with the benchmark (matgl_cdssl/benchmark_data)
+    return list(task.structures[:n]), list(task.targets[:n])
 
 
 @pytest.fixture(scope="module", autouse=True)
