@@ -452,6 +452,7 @@ def build_dataset(
     state_attr: Any = None,
     skip_invalid: bool = False,
     names: Sequence[str] | None = None,
+    log_skips: bool = True,
 ) -> tuple[Any, list[str], list[tuple[str, str]]]:
     """Read, check and convert crystals into matgl's ``MGLDataset``.
 
@@ -469,6 +470,8 @@ def build_dataset(
             instead of raising on the first one.
         names: A name per crystal (per frame of a multi-frame file) for messages and the returned names; default
             ``structures[i]`` or the file path (:func:`read_structures`).
+        log_skips: Log a warning for each crystal left out under ``skip_invalid`` (callers that report ``skipped``
+            themselves turn it off).
 
     Returns:
         ``(dataset, names, skipped)``: the dataset (a ``Subset`` when crystals were skipped after graph
@@ -490,7 +493,8 @@ def build_dataset(
     def reject(name: str, reason: str) -> None:
         if not skip_invalid:
             raise ValueError(f"{name} {reason}")
-        logger.warning("Skipping %s: it %s", name, reason)
+        if log_skips:
+            logger.warning("Skipping %s: it %s", name, reason)
         skipped.append((name, reason))
 
     keep = screen_structures(names, structs, element_types, reject)

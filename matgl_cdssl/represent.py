@@ -24,7 +24,6 @@ options and handler of the map command (:func:`add_map_arguments`, :func:`map_co
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     import pandas as pd
     from torch import nn
@@ -154,24 +153,6 @@ def embedding_columns(model: Any) -> list[str]:
     return [f"{names[part]}_{i}" for part, width in widths.items() for i in range(int(width))]
 
 
-class _DropSkipMessages(logging.Filter):
-    """Hides ``build_dataset``'s own "Skipping ..." records: :func:`embed` reports them with the caller's names."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Skipping")
-
-
-@contextlib.contextmanager
-def _quiet_skips() -> Iterator[None]:
-    data_logger = logging.getLogger("matgl_cdssl.data")
-    quiet = _DropSkipMessages()
-    data_logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        data_logger.removeFilter(quiet)
-
-
 def embed(
     model: Any,
     structures: Sequence[Any],
@@ -224,15 +205,15 @@ def embed(
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     model = _as_model(model)
     read_names, structs = read_structures(structures)  # file paths name their crystals
-    with _quiet_skips():
-        dataset, _, skipped = build_dataset(
-            structs,
-            element_types=model.element_types,
-            cutoff=model.cutoff,
-            labels={"row": list(range(len(structs)))},  # the first label is the one matgl's collate batches
-            skip_invalid=True,
-            names=read_names if names is None else names,
-        )
+    dataset, _, skipped = build_dataset(
+        structs,
+        element_types=model.element_types,
+        cutoff=model.cutoff,
+        labels={"row": list(range(len(structs)))},  # the first label is the one matgl's collate batches
+        skip_invalid=True,
+        names=read_names if names is None else names,
+        log_skips=False,  # reported below, once, as an error or a warning with every name
+    )
     if skipped and not skip_invalid:
         name, reason = skipped[0]
         more = f" ({len(skipped) - 1} more invalid crystal(s); pass skip_invalid=True to embed the rest)"

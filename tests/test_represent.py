@@ -123,9 +123,10 @@ def test_embed_names_the_bad_crystal(megnet, CsCl, LiFePO4_like, lonely, tmp_pat
         embed(torch.nn.Linear(2, 2), [CsCl])
 
 
-def test_embed_skip_invalid_gives_nan_rows_and_warns(megnet, CsCl, LiFePO4_like, lonely):
+def test_embed_skip_invalid_gives_nan_rows_and_warns(megnet, CsCl, LiFePO4_like, lonely, caplog):
     with pytest.warns(UserWarning, match=r"1 invalid crystal.*structures\[1\] has atom"):
         X = embed(megnet, [CsCl, lonely, LiFePO4_like], skip_invalid=True)
+    assert "Skipping" not in caplog.text  # reported once, by the warning, not also by build_dataset's log
     assert np.isnan(X[1]).all()
     np.testing.assert_allclose(X[[0, 2]], embed(megnet, [CsCl, LiFePO4_like]), rtol=1e-4, atol=1e-5)
 
