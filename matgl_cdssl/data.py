@@ -46,7 +46,6 @@ __all__ = [
     "read_csv_structures",
     "read_labelled_csv",
     "read_structures",
-    "screen_structures",
     "structure_problem",
 ]
 
@@ -411,20 +410,6 @@ def check_label_lengths(labels: dict[str, Sequence] | None, n: int) -> None:
             raise ValueError(f"label {key!r} has {len(values)} values for {n} structures")
 
 
-def screen_structures(
-    names: Sequence[str], structs: Sequence[Structure], element_types: Sequence[str], reject: Any
-) -> list[int]:
-    """Indices of the crystals without a :func:`structure_problem`; ``reject(name, problem)`` is called for the rest."""
-    keep = []
-    for i, (name, s) in enumerate(zip(names, structs, strict=True)):
-        problem = structure_problem(s, element_types)
-        if problem is None:
-            keep.append(i)
-        else:
-            reject(name, problem)
-    return keep
-
-
 def connectivity_problem(g: Any, cutoff: float) -> str | None:
     """What is wrong with a converted crystal graph whose atoms lack neighbours within ``cutoff``, or None."""
     lonely = isolated_atoms(g)
@@ -497,7 +482,13 @@ def build_dataset(
             logger.warning("Skipping %s: it %s", name, reason)
         skipped.append((name, reason))
 
-    keep = screen_structures(names, structs, element_types, reject)
+    keep = []
+    for i, (name, s) in enumerate(zip(names, structs, strict=True)):
+        problem = structure_problem(s, element_types)
+        if problem is None:
+            keep.append(i)
+        else:
+            reject(name, problem)
     if not keep:
         raise ValueError(f"none of the {len(structs)} structures is usable: {skipped[:3]} ...")
     if state_attr is not None:
