@@ -1,4 +1,4 @@
-"""Speed of ``matgl_cdssl.represent.embed`` next to a loop of matgl's ``predict_structure``, measured side by side.
+"""Speed of ``matgl_cdssl.analysis.embed`` next to a loop of matgl's ``predict_structure``, measured side by side.
 
 Both arms start from the same pymatgen Structures and the same model (``CDSSL-MEGNet-MP`` by default) and include
 everything from structures to numbers: graph conversion with matgl's converter, and the network. ``embed`` also
@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.represent import embed
+from matgl_cdssl._backend import get_backend, matgl_version
+from matgl_cdssl.analysis import embed
 
 
 def predict_loop(model: torch.nn.Module, structures: list) -> np.ndarray:

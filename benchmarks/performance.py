@@ -6,7 +6,7 @@
    no validation. Target: CDSSL >= 0.95x the supervised throughput.
 2. Data-loader workers: one CDSSL epoch over the same graphs with matgl's ``MGLDataLoader`` at ``num_workers=0``
    and ``num_workers=2``.
-3. Graph cache: ``matgl_cdssl.graph_cache.cached_dataset`` on the crystals written to a CSV file (cold: read, check,
+3. Graph cache: ``matgl_cdssl.data._cache.cached_dataset`` on the crystals written to a CSV file (cold: read, check,
    convert and store into a new cache folder) and again on the same file (warm: open the stored graphs); then one
    CDSSL epoch streamed from the cache (shards of 1000 crystals read from disk during the epoch) against one over
    the same graphs in memory.
@@ -40,10 +40,10 @@ import torch
 from matgl.utils.training import ModelLightningModule
 
 from matgl_cdssl import CDSSLModule, GaussianPositionNoise
-from matgl_cdssl.backend import get_backend, matgl_version
+from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.graph_cache import cached_dataset
-from matgl_cdssl.module import bond_distances, bond_vectors
+from matgl_cdssl.data._cache import cached_dataset
+from matgl_cdssl.method import bond_distances, bond_vectors
 
 
 def fit_seconds(module: L.LightningModule, loader, epochs: int) -> float:

@@ -38,7 +38,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from matgl_cdssl.backend import get_backend, matgl_version
+from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl.data import in_holdout_pool
 
 

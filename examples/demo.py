@@ -5,7 +5,7 @@
 3. For each task (formation energy per atom, band gap), train on a small labelled subset of the 800
    (``--n-labelled``, plus a validation subset for choosing the best epoch), twice with identical settings:
    from the CDSSL weights, loaded with ``matgl.load_model``, and from random initialisation. Both use matgl's
-   standard ``ModelLightningModule`` (through ``matgl_cdssl.finetune.finetune``).
+   standard ``ModelLightningModule`` (through ``matgl_cdssl.apps.finetune``).
 4. Print a table of test MAE and write ``results.csv``, ``results.md`` and ``demo.png``.
 
 Run it with ``bash scripts/demo.sh`` (DGL backend) or ``CDSSL_BACKEND=pyg bash scripts/demo.sh``, or directly:
@@ -14,7 +14,7 @@ Run it with ``bash scripts/demo.sh`` (DGL backend) or ``CDSSL_BACKEND=pyg bash s
 
 from __future__ import annotations
 
-import matgl_cdssl  # first: on matgl 2.2.x it selects the DGL backend before matgl is imported
+import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or after `import matgl`)
 
 # isort: split
 import argparse
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.finetune import finetune
+from matgl_cdssl._backend import get_backend, matgl_version
+from matgl_cdssl.apps import finetune
 
 TASKS = {"formation_energy_per_atom_eV": "Formation energy (eV/atom)", "band_gap_eV": "Band gap (eV)"}
 

@@ -3,32 +3,33 @@
 Pretrain a MEGNet on unlabelled crystals by predicting the edge embeddings of the clean crystal from a
 Gaussian-perturbed one (New, Le, Pekala, Stiles, arXiv:2408.17255), then finetune it with matgl's standard API.
 
-Importing this package before matgl selects the matgl backend that has MEGNet (DGL on matgl 2.2.x).
+The package, by role (each layer imports only the layers above it in this list):
+
+- :mod:`matgl_cdssl._backend`: the only place where matgl's DGL (2.2.x) and PyG (>= 3) lines differ;
+- :mod:`matgl_cdssl.data`: crystals in, batches out (read -> check -> convert -> cache -> split -> loaders);
+- :mod:`matgl_cdssl.method`: the whole CDSSL method in one file (noise, target, head, loss, ``CDSSLModule``);
+- :mod:`matgl_cdssl.hub`: saving, loading, weight conversion, copying models, named weights;
+- :mod:`matgl_cdssl.apps`: ``pretrain``, ``finetune``, ``benchmark``, ``run_matbench``;
+- :mod:`matgl_cdssl.analysis`: ``embed``, probes, maps, pretraining plots;
+- :mod:`matgl_cdssl.cli`: the ``cdssl`` command.
+
+Importing this package selects the matgl backend that has MEGNet (DGL on matgl 2.2.x), before or after
+``import matgl``.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from matgl_cdssl._backend import BACKEND, get_backend, package_version
 
-from matgl_cdssl.backend import BACKEND, get_backend
+get_backend()  # selects matgl 2.2.x's DGL backend before anything below imports matgl's models
 
-get_backend()  # sets MATGL_BACKEND=DGL on matgl 2.2.x before anything imports matgl
-
-from matgl_cdssl.benchmark import benchmark  # noqa: E402
+from matgl_cdssl.analysis import embed  # noqa: E402
+from matgl_cdssl.apps import benchmark, finetune, pretrain  # noqa: E402
 from matgl_cdssl.data import load_sample  # noqa: E402
-from matgl_cdssl.finetune import finetune  # noqa: E402
-from matgl_cdssl.io import convert_weights, save_pretrained  # noqa: E402
-from matgl_cdssl.loss import EdgeEmbeddingDenoisingLoss  # noqa: E402
-from matgl_cdssl.module import CDSSLModule  # noqa: E402
-from matgl_cdssl.pretrain import pretrain  # noqa: E402
-from matgl_cdssl.registry import get_card, list_models, load_model, register  # noqa: E402
-from matgl_cdssl.represent import embed  # noqa: E402
-from matgl_cdssl.transform import GaussianPositionNoise  # noqa: E402
+from matgl_cdssl.hub import convert_weights, get_card, list_models, load_model, register, save_pretrained  # noqa: E402
+from matgl_cdssl.method import CDSSLModule, EdgeEmbeddingDenoisingLoss, GaussianPositionNoise  # noqa: E402
 
-try:
-    __version__ = version("matgl-cdssl")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "unknown"
+__version__ = package_version()
 
 __all__ = [
     "BACKEND",

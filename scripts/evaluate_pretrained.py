@@ -23,10 +23,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-from matgl_cdssl.backend import get_backend
-from matgl_cdssl.finetune import finetune
-from matgl_cdssl.mp import read_mp_split
-from matgl_cdssl.registry import reset_readout
+from matgl_cdssl._backend import get_backend
+from matgl_cdssl.apps import finetune
+from matgl_cdssl.data import read_mp_split
+from matgl_cdssl.hub import new_like
 
 MP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
 
@@ -58,7 +58,7 @@ def main() -> None:
         for arm in ("scratch", "CDSSL"):
             L.seed_everything(seed, verbose=False)
             model = (
-                reset_readout(matgl_cdssl.load_model(args.model_dir))
+                new_like(matgl_cdssl.load_model(args.model_dir), weights="backbone")
                 if arm == "CDSSL"
                 else get_backend().megnet_class()
             )

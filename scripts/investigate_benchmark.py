@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from matgl_cdssl.benchmark import BenchmarkSettings, benchmark, load_task
+from matgl_cdssl.apps import BenchmarkSettings, benchmark, load_task
 
 VARIANTS = {
     "benchmark settings (lr 3e-3)": {},

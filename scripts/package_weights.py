@@ -23,7 +23,7 @@ NAME = "CDSSL-MEGNet-MP"
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "matgl_cdssl" / "pretrained" / NAME
 RESULTS = ROOT / "docs" / "results" / "cdssl-megnet-mp"
-SHIPPED = ("model.pt", "state.pt", "model.json", "cdssl.json", "cdssl_head.pt")
+SHIPPED = ("model.pt", "state.pt", "model.json", "cdssl.json", "cdssl_head.pt", "skipped.csv")
 
 
 def sha256(path: Path) -> str:
@@ -98,7 +98,8 @@ def card_markdown(card: dict) -> str:
         "",
         f"- {t['epochs']} epochs, {t['wall_time_h']:.2f} h wall time on {t['hardware']}.",
         f"- {t['n_structures']} crystals used ({t['n_train']} train, {t['n_val']} validation); {t['n_skipped']}",
-        "  left out because an atom has no neighbour within the 4 Å cutoff (listed in `cdssl.json`).",
+        "  left out because an atom has no neighbour within the 4 Å cutoff (listed with their mp-ids in",
+        "  `skipped.csv`).",
         f"- Optimiser: Adam, lr {t['lr']}, cosine decay; batch size {t['batch_size']}; gradient clipping at "
         f"{t['gradient_clip_val']}.",
         f"- Reproduce: `{t['command']}`, then `{t['package_command']}`.",
@@ -216,7 +217,7 @@ def main() -> None:
             "n_structures": cdssl["n_structures"],
             "n_train": cdssl["n_train"],
             "n_val": cdssl["n_val"],
-            "n_skipped": len(cdssl.get("skipped", [])),
+            "n_skipped": cdssl["n_skipped"],
             "lr": opts.get("lr", 1e-3),
             "batch_size": opts.get("batch_size", 32),
             "gradient_clip_val": opts.get("gradient_clip_val"),

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.represent import embed, format_probe_table, plot_map, probe_models, random_like, structure_properties
+from matgl_cdssl._backend import get_backend, matgl_version
+from matgl_cdssl.analysis import embed, format_probe_table, plot_map, probe_models, structure_properties
+from matgl_cdssl.hub import new_like
 
 MODEL = "CDSSL-MEGNet-MP"
 LABELS = ("formation_energy_per_atom_eV", "band_gap_eV")
@@ -50,14 +51,16 @@ def main() -> None:
     start = time.perf_counter()
     sample = matgl_cdssl.load_sample(args.n)
     pretrained = matgl_cdssl.load_model(MODEL)
-    random_init = random_like(pretrained, seed=args.seed)
+    random_init = new_like(pretrained, weights="none", seed=args.seed)
     baseline = f"random init (seed {args.seed})"
     embeddings = {
         MODEL: embed(pretrained, sample.structures, skip_invalid=True),
         baseline: embed(random_init, sample.structures, skip_invalid=True),
     }
     extra = {
-        f"random init (seed {k})": embed(random_like(pretrained, seed=k), sample.structures, skip_invalid=True)
+        f"random init (seed {k})": embed(
+            new_like(pretrained, weights="none", seed=k), sample.structures, skip_invalid=True
+        )
         for k in args.extra_seeds
         if k != args.seed
     }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matgl_cdssl.benchmark import BenchmarkSettings, benchmark
+from matgl_cdssl.apps import BenchmarkSettings, benchmark
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from matgl_cdssl.backend import get_backend
-from matgl_cdssl.finetune import finetune
-from matgl_cdssl.mp import read_mp_split
+from matgl_cdssl._backend import get_backend
+from matgl_cdssl.apps import finetune
+from matgl_cdssl.data import read_mp_split
 
 MP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
 TASKS = {"formation_energy_per_atom_eV": "formation energy", "band_gap_eV": "band gap"}

@@ -7,8 +7,9 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 import matgl_cdssl
-from matgl_cdssl.backend import get_backend
+from matgl_cdssl._backend import get_backend
 from matgl_cdssl.data import build_dataset
+from matgl_cdssl.hub import new_like
 
 
 @pytest.fixture(scope="session")
@@ -58,17 +59,24 @@ def tiny_structures(sample, Cu1, CsCl, LiFePO4_like) -> list[Structure]:
 
 
 @pytest.fixture(scope="session")
-def megnet(backend):
+def _megnet_seed0(backend):
     torch.manual_seed(0)
     return backend.megnet_class()
 
 
+@pytest.fixture
+def megnet(_megnet_seed0):
+    """matgl's default MEGNet at seed 0: a fresh copy for each test, so no test trains another's model."""
+    return new_like(_megnet_seed0)
+
+
 @pytest.fixture(scope="session")
-def batch_of(backend, megnet):
+def batch_of(backend, _megnet_seed0):
     """Make a single matgl batch ``(g, lattice, state_attr, labels)`` from a list of crystals."""
 
     def make(structures):
-        dataset, _, _ = build_dataset(structures, element_types=megnet.element_types, cutoff=megnet.cutoff)
+        model = _megnet_seed0
+        dataset, _, _ = build_dataset(structures, element_types=model.element_types, cutoff=model.cutoff)
         _, loader = backend.loaders(dataset, dataset, batch_size=len(dataset))
         return next(iter(loader))
 
@@ -76,8 +84,7 @@ def batch_of(backend, megnet):
 
 
 @pytest.fixture(scope="session")
-def pretrained_run(tmp_path_factory, sample):
-    """A short CDSSL run on 48 crystals: ``(model, output_dir)``."""
+def _pretrained_run(tmp_path_factory, sample):
     out = tmp_path_factory.mktemp("pretrain")
     model = matgl_cdssl.pretrain(
         sample.structures[:48],
@@ -88,3 +95,10 @@ def pretrained_run(tmp_path_factory, sample):
         enable_model_summary=False,
     )
     return model, out
+
+
+@pytest.fixture
+def pretrained_run(_pretrained_run):
+    """A short CDSSL run on 48 crystals: ``(model, output_dir)``; the model is a fresh copy for each test."""
+    model, out = _pretrained_run
+    return new_like(model), out

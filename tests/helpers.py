@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from matgl_cdssl.backend import get_backend
+from matgl_cdssl._backend import get_backend
 
 
 def graph_of(structure: Any, model: torch.nn.Module) -> tuple[Any, torch.Tensor, torch.Tensor]:

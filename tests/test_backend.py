@@ -7,6 +7,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+import numpy as np
 import pytest
 
 import matgl_cdssl
@@ -28,12 +29,32 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True)
 
 
+_LOAD_AND_PREDICT = (
+    "from matgl.models import MEGNet; from pymatgen.core import Lattice, Structure; "
+    "m = matgl_cdssl.load_model('CDSSL-MEGNet-MP'); "
+    "s = Structure(Lattice.cubic(4.12), ['Cs', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]]); "
+    "print(matgl_cdssl.BACKEND, isinstance(m, MEGNet), float(m.predict_structure(s)))"
+)
+
+
+@pytest.mark.parametrize("imports", ["import matgl; import matgl_cdssl", "import matgl_cdssl; import matgl"])
+def test_either_import_order_works_in_a_fresh_interpreter(imports):
+    """`import matgl` first (the order ruff and isort write) works as well as `import matgl_cdssl` first."""
+    result = _run(f"{imports}; {_LOAD_AND_PREDICT}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    backend, is_megnet, prediction = result.stdout.split()
+    assert backend == matgl_cdssl.BACKEND
+    assert is_megnet == "True"
+    assert np.isfinite(float(prediction))
+
+
 @pytest.mark.skipif(matgl_cdssl.BACKEND != "dgl", reason="the import-order trap exists only on matgl 2.2.x")
-def test_matgl_imported_first_under_pyg_gives_a_clear_error():
-    result = _run("import matgl, matgl_cdssl")
+def test_matgl_layers_imported_under_pyg_first_give_the_one_line_fix():
+    """Only an order that cannot work (matgl's layers already built under PyG) raises, and names the fix."""
+    result = _run("import matgl.layers; import matgl_cdssl")
     assert result.returncode != 0
-    assert "RuntimeError: matgl was already imported with backend 'PYG'" in result.stderr
-    assert "MATGL_BACKEND=DGL" in result.stderr
+    assert "RuntimeError: matgl was imported with backend 'PYG' and matgl.layers" in result.stderr
+    assert "`import matgl_cdssl` as the first matgl-related import is enough" in result.stderr
 
 
 @pytest.mark.skipif(matgl_cdssl.BACKEND != "dgl", reason="the import-order trap exists only on matgl 2.2.x")

@@ -9,24 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matgl_cdssl.benchmark import (
-    QUICK,
-    TASKS,
-    BenchmarkSettings,
-    TaskData,
-    _splits,
-    benchmark,
-    load_task,
-    summarise,
-)
+from matgl_cdssl.apps import TASKS, BenchmarkSettings, TaskData, benchmark, load_task
+from matgl_cdssl.apps._benchmark import QUICK, _read_json_gz, _splits, summarise
 from matgl_cdssl.data import in_holdout_pool, load_sample
 
 TINY = BenchmarkSettings(sample_budget=40, max_epochs=2, min_val=8, max_val=8, batch_size=8)
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(pretrained_run):
-    return pretrained_run[1] / "model"
+def pretrained_dir(_pretrained_run):
+    return _pretrained_run[1] / "model"
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +46,6 @@ def test_shipped_tasks_are_complete_and_finite(name):
 
 
 def test_mp_training_crystals_are_outside_the_hold_out_pool():
-    from matgl_cdssl.benchmark import _read_json_gz
-
     ids = [r["id"] for r in _read_json_gz("mp_trainval.json.gz")]
     assert len(set(ids)) == len(ids) == 3100
     assert not any(in_holdout_pool(i) for i in ids)
@@ -137,6 +127,23 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
     assert len((out / "runs.jsonl").read_text().splitlines()) == 10
 
 
+def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(megnet, own_task, tmp_path):
+    from matgl_cdssl.hub import new_like
+
+    settings = BenchmarkSettings(sample_budget=10, max_epochs=1, min_val=4, max_val=8, batch_size=8)
+    out = tmp_path / "bench"
+
+    def records(model, sizes):
+        benchmark(model, tasks=[own_task], sizes=sizes, seeds=(0,), output_dir=out, settings=settings, progress=False)
+        return len((out / "runs.jsonl").read_text().splitlines())
+
+    assert records(megnet, (10, 20)) == 4
+    # The largest size sets the validation block (5 crystals here, 4 with sizes=(10,)), so n=10 is another split.
+    assert records(megnet, (10,)) == 6
+    assert records(new_like(megnet), (10,)) == 6  # the same weights in another object: cached
+    assert records(new_like(megnet, weights="none", seed=123), (10,)) == 8  # another MEGNet shares no run
+
+
 def test_summary_counts_wins_and_standard_errors():
     rows = [
         {"task": "t", "unit": "eV", "n_train": 50, "seed": s, "arm": arm, "test_MAE": v}
@@ -178,6 +185,7 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     assert (runs["n_test"] == 16).all()
 
 
+@pytest.mark.slow
 def test_cli_quick_suite_end_to_end(tmp_path, capsys):
     """``cdssl benchmark --quick``: the shipped data, CDSSL-MEGNet-MP, both arms, all outputs (a few minutes)."""
     from matgl_cdssl.cli import main

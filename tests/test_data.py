@@ -95,7 +95,7 @@ def test_cli_pretrains_from_a_folder_through_the_graph_cache(tmp_path, sample, c
 def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sample):
     import json
 
-    from matgl_cdssl.mp import read_mp_split, write_mp_split
+    from matgl_cdssl.data import read_mp_split, write_mp_split
 
     ids, structures = read_mp_split(csv_of_sample, "holdout")  # the sample lies in the hold-out pool
     written = write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs")

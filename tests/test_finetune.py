@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from matgl_cdssl.finetune import finetune
+from matgl_cdssl.apps import finetune
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(pretrained_run):
-    return pretrained_run[1] / "model"
+def pretrained_dir(_pretrained_run):
+    return _pretrained_run[1] / "model"
 
 
 def test_finetune_from_folder_reports_metrics(pretrained_dir, sample):
@@ -54,7 +54,7 @@ def test_finetune_rejects_bad_targets(backend, sample):
 
 
 def _snapshot(model):
-    from matgl_cdssl.finetune import split_parameters
+    from matgl_cdssl.apps import split_parameters
 
     backbone, readout = split_parameters(model)
     return [p.detach().clone() for p in backbone], [p.detach().clone() for p in readout]
@@ -81,7 +81,7 @@ def test_frozen_or_zero_rate_backbone_keeps_pretrained_weights(pretrained_dir, s
 
 
 def test_backbone_and_readout_learning_rates(backend):
-    from matgl_cdssl.finetune import optimizer_for, split_parameters
+    from matgl_cdssl.apps import optimizer_for, split_parameters
 
     model = backend.megnet_class()
     backbone, readout = split_parameters(model)
@@ -186,3 +186,35 @@ def test_cli_finetune_names_a_bad_target_row(tmp_path, sample, capsys):
     )
     assert main(["finetune", str(tmp_path / "d.csv"), "--target", "y", "--out", str(tmp_path / "o")]) == 1
     assert "d.csv[1]: column 'y' holds '', not a finite number" in capsys.readouterr().err
+
+
+def test_finetuning_learning_rate_steps_once_per_epoch(backend, sample, tmp_path):
+    """Each parameter group's logged rate is matgl's cosine of that epoch (matgl 2.2.x would step it twice)."""
+    import pandas as pd
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    y = sample.labels["band_gap_eV"][:24]
+    finetune(
+        backend.megnet_class(),
+        sample.structures[:24],
+        y,
+        val_fraction=0.25,
+        max_epochs=4,
+        patience=None,
+        lr=2e-3,
+        backbone_lr=5e-4,
+        batch_size=9,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=[LearningRateMonitor(logging_interval="epoch")],
+        enable_progress_bar=False,
+    )
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    columns = sorted(c for c in metrics.columns if c.startswith("lr-"))
+    assert len(columns) == 2  # readout and backbone
+    cosine = np.array([0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    logged = {c: metrics[c].dropna().to_numpy() for c in columns}  # one row per epoch, in order
+    assert all(len(v) == 4 for v in logged.values())
+    assert {round(float(v[0]), 9) for v in logged.values()} == {2e-3, 5e-4}
+    for values in logged.values():
+        np.testing.assert_allclose(values, values[0] * cosine, rtol=1e-6)

@@ -11,9 +11,9 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 import matgl_cdssl
-from matgl_cdssl.backend import get_backend, matgl_version
+from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.graph_cache import (
+from matgl_cdssl.data._cache import (
     MARKER,
     cache_folder,
     cache_key,
@@ -22,7 +22,7 @@ from matgl_cdssl.graph_cache import (
     fingerprint_structures,
     split_cached,
 )
-from matgl_cdssl.module import CDSSLModule
+from matgl_cdssl.method import CDSSLModule
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +250,7 @@ def test_pretrain_skip_invalid_with_a_graph_cache(sample, tmp_path):
     import json
 
     from matgl_cdssl import pretrain
+    from matgl_cdssl.hub import read_skipped
 
     overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])
     crystals = [*sample.structures[:10], overlapping, *sample.structures[10:20]]
@@ -257,7 +258,12 @@ def test_pretrain_skip_invalid_with_a_graph_cache(sample, tmp_path):
              output_dir=tmp_path / "run", enable_progress_bar=False)  # fmt: skip
     config = json.loads((tmp_path / "run" / "model" / "cdssl.json").read_text())
     assert config["n_structures"] == 20
-    assert [name for name, _ in config["skipped"]] == ["structures[10]"]
+    assert config["n_skipped"] == 1
+    skipped = read_skipped(tmp_path / "run" / "model")  # a file of its own: model.json stays small
+    assert [(r["id"], r["name"]) for r in skipped] == [("10", "structures[10]")]
+    assert "overlapping atoms" in skipped[0]["reason"]
+    model_json = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert "skipped" not in model_json["metadata"]["cdssl"]
 
 
 def test_split_parts_hold_the_cached_graphs(crystals, megnet, tmp_path):
@@ -279,7 +285,7 @@ def test_conversion_streams_one_shard_at_a_time(crystals, megnet, tmp_path, monk
     """A cold start converts and writes each shard before reading the crystals of the next one."""
     import json as json_module
 
-    import matgl_cdssl.graph_cache as graph_cache
+    import matgl_cdssl.data._cache as graph_cache
 
     structures, _ = crystals
     jsonl = tmp_path / "crystals.jsonl"

@@ -11,7 +11,7 @@ import torch
 
 import matgl_cdssl
 from matgl_cdssl import BACKEND, convert_weights, load_model
-from matgl_cdssl.io import CONFIG_FILE, HEAD_FILE, load_head
+from matgl_cdssl.hub import CONFIG_FILE, HEAD_FILE, load_head
 from tests.helpers import finetune_with_matgl, matgl_forward
 
 FIXTURES = Path(__file__).parent / "data" / "conversion"

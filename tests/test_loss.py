@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from matgl_cdssl import CDSSLModule, EdgeEmbeddingDenoisingLoss
-from matgl_cdssl.module import bond_distances
+from matgl_cdssl.method import bond_distances
 
 
 def test_loss_is_mse_with_gradients():

@@ -30,9 +30,9 @@ from matbench.bench import MatbenchBenchmark
 from pymatgen.core import Structure
 from sklearn.model_selection import KFold
 
-from matgl_cdssl.benchmark import load_task
-from matgl_cdssl.matbench import load_results, predict, run_matbench, supported_tasks, write_results
-from matgl_cdssl.registry import load_model
+from matgl_cdssl.apps import load_results, load_task, run_matbench, supported_tasks, write_results
+from matgl_cdssl.apps._matbench import predict
+from matgl_cdssl.hub import load_model
 
 TASK = "matbench_perovskites"
 N_CRYSTALS = 60

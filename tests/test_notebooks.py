@@ -63,6 +63,7 @@ def monkeypatch_module():
         yield mp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, kernel_name, tmp_path):
     from nbclient import NotebookClient

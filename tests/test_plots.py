@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 import matgl_cdssl
+from matgl_cdssl.analysis import PRETRAINING_METRICS, plot_pretraining, read_metrics
 from matgl_cdssl.cli import build_parser, main
-from matgl_cdssl.plots import PRETRAINING_METRICS, plot_pretraining, plot_pretraining_command, read_metrics
+from matgl_cdssl.cli._analysis import _add_map_arguments, plot_pretraining_command
 
 COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results" / "cdssl-megnet-mp" / "metrics.csv"
 
@@ -121,16 +122,15 @@ def test_plot_parser():
         parser.parse_args(["plot", "pretraining"])
 
 
-def test_plot_map_takes_the_arguments_of_represent():
-    represent = pytest.importorskip("matgl_cdssl.represent", reason="matgl_cdssl.represent is not in this tree yet")
+def test_plot_map_takes_the_arguments_of_the_map_command():
     reference = argparse.ArgumentParser()
-    represent.add_map_arguments(reference)
+    _add_map_arguments(reference)
     plot = next(a for a in build_parser()._subparsers._group_actions[0].choices["plot"]._actions if a.dest == "plot")
     mapper = plot.choices["map"]
     assert {s for a in reference._actions for s in a.option_strings} == {
         s for a in mapper._actions for s in a.option_strings
     }
-    assert mapper.get_default("func").__name__ == "plot_map_command"
+    assert mapper.get_default("func").__name__ == "map_command"
 
 
 def test_cli_plot_pretraining(tmp_path, capsys):

@@ -14,12 +14,15 @@ import torch
 import matgl_cdssl
 from matgl_cdssl import BACKEND, convert_weights
 from matgl_cdssl.cli import main
-from matgl_cdssl.registry import (
+from matgl_cdssl.data import in_holdout_pool
+from matgl_cdssl.hub import (
     PretrainedCard,
     get_card,
     list_models,
     load_model,
     pretrained_folder,
+    read_config,
+    read_skipped,
     register_pretrained,
 )
 from tests.helpers import finetune_with_matgl
@@ -41,6 +44,20 @@ def test_list_models_and_card():
     readme = (pretrained_folder(NAME) / "README.md").read_text()
     assert "freshly initialised" in readme
     assert card.files["state.pt"] in readme
+
+
+def test_shipped_model_json_is_small_and_the_skipped_crystals_have_their_own_file():
+    folder = pretrained_folder(NAME)
+    metadata = json.loads((folder / "model.json").read_text())["metadata"]["cdssl"]
+    assert "skipped" not in metadata
+    assert (folder / "model.json").stat().st_size < 10_000
+    config = read_config(folder)
+    skipped = read_skipped(folder)
+    assert len(skipped) == config["n_skipped"] == metadata["n_skipped"] == 239
+    assert config["skipped_file"] in get_card(NAME).files  # checksummed like the weights
+    assert all(r["id"].startswith("mp-") and "no neighbour within the cutoff" in r["reason"] for r in skipped)
+    assert len({r["id"] for r in skipped}) == 239
+    assert not any(in_holdout_pool(r["id"]) for r in skipped)  # all from the pretraining split
 
 
 @pytest.mark.parametrize(
@@ -92,6 +109,7 @@ def test_checksum_is_verified(tmp_path):
         register_pretrained(PretrainedCard.from_dict({**card.to_dict(), "name": "CDSSL-corrupted"}), folder)
 
 
+@pytest.mark.slow
 def test_paths_and_other_names_fall_through_to_matgl(tmp_path, megnet):
     megnet.save(tmp_path / "plain")
     assert type(load_model(tmp_path / "plain")).__name__ == "MEGNet"
@@ -111,10 +129,11 @@ def _python(code: str, home) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_register_makes_plain_matgl_load_model_work_offline(tmp_path):
     """After registration (twice: harmless), plain matgl.load_model finds the name, also in a new process."""
     check = (
-        "import torch; import matgl_cdssl, matgl; from matgl_cdssl.registry import pretrained_folder;"
+        "import torch; import matgl_cdssl, matgl; from matgl_cdssl.hub import pretrained_folder;"
         "from matgl_cdssl import convert_weights, BACKEND;"
         "m = matgl.load_model('CDSSL-MEGNet-MP');"
         "ref = torch.load(pretrained_folder('CDSSL-MEGNet-MP') / 'state.pt', weights_only=True);"

@@ -1,4 +1,4 @@
-"""Embeddings, linear probes and maps of the representation (``matgl_cdssl.represent``), and their commands."""
+"""Embeddings, linear probes and maps of the representation (``matgl_cdssl.analysis``), and their commands."""
 
 from __future__ import annotations
 
@@ -12,19 +12,23 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 import matgl_cdssl
-from matgl_cdssl.cli import build_parser, main
-from matgl_cdssl.represent import (
-    add_map_arguments,
+from matgl_cdssl.analysis import (
     embed,
     embedding_columns,
     knn_correlation,
-    map_command,
     plot_map,
     probe,
     probe_models,
-    random_like,
     structure_properties,
 )
+from matgl_cdssl.cli import build_parser, main
+from matgl_cdssl.cli._analysis import _add_map_arguments, map_command
+from matgl_cdssl.hub import new_like
+
+
+def random_like(model, seed):
+    return new_like(model, weights="none", seed=seed)
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -137,7 +141,7 @@ def test_structure_properties(CsCl, Cu1):
     np.testing.assert_allclose(props["density"], [CsCl.density, Cu1.density])
 
 
-def test_random_like_is_seeded_and_keeps_global_rng(pretrained):
+def test_fresh_architecture_is_seeded_and_keeps_global_rng(pretrained):
     state = torch.random.get_rng_state()
     a, b, c = random_like(pretrained, seed=0), random_like(pretrained, seed=0), random_like(pretrained, seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -249,7 +253,7 @@ def test_plot_map_falls_back_to_pca_without_umap(tmp_path, monkeypatch, caplog):
 
 def test_map_command(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    add_map_arguments(parser)
+    _add_map_arguments(parser)
     png = tmp_path / "map.png"
     args = parser.parse_args(["--sample", "40", "--method", "pca", "--color", "band_gap_eV", "--out", str(png)])
     assert map_command(args) == 0

@@ -18,7 +18,7 @@ from pymatgen.core import Lattice, Structure
 
 from matgl_cdssl import CDSSLModule, finetune, load_sample, pretrain
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.module import TrainingDiverged
+from matgl_cdssl.method import TrainingDiverged
 
 ELEMENTS = ["H", "Li", "C", "O", "Na", "Si", "Cl", "Fe", "Cu", "Cs", "Og"]  # Og: outside MEGNet's element types
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -146,10 +146,24 @@ def test_same_seed_gives_identical_weights_on_cpu(sample, tmp_path):
 
 
 KILLED_RUN = """
+import os
 import sys
+
+import lightning as L
+
 import matgl_cdssl
+
+
+class Kill(L.Callback):
+    # At the start of epoch 3 the checkpoint of epoch 2 is complete (Lightning runs checkpoint callbacks last).
+    # os._exit skips every clean-up, as SIGKILL would; the moment is fixed by the epoch, not by a clock.
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 3:
+            os._exit(137)
+
+
 matgl_cdssl.pretrain(matgl_cdssl.load_sample(24).structures, max_epochs=6, batch_size=8, sigma=0.1, seed=0,
-                     output_dir=sys.argv[1], enable_progress_bar=False)
+                     output_dir=sys.argv[1], enable_progress_bar=False, callbacks=[Kill()])
 """
 
 
@@ -158,27 +172,16 @@ def test_a_killed_run_resumes_and_reaches_the_same_epoch_count(tmp_path):
     import os
     import subprocess
     import sys
-    import time
 
     import pandas as pd
 
     out = tmp_path / "run"
-    last = out / "checkpoints" / "last.ckpt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not last.is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # let the checkpoint finish writing
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.kill()  # SIGKILL: no clean-up, as when a job is killed
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
-    assert killed_at < 5
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out)], env=env, capture_output=True, timeout=600)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert not (out / "model").exists()  # killed before it could save anything but checkpoints
+    killed_at = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    assert killed_at == 2  # the checkpoint of the last finished epoch: 0-2 done, 3 killed at its start
     pretrain(load_sample(24).structures, max_epochs=6, batch_size=8, sigma=0.1, seed=0,
              output_dir=out, resume=True, enable_progress_bar=False)  # fmt: skip
     assert json.loads((out / "model" / "cdssl.json").read_text())["epochs"] == 6

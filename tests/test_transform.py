@@ -10,8 +10,7 @@ import torch
 from pymatgen.core import Structure
 
 from matgl_cdssl import GaussianPositionNoise
-from matgl_cdssl.module import bond_distances
-from matgl_cdssl.transform import DISPLACEMENT_KEY
+from matgl_cdssl.method import DISPLACEMENT_KEY, bond_distances
 
 
 def test_repr():

@@ -51,8 +51,11 @@ _FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 
 # ---- what is generated ---------------------------------------------------------------------------------------------
 def _modules() -> list[str]:
-    """Public modules of the package (no leading underscore), sorted."""
-    return sorted(p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("_"))
+    """Public modules and subpackages of the package (no leading underscore), in the order of the layers."""
+    found = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    order = ["data", "method", "hub", "apps", "analysis", "cli"]
+    public = [m for m in found if not m.startswith("_")]
+    return sorted(public, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def _model_cards() -> dict[str, Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import matgl_cdssl
-from matgl_cdssl.backend import get_backend
+from matgl_cdssl._backend import get_backend
 
 HERE = Path(__file__).resolve().parent / "conversion"
 N_CRYSTALS = 8

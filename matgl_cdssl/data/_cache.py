@@ -17,12 +17,12 @@ Storage per backend:
 * **PyG** (matgl >= 3): matgl's ``write_mgl_shards`` writes the graphs as shards of ``shard_size`` crystals, and
   the dataset is matgl's ``MGLDiskDataset``, which streams: it keeps one shard in memory at a time. Its items
   are ``(graph, lattice, state_attr, labels)``, as with the in-memory ``MGLDataset``. matgl's ``MGLDataLoader``
-  (:meth:`~matgl_cdssl.backend.GraphBackend.loaders`) batches it shard by shard, so a batch never spans two
+  (:meth:`~matgl_cdssl._backend.GraphBackend.loaders`) batches it shard by shard, so a batch never spans two
   shards, and it requires the training and validation sets to be ``MGLDiskDataset`` objects alike.
-* **DGL** (matgl 2.2.x): matgl 2.2.x has no streaming dataset, so :mod:`matgl_cdssl.shards` gives it the same
+* **DGL** (matgl 2.2.x): matgl 2.2.x has no streaming dataset, so :mod:`matgl_cdssl._dgl_shards` gives it the same
   pieces on matgl's own dataset cache: each shard of ``shard_size`` crystals is saved by ``MGLDataset(save_cache=True)``
-  (``dgl.save_graphs``), and :class:`~matgl_cdssl.shards.ShardedGraphs` reads one shard at a time, batched shard by
-  shard by :class:`~matgl_cdssl.shards.ShardBatchSampler`.
+  (``dgl.save_graphs``), and :class:`~matgl_cdssl._dgl_shards.ShardedGraphs` reads one shard at a time, batched shard by
+  shard by :class:`~matgl_cdssl._dgl_shards.ShardBatchSampler`.
 
 A cache is published atomically: it is written into a hidden temporary folder next to its final place, a
 ``complete.json`` marker is written last, and the folder is then renamed to ``cache_dir/<key>``. A folder without
@@ -53,15 +53,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from matgl_cdssl.backend import get_backend, matgl_version
-from matgl_cdssl.data import (
-    check_label_lengths,
-    connectivity_problem,
-    input_items,
-    iter_structures,
-    structure_files,
-    structure_problem,
-)
+from matgl_cdssl._backend import get_backend, matgl_version
+from matgl_cdssl.data._checks import check_label_lengths, connectivity_problem, structure_problem
+from matgl_cdssl.data._readers import input_items, iter_structures, structure_files
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -100,7 +94,7 @@ def fingerprint_structures(structures: Any) -> str:
     """A stable SHA-256 (hex) of the crystals, in order.
 
     Args:
-        structures: What :func:`matgl_cdssl.data.read_structures` accepts: pymatgen ``Structure`` objects,
+        structures: What :func:`~matgl_cdssl.data.read_structures` accepts: pymatgen ``Structure`` objects,
             ASE ``Atoms`` or paths to structure files or folders (or one of these on its own).
 
     Returns:
@@ -217,7 +211,7 @@ class CachedGraphs:
 
     Attributes:
         dataset: The graphs, items ``(graph, lattice, state_attr, labels)``, streamed from disk one shard at a time:
-            matgl's ``MGLDiskDataset`` on PyG, :class:`~matgl_cdssl.shards.ShardedGraphs` on DGL.
+            matgl's ``MGLDiskDataset`` on PyG, :class:`~matgl_cdssl._dgl_shards.ShardedGraphs` on DGL.
         hit: True when the graphs were loaded from the cache without converting.
         folder: The cache folder.
         names: The name of every cached crystal; item ``i`` has ``structure_index == i``.
@@ -389,12 +383,12 @@ def cached_dataset(
 ) -> CachedGraphs:
     """Crystals as a matgl dataset, converted once and then loaded from ``cache_dir``.
 
-    The crystals are read, checked and converted one at a time (:func:`matgl_cdssl.data.iter_structures`) and
+    The crystals are read, checked and converted one at a time (:func:`~matgl_cdssl.data.iter_structures`) and
     written shard by shard, so a cold start never holds more than one shard of graphs (plus, for in-memory input,
     the caller's own crystals).
 
     Args:
-        structures: See :func:`matgl_cdssl.data.read_structures`.
+        structures: See :func:`~matgl_cdssl.data.read_structures`.
         element_types: The model's element types.
         cutoff: Neighbour cutoff in Å.
         cache_dir: Parent folder of the caches; each lives in ``cache_dir/<key>`` (see :func:`cache_key`).
@@ -446,7 +440,7 @@ def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_si
     """Subsets of a cached dataset (a training/validation split, say) that stream like the whole.
 
     On DGL the subsets are ``torch.utils.data.Subset`` views of the cached shards, which
-    :class:`~matgl_cdssl.shards.ShardBatchSampler` batches shard by shard. On PyG, matgl's loaders
+    :class:`~matgl_cdssl._dgl_shards.ShardBatchSampler` batches shard by shard. On PyG, matgl's loaders
     batch ``MGLDiskDataset`` objects shard by shard and take no subsets, so each part is written once as a dataset
     of its own (by matgl's ``write_mgl_shards``, from the cached graphs: nothing is converted again) under
     ``<cache folder>/splits/<key>/<part>`` and reused by later calls with the same indices and ``shard_size``.

@@ -1,14 +1,13 @@
-"""Diagnostics plots: the pretraining curves of a CDSSL run, and the ``cdssl plot`` command.
+"""Diagnostics plots: the pretraining curves of a CDSSL run.
 
 ``plot_pretraining`` draws the three diagnostics of the paper's Fig. 3 from a run's ``metrics.csv``, per epoch: the
 loss, the mean absolute error between the predicted and the clean edge embeddings, ``|h(G~) - E_clean|``, next to the
 MAE of copying the noisy input's embedding (``val_Baseline_MAE``), and the global gradient norm, each for training and
-validation. ``cdssl plot map`` draws the representation map of ``matgl_cdssl.represent``.
+validation.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PRETRAINING_METRICS", "add_parser", "plot_pretraining", "read_metrics"]
+__all__ = ["PRETRAINING_METRICS", "plot_pretraining", "read_metrics"]
 
 PRETRAINING_METRICS = (
     "train_Total_Loss",
@@ -25,9 +24,11 @@ PRETRAINING_METRICS = (
     "val_MAE",
     "val_Baseline_MAE",
     "train_Grad_Norm",
-    "val_Grad_Norm",
 )
-"""The columns of a pretraining ``metrics.csv`` that :func:`plot_pretraining` draws (besides ``epoch``)."""
+"""The columns of a pretraining ``metrics.csv`` that :func:`plot_pretraining` draws (besides ``epoch``).
+
+``val_Grad_Norm`` is drawn too when the run logged it (``pretrain(..., val_grad_norm=True)``).
+"""
 
 _PANELS = (
     ("Total_Loss", "loss (MSE)", True),
@@ -146,52 +147,3 @@ def plot_pretraining(run_dir_or_csv: str | Path, path: str | Path | None = None)
     fig.suptitle(f"CDSSL pretraining: {csv.parent.name or csv.parent.resolve().name}", fontsize=11)
     fig.savefig(out, dpi=110)
     return out
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``cdssl plot`` (``pretraining`` and ``map``) to the ``cdssl`` command's subparsers."""
-    parser = subparsers.add_parser("plot", help="draw diagnostics: pretraining curves, representation map")
-    plots = parser.add_subparsers(dest="plot", required=True, metavar="{pretraining,map}")
-
-    p = plots.add_parser(
-        "pretraining",
-        help="loss, MAE against the copy-the-noisy-input baseline, and gradient norm per epoch",
-        description="Draw the diagnostics of a pretraining run (the paper's Fig. 3) from RUN_DIR/metrics.csv: loss, "
-        "MAE of the predicted against the clean edge embeddings with the copy-the-noisy-input baseline, and gradient "
-        "norm, for training and validation, per epoch.",
-    )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="pretraining output folder (or its metrics.csv)")
-    p.add_argument("--out", type=Path, metavar="PNG", help="output file (default: RUN_DIR/pretraining.png)")
-    p.set_defaults(func=plot_pretraining_command)
-
-    p = plots.add_parser(
-        "map",
-        help="2-D map of the crystals' learned representations",
-        description="Draw a 2-D map of the crystals' representations (see matgl_cdssl.represent).",
-    )
-    try:
-        from matgl_cdssl.represent import add_map_arguments
-    except ImportError as exc:  # TODO(integration): matgl_cdssl.represent provides these; then drop this branch
-        if exc.name != "matgl_cdssl.represent":
-            raise
-    else:
-        add_map_arguments(p)
-    p.set_defaults(func=plot_map_command)
-    return parser
-
-
-def plot_pretraining_command(args: argparse.Namespace) -> int:
-    """Run ``cdssl plot pretraining``.
-
-    Side Effects:
-        Writes the PNG (``--out``, or ``RUN_DIR/pretraining.png``) and prints its path.
-    """
-    print(f"wrote {plot_pretraining(args.run_dir, args.out)}")
-    return 0
-
-
-def plot_map_command(args: argparse.Namespace) -> int:
-    """Run ``cdssl plot map`` (:func:`matgl_cdssl.represent.map_command`)."""
-    from matgl_cdssl.represent import map_command
-
-    return map_command(args)

@@ -1,29 +1,35 @@
-r"""CDSSL in one file: the pretext task as a Lightning module.
+r"""CDSSL in one file: crystal denoising self-supervised learning for a matgl MEGNet.
 
 For a batch of clean crystals G (matgl graphs plus their lattices):
 
-1. corrupt: :class:`~matgl_cdssl.transform.GaussianPositionNoise` draws a displacement for every atom,
-   :math:`\tilde x = x + \sigma\epsilon`, keeping the clean edge list and image offsets, so each edge's noisy
-   vector is its clean vector plus the difference of its two atoms' displacements;
+1. corrupt: :class:`GaussianPositionNoise` draws a displacement for every atom, :math:`\tilde x = x + \sigma\epsilon`,
+   keeping the clean edge list and image offsets, so each edge's noisy vector is its clean vector plus the difference
+   of its two atoms' displacements;
 2. target: :math:`E_{\mathrm{clean}}` = ``model.bond_expansion(d_clean)``, MEGNet's own Gaussian expansion of the
    clean bond length of every edge (v, v', k);
 3. predict: MEGNet's embedding, encoders and message-passing blocks run on G~ (whose edges carry the noisy
-   lengths), and a small MLP head maps each final edge feature to ``dim_edge_embedding`` values, :math:`h(\tilde G)`;
-4. loss: :class:`~matgl_cdssl.loss.EdgeEmbeddingDenoisingLoss`, the MSE between :math:`h(\tilde G)` and
-   :math:`E_{\mathrm{clean}}`.
+   lengths), and a small MLP head (:func:`make_head`) maps each final edge feature to ``dim_edge_embedding`` values,
+   :math:`h(\tilde G)`;
+4. loss: :class:`EdgeEmbeddingDenoisingLoss`, the MSE between :math:`h(\tilde G)` and :math:`E_{\mathrm{clean}}`.
 
-The Set2Set readout and output MLP of MEGNet are not used by the pretext task and are left untouched; after
-pretraining ``module.model`` is a plain matgl MEGNet ready for finetuning.
+:class:`CDSSLModule` is the Lightning module that does this on every batch. The Set2Set readout and output MLP of
+MEGNet are not used by the pretext task and are left untouched; after pretraining ``module.model`` is a plain matgl
+MEGNet ready for finetuning.
 
 Logged metrics (``train_``/``val_`` prefixes, per epoch): ``Total_Loss`` (the MSE), ``MAE`` (mean
-:math:`|h(\tilde G) - E_{\mathrm{clean}}|`), ``Grad_Norm`` (global L2 norm of the gradient before clipping; on
-validation batches it is computed without an optimiser step) and, on validation only, ``Baseline_MAE``: the MAE of
-the copy-the-noisy-input baseline (the expansion of the noisy lengths), which the model must beat.
+:math:`|h(\tilde G) - E_{\mathrm{clean}}|`), ``train_Grad_Norm`` (global L2 norm of the gradient before clipping)
+and, on validation only, ``Baseline_MAE``: the MAE of the copy-the-noisy-input baseline (the expansion of the noisy
+lengths), which the model must beat. ``val_Grad_Norm`` is opt-in (``val_grad_norm=True``): it doubles the cost of
+validation and needs the Trainer's ``inference_mode=False``.
+
+Everything else (reading crystals, the Trainer, saving) is engineering around this file: :mod:`matgl_cdssl.data`,
+:func:`matgl_cdssl.pretrain`, :mod:`matgl_cdssl.hub`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,29 +39,115 @@ from matgl.layers import MLP, ActivationFunction
 from matgl.utils.training import MatglLightningModuleMixin
 from torch import nn
 
-from matgl_cdssl.backend import Topology, get_backend
-from matgl_cdssl.loss import EdgeEmbeddingDenoisingLoss
-from matgl_cdssl.transform import GaussianPositionNoise, node_lattices
+from matgl_cdssl._backend import OncePerEpochSchedule, Topology, get_backend
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = [
+    "DISPLACEMENT_KEY",
     "CDSSLModule",
+    "EdgeEmbeddingDenoisingLoss",
+    "GaussianPositionNoise",
     "TrainingDiverged",
     "bond_distances",
     "bond_vectors",
-    "edge_feature_dim",
+    "check_sigma",
     "encode",
     "make_head",
 ]
 
-# Seeds of the noise streams: training noise differs per rank; validation noise is the same every epoch.
-_RANK_STRIDE = 1_000_003
-_VAL_OFFSET = 7_919
+#: Node field under which :class:`GaussianPositionNoise` stores each atom's Cartesian displacement (Å).
+DISPLACEMENT_KEY = "displacement"
 
 
+def check_sigma(sigma: Any, *, allow_zero: bool = False) -> float:
+    """The noise level as a float, or a ``ValueError`` that says what a valid one is.
+
+    The one check of sigma in the package: :class:`GaussianPositionNoise` (``allow_zero=True``: the identity),
+    :class:`CDSSLModule` and :func:`matgl_cdssl.pretrain` (positive) all call it.
+    """
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "finite, non-negative" if allow_zero else "positive"
+        raise ValueError(f"sigma must be a {kind} length in Å (e.g. 0.1); got {sigma!r}")
+    return value
+
+
+# ---- 1. corrupt -----------------------------------------------------------------------------------------------------
+def _node_lattices(lattice: torch.Tensor, node_graph: torch.Tensor) -> torch.Tensor:
+    """Each atom's lattice matrix (rows are lattice vectors, Å), shape ``(n_atoms, 3, 3)``."""
+    return lattice.reshape(-1, 3, 3)[node_graph]
+
+
+class GaussianPositionNoise:
+    r"""Displace every atom by Gaussian noise in Cartesian space: :math:`\tilde x = x + \sigma \epsilon`.
+
+    :math:`\epsilon \sim N(0, I_3)` is drawn independently for each atom, so the mean squared displacement is
+    :math:`3\sigma^2`. The transform acts on a matgl (batched) graph and its lattice, so it can run on the fly on
+    every batch and each step sees fresh noise:
+
+    - the fractional coordinates are replaced by those of the displaced atoms (the lattice is unchanged);
+    - the edge list and the periodic image offsets (``pbc_offset``) of the *clean* crystal are kept, so every
+      edge (v, v', k) of the clean periodic multigraph gets the noisy length
+      :math:`|\tilde x_{v'} + k L - \tilde x_v|`, even where the displaced atoms would now have a different
+      neighbour list;
+    - the Cartesian displacement :math:`\sigma \epsilon` (Å) is stored in the node field ``"displacement"``.
+
+    Following torch_geometric's transform contract, the input graph is not modified: a shallow copy is returned.
+
+    Args:
+        sigma: Standard deviation of the noise per Cartesian component, in Å. ``0`` gives the identity.
+        generator: Optional ``torch.Generator`` for reproducible noise. Without one, torch's global RNG is used.
+
+    Example:
+        >>> noise = GaussianPositionNoise(sigma=0.05)
+        >>> noise
+        GaussianPositionNoise(sigma=0.05)
+    """
+
+    def __init__(self, sigma: float, *, generator: torch.Generator | None = None) -> None:
+        self.sigma = check_sigma(sigma, allow_zero=True)
+        self.generator = generator
+
+    def displacements(self, g: Any) -> torch.Tensor:
+        r"""Draw one Cartesian displacement :math:`\sigma \epsilon` (Å) per atom of ``g``, shape ``(n_atoms, 3)``.
+
+        This is the random part of :meth:`__call__` (the same draws from the same generator), for callers that
+        need the displacements rather than a displaced graph.
+        """
+        frac = get_backend().frac_coords(g)
+        device = self.generator.device if self.generator is not None else frac.device
+        eps = torch.randn(frac.shape, generator=self.generator, device=device, dtype=frac.dtype).to(frac.device)
+        return self.sigma * eps
+
+    def __call__(self, g: Any, lattice: torch.Tensor) -> Any:
+        """Return a displaced copy of ``g``.
+
+        Args:
+            g: A matgl graph or batch (DGL or PyG, as the installed matgl makes them).
+            lattice: ``(n_graphs, 3, 3)`` or ``(3, 3)`` lattice matrices in Å, rows are lattice vectors.
+
+        Returns:
+            A shallow copy of ``g`` with perturbed ``frac_coords`` and a ``displacement`` node field.
+        """
+        backend = get_backend()
+        frac = backend.frac_coords(g)
+        displacement = self.displacements(g)
+        # Cartesian x = f @ L, so a displacement dx moves fractional coordinates by dx @ L^-1.
+        inverse = torch.linalg.inv(lattice.reshape(-1, 3, 3).to(frac.dtype))
+        frac_shift = torch.einsum("ni,nij->nj", displacement, _node_lattices(inverse, backend.topology(g).node_graph))
+        return backend.with_node_fields(g, frac_coords=frac + frac_shift, **{DISPLACEMENT_KEY: displacement})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma})"
+
+
+# ---- 2. target: bond vectors and MEGNet's own expansion -------------------------------------------------------------
 def bond_vectors(g: Any, lattice: torch.Tensor, topo: Topology | None = None) -> torch.Tensor:
     """Vector of every edge (v, v', k): ``x_v' + k L - x_v`` in Å, shape ``(n_edges, 3)``.
 
@@ -65,7 +157,7 @@ def bond_vectors(g: Any, lattice: torch.Tensor, topo: Topology | None = None) ->
     topo = topo or backend.topology(g)
     frac = backend.frac_coords(g)
     lat = lattice.reshape(-1, 3, 3).to(frac.dtype)
-    pos = torch.einsum("ni,nij->nj", frac, node_lattices(lat, topo.node_graph))
+    pos = torch.einsum("ni,nij->nj", frac, _node_lattices(lat, topo.node_graph))
     shift = torch.einsum("ei,eij->ej", backend.pbc_offset(g).to(frac.dtype), lat[topo.edge_graph])
     return pos[topo.dst] + shift - pos[topo.src]
 
@@ -75,6 +167,7 @@ def bond_distances(g: Any, lattice: torch.Tensor, topo: Topology | None = None) 
     return torch.linalg.vector_norm(bond_vectors(g, lattice, topo), dim=1)
 
 
+# ---- 3. predict: MEGNet's encoder and the pretext head --------------------------------------------------------------
 def encode(
     model: nn.Module, g: Any, edge_attr: torch.Tensor, state_attr: torch.Tensor | None, topo: Topology | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,28 +195,69 @@ def encode(
     return backend.run_blocks(model, g, topo, edge_feat, node_feat, state_feat)
 
 
-def edge_feature_dim(model: nn.Module) -> int:
-    """Width of MEGNet's final edge features (the last layer of the last block's edge update)."""
-    linears = [m for m in model.blocks[-1].conv.edge_func.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features
-
-
 def make_head(model: nn.Module, hidden: tuple[int, ...] = (64,), activation_type: str = "softplus2") -> nn.Module:
     """The pretext head: matgl's MLP from the final edge features to ``dim_edge_embedding`` values."""
+    linears = [m for m in model.blocks[-1].conv.edge_func.modules() if isinstance(m, nn.Linear)]
     dim_out = model.bond_expansion(torch.ones(1)).shape[-1]
     activation = ActivationFunction[activation_type].value()
-    return MLP([edge_feature_dim(model), *hidden, dim_out], activation, activate_last=False)
+    return MLP([linears[-1].out_features, *hidden, dim_out], activation, activate_last=False)
+
+
+# ---- 4. loss --------------------------------------------------------------------------------------------------------
+class EdgeEmbeddingDenoisingLoss(nn.Module):
+    r"""MSE between the edge embeddings predicted from the noisy crystal and those of the clean crystal.
+
+    .. math::
+        \mathcal{L} = \frac{1}{|E|\,D} \sum_{(v,v',k) \in E}
+        \lVert h(\tilde G)_{vv'k} - E_{\mathrm{clean},vv'k} \rVert^2
+
+    where :math:`E_{\mathrm{clean}}` is MEGNet's Gaussian bond expansion of the clean bond lengths and ``D`` its
+    number of Gaussians. Plain tensors in, scalar out; the graph never enters.
+
+    Example:
+        >>> loss = EdgeEmbeddingDenoisingLoss()
+        >>> float(loss(torch.zeros(4, 3), torch.ones(4, 3)))
+        1.0
+    """
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Compute the loss.
+
+        Args:
+            pred: Predicted edge embeddings, shape ``(n_edges, D)``.
+            target: Clean edge embeddings, shape ``(n_edges, D)``.
+
+        Returns:
+            Scalar tensor.
+
+        Raises:
+            ValueError: if the shapes differ or there are no edges.
+        """
+        if pred.shape != target.shape:
+            raise ValueError(f"pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}")
+        if pred.numel() == 0:
+            raise ValueError("no edges: the denoising loss needs at least one edge")
+        return nn.functional.mse_loss(pred, target)
+
+
+# ---- the Lightning module -------------------------------------------------------------------------------------------
+# Seeds of the noise streams: each (rank, global step) of training has its own seed, so a resumed run (under DDP too)
+# draws exactly the noise an uninterrupted one would; validation noise is the same every epoch.
+_RANK_STRIDE = 1_000_003
+_STEP_STRIDE = 7_368_787
+_VAL_OFFSET = 7_919
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradients became NaN or infinite during pretraining; the message says where and what to do."""
 
 
-class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
+class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningModule):
     """Crystal denoising self-supervised learning for a matgl MEGNet.
 
     Training, validation and test steps, logging and the optimiser (Adam with cosine decay) come from matgl's
-    ``MatglLightningModuleMixin``; this class supplies ``step``. Batches are matgl's graph batches
+    ``MatglLightningModuleMixin``; this class supplies ``step``. The learning rate steps once per epoch on both of
+    matgl's lines (:class:`~matgl_cdssl._backend.OncePerEpochSchedule`). Batches are matgl's graph batches
     ``(g, lattice, state_attr, labels)``; labels are ignored.
 
     Args:
@@ -137,11 +271,12 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         decay_alpha: Final learning rate as a fraction of ``lr``.
         optimizer: Optional optimiser, replacing Adam.
         scheduler: Optional scheduler, replacing the cosine decay.
-        seed: Seed of the noise. Each rank draws its own stream (``seed + rank * 1000003``); validation noise
-            is the same at every epoch.
+        seed: Seed of the noise. The training noise of each step is drawn from a generator seeded with ``seed``, the
+            rank and the global step, so every rank draws its own stream and a resumed run continues it exactly;
+            validation noise is the same at every epoch.
         sync_dist: Sync logged metrics across processes (DDP).
-        val_grad_norm: Also log the gradient norm on validation batches (needs the Trainer's
-            ``inference_mode=False``, which :func:`~matgl_cdssl.pretrain` sets).
+        val_grad_norm: Also log the gradient norm on validation batches (off by default: it doubles the cost of
+            validation and needs the Trainer's ``inference_mode=False``).
 
     Example:
         >>> from matgl.models import MEGNet
@@ -164,11 +299,10 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         scheduler: LRScheduler | None = None,
         seed: int = 0,
         sync_dist: bool = False,
-        val_grad_norm: bool = True,
+        val_grad_norm: bool = False,
     ) -> None:
         super().__init__()
-        if not float(sigma) > 0:
-            raise ValueError(f"sigma must be a positive length in Å (e.g. 0.1); got {sigma!r}")
+        sigma = check_sigma(sigma)
         self.model = model
         self.head = head if head is not None else make_head(model, tuple(head_hidden))
         self.loss = EdgeEmbeddingDenoisingLoss()
@@ -218,6 +352,8 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
 
     def step(self, batch: tuple) -> tuple[dict[str, torch.Tensor], int]:
         """One CDSSL step on a batch: corrupt, predict, compare. Returns ``(metrics, n_edges)``."""
+        if self.training:
+            self._train_gen.manual_seed(self.noise_seed(self.global_rank, self.global_step))
         self.noise.generator = self._train_gen if self.training else self._val_gen
         want_grad_norm = not self.training and self.val_grad_norm and not torch.is_inference_mode_enabled()
         with torch.enable_grad() if want_grad_norm else contextlib.nullcontext():
@@ -235,6 +371,11 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
             results["Total_Loss"] = loss.detach()
         return results, int(target.shape[0])
 
+    def noise_seed(self, rank: int, step: int) -> int:
+        """Seed of the training noise of one rank at one global step (a resumed run reuses the same seeds)."""
+        return self.seed + _RANK_STRIDE * int(rank) + _STEP_STRIDE * int(step)
+
+    # ---- engineering: DDP, divergence, wall time ------------------------------------------------------------------
     def unreached_parameters(self) -> list[nn.Parameter]:
         """Parameters the pretext loss never reaches: MEGNet's readout, and the last block's node and state updates.
 
@@ -242,14 +383,16 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         """
         from pymatgen.core import Lattice, Structure
 
-        from matgl_cdssl.data import build_dataset
-
         cutoff = float(self.model.cutoff)
         elements = self.model.element_types
         probe = Structure(Lattice.cubic(0.8 * cutoff), [elements[0], elements[-1]], [[0, 0, 0], [0.5, 0.5, 0.5]])
-        dataset, _, _ = build_dataset([probe], element_types=self.model.element_types, cutoff=cutoff)
-        _, loader = get_backend().loaders(dataset, dataset, batch_size=1)
-        batch = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in next(iter(loader))]
+        backend = get_backend()
+        g, lattice, state = backend.converter(elements, cutoff).get_graph(probe)
+        batch = (
+            g.to(self.device),
+            torch.as_tensor(lattice, dtype=torch.float32, device=self.device).reshape(1, 3, 3),
+            torch.as_tensor(state, dtype=torch.float32, device=self.device).reshape(1, -1),
+        )
         generator, self.noise.generator = self.noise.generator, torch.Generator().manual_seed(0)
         try:
             with torch.enable_grad():
@@ -306,8 +449,7 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         )
 
     def on_fit_start(self) -> None:
-        """Give each rank its own training noise stream; start the wall clock."""
-        self._train_gen.manual_seed(self.seed + _RANK_STRIDE * self.global_rank)
+        """Start the wall clock."""
         self._fit_started = time.perf_counter()
 
     @property
@@ -321,22 +463,12 @@ class CDSSLModule(MatglLightningModuleMixin, L.LightningModule):
         self._val_gen.manual_seed(self.seed + _VAL_OFFSET + _RANK_STRIDE * self.global_rank)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the noise RNG state, so a resumed run continues the same noise stream."""
-        checkpoint["cdssl_noise_rng"] = self._train_gen.get_state()
+        """Store the wall time so far (the noise needs no state: it is seeded from the rank and the step)."""
         checkpoint["cdssl_elapsed_s"] = self.elapsed_s
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the noise RNG state."""
-        if "cdssl_noise_rng" in checkpoint:
-            self._restored_rng = checkpoint["cdssl_noise_rng"]
+        """Restore the wall time of the runs before the resume."""
         self._elapsed_before = float(checkpoint.get("cdssl_elapsed_s", 0.0))
-
-    def on_train_start(self) -> None:
-        """Apply a restored noise RNG state (after ``on_fit_start`` reseeded it)."""
-        state = getattr(self, "_restored_rng", None)
-        if state is not None:
-            self._train_gen.set_state(state)
-            self._restored_rng = None
 
 
 def _global_norm(grads: Any) -> torch.Tensor:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Literal
 
+import lightning as L
 import torch
 
 if TYPE_CHECKING:
@@ -30,7 +31,16 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-__all__ = ["BACKEND", "GraphBackend", "Topology", "get_backend", "matgl_version"]
+__all__ = [
+    "AGGREGATION_SIDE",
+    "BACKEND",
+    "GraphBackend",
+    "OncePerEpochSchedule",
+    "Topology",
+    "get_backend",
+    "matgl_version",
+    "package_version",
+]
 
 BackendName = Literal["dgl", "pyg"]
 
@@ -49,6 +59,14 @@ def matgl_version() -> str:
         ) from exc
 
 
+def package_version() -> str:
+    """Version string of the installed matgl-cdssl (``"unknown"`` when run from a source tree)."""
+    try:
+        return version("matgl-cdssl")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
 def _detect() -> BackendName:
     major = int(matgl_version().split(".")[0])
     return "dgl" if major < 3 else "pyg"
@@ -58,32 +76,63 @@ def _detect() -> BackendName:
 BACKEND: BackendName = _detect()
 
 
+#: matgl modules whose content depends on matgl 2.2.x's backend, fixed when they are first imported. ``import matgl``
+#: itself loads none of them (only ``matgl.config`` and ``matgl.utils.io``), so the backend can still be chosen then.
+_BACKEND_BOUND = ("matgl.graph", "matgl.models", "matgl.layers", "matgl.ext", "matgl.apps", "matgl.utils.training")
+
+
 def _prepare_matgl_import() -> None:
     """Make sure matgl is (or will be) imported under the backend that has MEGNet.
 
-    On matgl 2.2.x MEGNet exists only under DGL, and matgl reads ``MATGL_BACKEND`` once at import time, so
-    the variable must be set before the first ``import matgl``.
+    On matgl 2.2.x MEGNet exists only under DGL, and matgl reads ``MATGL_BACKEND`` once, when ``matgl.config`` is
+    first imported, defaulting to PyG. Whichever comes first, ``import matgl`` or ``import matgl_cdssl``, the DGL
+    backend is selected here: before matgl's import through the environment variable, after it through
+    ``matgl.set_backend("DGL")``, which is enough as long as none of matgl's backend-bound modules
+    (:data:`_BACKEND_BOUND`) was imported under PyG. ``MATGL_BACKEND`` is also set for child processes (DDP).
 
     Raises:
-        RuntimeError: matgl 2.2.x was already imported under PyG, or ``MATGL_BACKEND`` asks for PyG.
+        RuntimeError: ``MATGL_BACKEND`` asks for PyG, or a backend-bound matgl module was already imported under PyG;
+            the message gives the one-line fix.
     """
     if BACKEND != "dgl":
         return
     fix = (
-        "matgl 2.2.x provides MEGNet only under its DGL backend, and it reads the backend once, when matgl is first "
-        "imported. Set the environment variable before Python starts (`export MATGL_BACKEND=DGL`) or import "
-        "matgl_cdssl before matgl; calling matgl.set_backend('DGL') afterwards is not enough."
+        "matgl 2.2.x provides MEGNet only under its DGL backend. Import matgl_cdssl (or set MATGL_BACKEND=DGL) before "
+        "importing any of matgl's models, layers or graph modules: `import matgl_cdssl` as the first matgl-related "
+        "import is enough."
     )
-    if "matgl" in sys.modules:
-        import matgl.config
-
-        if matgl.config.BACKEND != "DGL":
-            raise RuntimeError(f"matgl was already imported with backend {matgl.config.BACKEND!r}. {fix}")
-        return
-    requested = os.environ.setdefault("MATGL_BACKEND", "DGL").upper()
+    requested = os.environ.get("MATGL_BACKEND", "DGL").upper()
     if requested != "DGL":
         raise RuntimeError(f"MATGL_BACKEND={requested!r} is set. {fix}")
+    os.environ["MATGL_BACKEND"] = "DGL"
     os.environ.setdefault("DGLBACKEND", "pytorch")
+    if "matgl" not in sys.modules:
+        return
+    import matgl
+
+    if matgl.config.BACKEND == "DGL":
+        return
+    bound = sorted(m for m in sys.modules if m.startswith(_BACKEND_BOUND))
+    if bound:
+        raise RuntimeError(
+            f"matgl was imported with backend {matgl.config.BACKEND!r} and {', '.join(bound[:3])} already loaded "
+            f"under it. {fix}"
+        )
+    matgl.set_backend("DGL")
+
+
+class OncePerEpochSchedule:
+    """Mixin for matgl's Lightning modules: the learning-rate scheduler steps once per epoch, on both matgl lines.
+
+    Lightning steps an epoch-interval scheduler returned by ``configure_optimizers`` itself. matgl 2.2.x's
+    ``MatglLightningModuleMixin`` steps it a second time in ``on_train_epoch_end``, so the schedule would decay twice
+    as fast as documented (matgl fixed it in 4.1.2, its #848). Placed before matgl's mixin, this hook replaces that
+    one with Lightning's own (a no-op), which changes nothing on matgl >= 4.1.2.
+    """
+
+    def on_train_epoch_end(self) -> None:
+        """Leave the scheduler to Lightning."""
+        L.LightningModule.on_train_epoch_end(self)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -128,7 +177,8 @@ class GraphBackend:
         """Loaders from matgl's ``MGLDataLoader`` and graph collate: shuffled over ``train``, in order over ``val``.
 
         ``seed`` seeds the shard order of streaming datasets (:meth:`open_graphs`: matgl's ``MGLDiskDataset`` on PyG,
-        :class:`~matgl_cdssl.shards.ShardedGraphs` on DGL); in-memory datasets are shuffled by torch's global generator.
+        :class:`~matgl_cdssl._dgl_shards.ShardedGraphs` on DGL); in-memory datasets are shuffled by torch's global
+        generator.
         """
         from matgl.graph.data import MGLDataLoader, collate_fn_graph
 
@@ -139,10 +189,10 @@ class GraphBackend:
         """An in-memory matgl ``MGLDataset`` (no on-disk cache)."""
         raise NotImplementedError
 
-    # ---- graphs stored on disk (matgl_cdssl.graph_cache) --------------------------------------------------
+    # ---- graphs stored on disk (the graph cache of matgl_cdssl.data) ------------------------------------------------
     #: Whether a ``torch.utils.data.Subset`` of a dataset from :meth:`open_graphs` streams too (DGL, through
-    #: :mod:`matgl_cdssl.shards`). If not (PyG: matgl's loader takes only whole ``MGLDiskDataset`` objects), subsets
-    #: are written as datasets of their own (:func:`matgl_cdssl.graph_cache.split_cached`).
+    #: :mod:`matgl_cdssl._dgl_shards`). If not (PyG: matgl's loader takes only whole ``MGLDiskDataset`` objects),
+    #: subsets are written as datasets of their own (:func:`matgl_cdssl.data.split_cached`).
     subsets_stream: bool = False
 
     def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
@@ -215,7 +265,7 @@ class _DGLBackend(GraphBackend):
     subsets_stream = True
 
     def loaders(self, train: Any, val: Any, *, batch_size: int, seed: int = 0, **kwargs: Any) -> tuple:
-        from matgl_cdssl.shards import ShardBatchSampler, ShardedGraphs
+        from matgl_cdssl._dgl_shards import ShardBatchSampler, ShardedGraphs
 
         if not isinstance(getattr(train, "dataset", train), ShardedGraphs):
             return super().loaders(train, val, batch_size=batch_size, seed=seed, **kwargs)
@@ -234,13 +284,13 @@ class _DGLBackend(GraphBackend):
         )
 
     def write_graphs(self, records: Iterable[dict[str, Any]], converter: Any, folder: Path, shard_size: int) -> None:
-        """Shards of matgl 2.2.x's saved ``MGLDataset`` (:func:`matgl_cdssl.shards.write_shards`)."""
-        from matgl_cdssl.shards import write_shards
+        """Shards of matgl 2.2.x's saved ``MGLDataset`` (:func:`matgl_cdssl._dgl_shards.write_shards`)."""
+        from matgl_cdssl._dgl_shards import write_shards
 
         write_shards(records, converter, folder, shard_size)
 
     def open_graphs(self, folder: Path) -> Any:
-        from matgl_cdssl.shards import ShardedGraphs
+        from matgl_cdssl._dgl_shards import ShardedGraphs
 
         return ShardedGraphs(folder)
 

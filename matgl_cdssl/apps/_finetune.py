@@ -13,19 +13,27 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from matgl.utils.training import ModelLightningModule
 from torch.utils.data import Subset
 
-from matgl_cdssl.backend import get_backend
-from matgl_cdssl.data import build_dataset
-from matgl_cdssl.io import same_architecture
-from matgl_cdssl.registry import load_model
+from matgl_cdssl._backend import OncePerEpochSchedule, get_backend
+from matgl_cdssl.data import build_dataset, check_values, train_val_split
+from matgl_cdssl.hub import READOUT, load_model, new_like
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from torch import nn
 
-__all__ = ["READOUT", "FinetuneResult", "finetune", "fit", "optimizer_for", "set_state_width", "split_parameters"]
+__all__ = [
+    "FinetuneResult",
+    "PropertyModule",
+    "finetune",
+    "fit",
+    "optimizer_for",
+    "set_state_width",
+    "split_parameters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ class FinetuneResult:
         ``data_std`` and ``data_mean`` are folded into the last linear layer of the output MLP
         (``y = std * (W h + b) + mean``), which is exact.
         """
-        model = clone(self.model)
+        model = new_like(self.model)
         last = model.output_proj.layers[-1]
         with torch.no_grad():
             last.weight.mul_(self.data_std)
@@ -63,26 +71,12 @@ class FinetuneResult:
         return model
 
 
-READOUT = ("node_s2s", "edge_s2s", "output_proj")
-"""MEGNet's readout modules (Set2Set over nodes and edges, output MLP); everything else is the backbone."""
+class PropertyModule(OncePerEpochSchedule, ModelLightningModule):
+    """matgl's ``ModelLightningModule`` with its learning rate stepped once per epoch on both matgl lines.
 
-
-def clone(model: nn.Module) -> nn.Module:
-    """A copy of a matgl model, rebuilt from its constructor arguments and weights.
-
-    ``copy.deepcopy`` fails on a model that holds tensors from a previous forward pass.
+    matgl 2.2.x's module steps an epoch scheduler twice per epoch (see
+    :class:`~matgl_cdssl._backend.OncePerEpochSchedule`); everything else is matgl's.
     """
-    copied = same_architecture(model)
-    copied.load_state_dict(model.state_dict())
-    return copied
-
-
-def _targets(values: Sequence[float], name: str) -> list[float]:
-    array = np.asarray(values, dtype=float).reshape(-1)
-    bad = np.flatnonzero(~np.isfinite(array))
-    if bad.size:
-        raise ValueError(f"{name} has non-finite values (NaN or inf) at index(es) {bad[:10].tolist()}")
-    return array.tolist()
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -161,7 +155,7 @@ def finetune(
     Args:
         model: A MEGNet, a registered name such as ``"CDSSL-MEGNet-MP"`` (its readout freshly initialised from
             ``seed``), a CDSSL model folder, or any name ``matgl.load_model`` knows. The model is trained in place.
-        structures: Training crystals (see :func:`matgl_cdssl.data.read_structures`).
+        structures: Training crystals (see :func:`~matgl_cdssl.data.read_structures`).
         targets: One value per training crystal.
         val_structures: Validation crystals; if None, ``val_fraction`` of the training crystals are held out.
         val_targets: Their values.
@@ -212,7 +206,7 @@ def finetune(
                 raise ValueError(f"state_attr was given for training, so {name} is needed too")
 
     def dataset(structs: Sequence[Any], values: Sequence[float], name: str, state: Any) -> Any:
-        values = _targets(values, name)
+        values = check_values(values, name).tolist()
         if len(values) != len(structs):
             raise ValueError(f"{name} has {len(values)} values for {len(structs)} structures")
         ds, _, _ = build_dataset(
@@ -227,9 +221,10 @@ def finetune(
 
     train = dataset(structures, targets, "targets", state_attr)
     if val_structures is None:
-        n_val = max(1, round(len(train) * val_fraction))
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-        train, val = Subset(train, perm[n_val:]), Subset(train, perm[:n_val])
+        if not val_fraction > 0:
+            raise ValueError(f"val_fraction must be positive when no validation set is given; got {val_fraction!r}")
+        train_idx, val_idx = train_val_split(len(train), val_fraction, seed)
+        train, val = Subset(train, train_idx), Subset(train, val_idx)
     else:
         val = dataset(val_structures, [] if val_targets is None else val_targets, "val_targets", val_state_attr)
     test = None
@@ -275,12 +270,10 @@ def fit(
     This is the engine of :func:`finetune` for callers that convert their crystals once and train many times
     (the benchmark). Arguments are those of :func:`finetune`; ``train``, ``val`` and ``test`` are datasets.
     """
-    from matgl.utils.training import ModelLightningModule
-
     L.seed_everything(seed, workers=True, verbose=False)
     y = np.array([float(next(iter(item[3].values()))) for item in train])
     optimizer = optimizer_for(model, lr=lr, backbone_lr=backbone_lr, freeze_backbone=freeze_backbone)
-    module = ModelLightningModule(
+    module = PropertyModule(
         model=model,
         data_mean=float(y.mean()),
         data_std=float(y.std()) or 1.0,

@@ -10,7 +10,6 @@ Matbench: A. Dunn, Q. Wang, A. Ganose, D. Dopp, A. Jain, npj Comput. Mater. 6, 1
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 import logging
@@ -23,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from matgl_cdssl.backend import BACKEND, get_backend
+from matgl_cdssl._backend import BACKEND, get_backend
+from matgl_cdssl.apps._finetune import finetune
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.finetune import finetune
+from matgl_cdssl.hub import new_like
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,12 +95,12 @@ def predict(
     """Predict a property for many crystals in batches with a MEGNet trained by matgl's ``ModelLightningModule``.
 
     Such a model's raw output is the normalised target, so the prediction is ``output * data_std + data_mean``
-    (the values in :class:`~matgl_cdssl.finetune.FinetuneResult`). Crystals are converted to graphs with the
-    model's element types and cutoff through matgl's dataset and loader (:func:`matgl_cdssl.data.build_dataset`).
+    (the values in :class:`~matgl_cdssl.apps.FinetuneResult`). Crystals are converted to graphs with the
+    model's element types and cutoff through matgl's dataset and loader (:func:`~matgl_cdssl.data.build_dataset`).
 
     Args:
         model: The MEGNet. It is put in eval mode.
-        structures: Crystals, in any form :func:`matgl_cdssl.data.read_structures` accepts.
+        structures: Crystals, in any form :func:`~matgl_cdssl.data.read_structures` accepts.
         data_mean: Mean of the training targets.
         data_std: Standard deviation of the training targets.
         batch_size: Crystals per batch.
@@ -109,11 +109,11 @@ def predict(
         One prediction per crystal, in input order, shape ``(n,)``.
 
     Raises:
-        ValueError: A crystal the model cannot take (see :func:`matgl_cdssl.data.build_dataset`), named.
+        ValueError: A crystal the model cannot take (see :func:`~matgl_cdssl.data.build_dataset`), named.
 
     Example:
         >>> import matgl_cdssl
-        >>> from matgl_cdssl.matbench import predict
+        >>> from matgl_cdssl.apps._matbench import predict
         >>> crystals = matgl_cdssl.load_sample(3).structures
         >>> predict(matgl_cdssl.load_model("CDSSL-MEGNet-MP"), crystals, data_mean=-1.0, data_std=0.5).shape
         (3,)
@@ -193,7 +193,7 @@ def run_matbench(
 ) -> MatbenchBenchmark:
     """Finetune ``model`` on every fold of matbench tasks and record its test predictions with matbench.
 
-    For each task and fold, a fresh copy of the model is finetuned with :func:`matgl_cdssl.finetune.finetune` on the
+    For each task and fold, a fresh copy of the model is finetuned with :func:`~matgl_cdssl.finetune` on the
     fold's training data (``val_fraction`` of it held out for validation and early stopping; seed ``seed + fold``),
     the fold's test crystals are predicted with :func:`predict`, and ``task.record`` stores the predictions, which
     matbench scores (MAE, RMSE, ...). The results file is rewritten after every fold.
@@ -210,7 +210,7 @@ def run_matbench(
         predict_batch_size: Crystals per batch when predicting the test set.
         benchmark: A ``MatbenchBenchmark`` to fill instead of a new ``MatbenchBenchmark(autoload=False,
             subset=tasks)``; its tasks' data are loaded with ``task.load()`` unless already loaded.
-        **finetune_kwargs: Passed to :func:`~matgl_cdssl.finetune.finetune`: ``max_epochs``, ``patience``,
+        **finetune_kwargs: Passed to :func:`~matgl_cdssl.finetune`: ``max_epochs``, ``patience``,
             ``batch_size``, ``lr``, ``loss``, ``val_fraction``, ``skip_invalid`` (training crystals only), and
             ``lightning.Trainer`` options.
 
@@ -271,7 +271,7 @@ def run_matbench(
             start = time.perf_counter()
             try:
                 result = finetune(
-                    copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model,
+                    new_like(model) if isinstance(model, torch.nn.Module) else model,
                     list(train_inputs),
                     np.asarray(train_outputs, dtype=float),
                     seed=seed + fold,
@@ -313,46 +313,3 @@ def run_matbench(
     if output is not None:
         write_results(benchmark, output)
     return benchmark
-
-
-def add_parser(subparsers: Any) -> None:
-    """Add ``cdssl matbench`` to the ``cdssl`` command (see ``matgl_cdssl.cli``)."""
-    from matgl_cdssl.cli import add_finetune_arguments
-
-    p = subparsers.add_parser(
-        "matbench",
-        help="finetune a pretrained MEGNet on matbench tasks with matbench's folds and record()",
-        description="Writes the results in matbench's submission format (gzip-compressed for a .gz name). "
-        "matbench is installed with `pip install --no-deps matbench==0.6` next to matminer (docs/matbench.md).",
-    )
-    p.add_argument("--task", nargs="+", default=list(DEFAULT_TASKS), metavar="NAME", help="matbench v0.1 task(s)")
-    p.add_argument("--out", type=Path, default=Path("results.json.gz"), help="results file")
-    p.add_argument("--model", default="CDSSL-MEGNet-MP", help="registered name or model folder")
-    p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
-    p.add_argument("--predict-batch-size", type=int, default=64)
-    add_finetune_arguments(p)  # --seed: fold k uses seed + k
-    p.set_defaults(func=matbench_command)
-
-
-def matbench_command(args: Any) -> int:
-    """Run ``cdssl matbench``.
-
-    Side Effects:
-        Writes the results file ``args.out`` after every fold.
-    """
-    from matgl_cdssl.cli import finetune_options
-
-    mb = run_matbench(
-        args.task,
-        model=args.model,
-        output=args.out,
-        folds=args.folds,
-        predict_batch_size=args.predict_batch_size,
-        **finetune_options(args),
-    )
-    for task in mb.tasks:
-        recorded = [fold for fold, done in task.is_recorded.items() if done]
-        maes = [task.results[task.folds_map[fold]].scores.mae for fold in recorded]
-        print(f"{task.dataset_name}: folds {recorded}, test MAE per fold {[round(m, 5) for m in maes]}")
-    print(f"wrote {args.out}")
-    return 0

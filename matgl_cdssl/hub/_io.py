@@ -1,17 +1,20 @@
 """Saving and loading CDSSL-pretrained MEGNets, and moving their weights between matgl's backends.
 
 A CDSSL model folder is matgl's own saved-model folder (``model.pt``, ``state.pt``, ``model.json``), so
-``matgl.load_model(folder)`` opens it on the backend that wrote it, plus two files of ours next to it:
+``matgl.load_model(folder)`` opens it on the backend that wrote it, plus files of ours next to it:
 
 - ``cdssl.json``: how it was pretrained (sigma, cutoff, data size, epochs, final metrics), and which backend and
   message-passing convention its weights use;
-- ``cdssl_head.pt``: the pretext head's weights, needed only to continue pretraining.
+- ``cdssl_head.pt``: the pretext head's weights, needed only to continue pretraining;
+- ``skipped.csv``: the crystals left out of pretraining (``skip_invalid``), with their ids and the reason, when any
+  were (``model.json`` stays small: it carries ``cdssl.json``'s content, not this list).
 
-:func:`load_model` reads ``cdssl.json`` and converts the weights when they were written by the other backend.
+:func:`load_folder` reads ``cdssl.json`` and converts the weights when they were written by the other backend.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -20,21 +23,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from matgl_cdssl.backend import AGGREGATION_SIDE, BACKEND, get_backend
+from matgl_cdssl._backend import AGGREGATION_SIDE, BACKEND, get_backend, matgl_version, package_version
+from matgl_cdssl.method import make_head
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from torch import nn
 
 __all__ = [
     "CONFIG_FILE",
     "HEAD_FILE",
+    "SKIPPED_FILE",
     "convert_weights",
+    "load_folder",
     "load_head",
-    "load_model",
     "read_config",
-    "same_architecture",
+    "read_skipped",
     "save_pretrained",
 ]
 
@@ -42,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "cdssl.json"
 HEAD_FILE = "cdssl_head.pt"
+SKIPPED_FILE = "skipped.csv"
+_ID = re.compile(r"\[([^\[\]]+)\]$")
 _EDGE_FUNC_KEY = re.compile(r"^(?P<prefix>(.*\.)?blocks\.\d+\.conv\.)edge_func\.layers\.0\.weight$")
 
 
@@ -89,7 +96,12 @@ def convert_weights(state_dict: Mapping[str, torch.Tensor], to: str) -> dict[str
 
 
 def save_pretrained(
-    model: nn.Module, path: str | Path, *, head: nn.Module | None = None, config: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | Path,
+    *,
+    head: nn.Module | None = None,
+    config: dict[str, Any] | None = None,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Save a pretrained MEGNet in matgl's folder format, with the CDSSL config and the pretext head.
 
@@ -97,29 +109,47 @@ def save_pretrained(
         model: The MEGNet.
         path: Folder to write (created if needed).
         head: The pretext head, saved to ``cdssl_head.pt``.
-        config: Pretraining details, merged into ``cdssl.json``.
+        config: Pretraining details, merged into ``cdssl.json`` (and the ``metadata`` of matgl's ``model.json``).
+        skipped: ``(name, reason)`` of each crystal left out of pretraining, written to ``skipped.csv`` with the id
+            in the name (``path[id]`` gives ``id``); ``cdssl.json`` records only their number.
 
     Returns:
         The folder.
     """
-    from matgl_cdssl import __version__
-    from matgl_cdssl.backend import matgl_version
-
     path = Path(path)
     cfg = {
         "format_version": 1,
-        "matgl_cdssl_version": __version__,
+        "matgl_cdssl_version": package_version(),
         "backend": BACKEND,
         "matgl_version": matgl_version(),
         "aggregation": AGGREGATION_SIDE[BACKEND],
         **(config or {}),
+        "n_skipped": len(skipped),
     }
+    if skipped:
+        cfg["skipped_file"] = SKIPPED_FILE
     model.save(path, metadata={"cdssl": cfg})
+    if skipped:
+        with (path / SKIPPED_FILE).open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "name", "reason"])
+            for name, reason in skipped:
+                match = _ID.search(str(name))
+                writer.writerow([match.group(1) if match else str(name), str(name), str(reason)])
     if head is not None:
         torch.save(head.state_dict(), path / HEAD_FILE)
         cfg["has_head"] = True
     (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
     return path
+
+
+def read_skipped(path: str | Path) -> list[dict[str, str]]:
+    """The crystals left out of a model's pretraining (``skipped.csv``): ``{"id", "name", "reason"}`` each."""
+    file = Path(path) / SKIPPED_FILE
+    if not file.is_file():
+        return []
+    with file.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -130,7 +160,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def load_model(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
+def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     """Load a CDSSL-pretrained MEGNet from a folder, or anything else through ``matgl.load_model``.
 
     A CDSSL folder written by the other backend has its weights converted (:func:`convert_weights`). The
@@ -163,18 +193,8 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     return model
 
 
-def same_architecture(model: nn.Module) -> nn.Module:
-    """A new model of the same class, built from the constructor arguments matgl records (``_init_args``).
-
-    Its weights are freshly initialised from torch's global generator.
-    """
-    return type(model)(**model._init_args)
-
-
 def load_head(path: str | Path, model: nn.Module) -> nn.Module:
     """Rebuild the pretext head saved in a CDSSL folder, for continued pretraining."""
-    from matgl_cdssl.module import make_head
-
     path = Path(path)
     cfg = read_config(path)
     head = make_head(model, tuple(cfg.get("head_hidden", (64,))))

@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 
-from matgl_cdssl.data import build_dataset, load_sample
-from matgl_cdssl.finetune import clone, fit
-from matgl_cdssl.io import same_architecture
-from matgl_cdssl.registry import load_model, reset_readout
+from matgl_cdssl.apps._finetune import fit
+from matgl_cdssl.data import build_dataset, check_values, load_sample, seeded_permutation
+from matgl_cdssl.hub import READOUT, load_model, new_like
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -186,14 +185,13 @@ def load_task(name: str) -> TaskData:
 
 def _splits(task: TaskData, sizes: Sequence[int], seed: int, settings: BenchmarkSettings) -> dict[str, Any]:
     """Index sets of one seed: ``test`` (into the test pool), and ``val``/``train`` per size (into the main pool)."""
-    rng = np.random.default_rng(seed)
     n_pool = len(task.structures)
     if task.test_structures is None:
-        order = rng.permutation(n_pool)
+        order = seeded_permutation(n_pool, seed)
         test, rest = order[: task.n_test], order[task.n_test :]
     else:
-        test = rng.permutation(len(task.test_structures))[: task.n_test]
-        rest = rng.permutation(n_pool)
+        test = seeded_permutation(len(task.test_structures), seed)[: task.n_test]
+        rest = seeded_permutation(n_pool, seed + 1)
     val_block = settings.n_val(max(sizes))
     if val_block + max(sizes) > len(rest):
         raise ValueError(
@@ -216,10 +214,7 @@ class _Graphs:
         self.Subset = Subset
         self.index = {i: k for k, i in enumerate(sorted(needed))}
         picked = sorted(needed)
-        values = np.asarray(targets, dtype=float)[picked]
-        bad = [picked[k] for k in np.flatnonzero(~np.isfinite(values))]
-        if bad:
-            raise ValueError(f"{name} has non-finite targets at index(es) {bad[:10]}")
+        values = check_values(np.asarray(targets, dtype=object)[picked], "target", [f"{name}[{i}]" for i in picked])
         self.dataset, _, _ = build_dataset(
             [structures[i] for i in picked],
             element_types=model.element_types,
@@ -231,9 +226,34 @@ class _Graphs:
         return self.Subset(self.dataset, [self.index[int(i)] for i in indices])
 
 
-def _fingerprint(model_name: str, settings: BenchmarkSettings, task: TaskData) -> str:
-    payload = json.dumps([model_name, asdict(settings), task.name, len(task.structures), task.n_test], default=str)
+def _fingerprint(model_digest: str, settings: BenchmarkSettings, task: TaskData, split: dict[str, Any]) -> str:
+    """What a run's result depends on besides its size, seed and arm: the weights, the settings and the split.
+
+    The split's indices are hashed themselves (they depend on the task, the seed and, through the validation block,
+    on the largest training size), so a cached run is reused only for exactly the same crystals.
+    """
+    indices = {
+        "test": [int(i) for i in split["test"]],
+        "val": {str(n): [int(i) for i in v] for n, v in split["val"].items()},
+        "train": {str(n): [int(i) for i in v] for n, v in split["train"].items()},
+    }
+    payload = json.dumps([model_digest, asdict(settings), task.name, len(task.structures), indices], default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """A SHA-256 of a model's class, constructor arguments and backbone weights: different models never share runs.
+
+    The readout is left out: neither arm uses it (the pretrained arm gets a fresh one), and a model loaded by name
+    has a random one.
+    """
+    digest = hashlib.sha256(f"{type(model).__qualname__}:{json.dumps(model._init_args, default=str)}".encode())
+    for key, value in model.state_dict().items():
+        if key.split(".")[0] in READOUT:
+            continue
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def benchmark(
@@ -276,7 +296,7 @@ def benchmark(
         for t in loaded:
             t.n_test = min(t.n_test, QUICK["n_test"])
     model_name = model if isinstance(model, (str, Path)) else type(model).__name__
-    template = load_model(model) if isinstance(model, (str, Path)) else model
+    template = load_model(model, fresh_readout=False) if isinstance(model, (str, Path)) else model
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cache = output_dir / "runs.jsonl"
@@ -287,9 +307,12 @@ def benchmark(
             done[_run_key(record)] = record
 
     splits = {(t.name, seed): _splits(t, sizes, seed, settings) for t in loaded for seed in seeds}
-    fingerprints = {t.name: _fingerprint(str(model_name), settings, t) for t in loaded}
+    digest = _weights_digest(template)
+    fingerprints = {
+        (t.name, seed): _fingerprint(digest, settings, t, splits[t.name, seed]) for t in loaded for seed in seeds
+    }
     plan = [
-        {"task": t, "fingerprint": fingerprints[t.name], "seed": seed, "n_train": n, "arm": arm}
+        {"task": t, "fingerprint": fingerprints[t.name, seed], "seed": seed, "n_train": n, "arm": arm}
         for t in loaded
         for seed in seeds
         for n in sizes
@@ -311,7 +334,7 @@ def benchmark(
             pool, test_pool = graphs[task.name]
             bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm}")
             L.seed_everything(seed, verbose=False)
-            net = reset_readout(clone(template)) if arm == "CDSSL" else same_architecture(template)
+            net = new_like(template, weights="backbone" if arm == "CDSSL" else "none")
             epochs = settings.epochs(n)
             start = time.perf_counter()
             result = fit(

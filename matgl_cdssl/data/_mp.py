@@ -1,7 +1,7 @@
 """The Materials Project data behind ``CDSSL-MEGNet-MP``: the fixed hold-out pool and the pretraining split.
 
 The 36,738 crystals of ``shared/data/mp_multi/mp_multi.csv.gz`` (Materials Project, CC BY 4.0) are split once and
-for all by a stable hash of the mp-id (:func:`matgl_cdssl.data.in_holdout_pool`): about 10% form the hold-out pool,
+for all by a stable hash of the mp-id (:func:`in_holdout_pool`): about 10% form the hold-out pool,
 which pretraining never sees and from which every Materials Project finetuning test set is drawn; the other 90%
 are for pretraining. ``configs/mp_holdout_ids.txt`` lists the pool.
 """
@@ -15,12 +15,21 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matgl_cdssl.data import in_holdout_pool, read_csv_structures
+from matgl_cdssl.data._readers import read_csv_structures
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-__all__ = ["hash_order", "read_mp_split", "write_mp_split"]
+__all__ = ["hash_order", "in_holdout_pool", "read_mp_split", "write_mp_split"]
+
+
+def in_holdout_pool(material_id: str) -> bool:
+    """Whether a Materials Project id belongs to the fixed 10% hold-out pool that pretraining never sees.
+
+    The pool is chosen by a stable hash: the first 8 bytes of the SHA-256 of the id, modulo 10, equal 0.
+    """
+    digest = hashlib.sha256(material_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10 == 0
 
 
 def hash_order(material_id: str) -> str:

@@ -1,29 +1,22 @@
-"""Structures in, graphs out: reading, validating and batching crystals for CDSSL.
+"""Readers: user input in, named pymatgen Structures out, one crystal at a time.
 
 Inputs may be pymatgen ``Structure`` objects, ASE ``Atoms`` or paths to files that pymatgen or ASE can read
-(CIF, POSCAR/CONTCAR, extxyz, ...). Every crystal is checked before any graph is built, and each problem is
-reported with the offending item's name (``structures[3]`` or the file path), so nothing is dropped
-silently. Graphs are built with matgl's own converter and dataset classes through :mod:`matgl_cdssl.backend`.
-
-The bundled sample (:func:`load_sample`) holds 1,000 Materials Project crystals with their labels.
+(CIF, POSCAR/CONTCAR, extxyz, ...), CSV files with a CIF column, and JSON or JSON Lines of ``Structure.as_dict()``
+entries. Every crystal gets a name (``structures[3]``, the file path, ``path[id]``) that the checks
+(:mod:`matgl_cdssl.data._checks`) use in their messages, so nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import itertools
 import json
-import logging
-from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from matgl_cdssl.backend import get_backend
+from matgl_cdssl.data._checks import check_values
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -31,28 +24,16 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 __all__ = [
-    "MIN_INTERATOMIC_DISTANCE",
     "STRUCTURE_SUFFIXES",
-    "Sample",
-    "build_dataset",
-    "check_label_lengths",
-    "connectivity_problem",
-    "in_holdout_pool",
-    "isolated_atoms",
+    "input_items",
     "iter_csv_structures",
     "iter_json_structures",
     "iter_structures",
-    "load_sample",
     "read_csv_structures",
     "read_labelled_csv",
     "read_structures",
-    "structure_problem",
+    "structure_files",
 ]
-
-logger = logging.getLogger(__name__)
-
-#: Two atoms closer than this (Å) are reported as overlapping.
-MIN_INTERATOMIC_DISTANCE = 0.5
 
 
 def read_labelled_csv(
@@ -86,15 +67,7 @@ def read_labelled_csv(
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: no column(s) {missing}")
-    values = np.empty((len(frame), len(columns)))
-    for j, column in enumerate(columns):
-        for i, text in enumerate(frame[column]):
-            try:
-                values[i, j] = float(text)
-            except ValueError:
-                values[i, j] = np.nan
-            if not np.isfinite(values[i, j]):
-                raise ValueError(f"{names[i]}: column {column!r} holds {text!r}, not a finite number")
+    values = np.column_stack([check_values(frame[column], f"column {column!r}", names) for column in columns])
     return names, structures, values[:, 0], (values[:, 1:] if state_columns else None)
 
 
@@ -361,228 +334,3 @@ def read_structures(structures: Any) -> tuple[list[str], list[Structure]]:
     if not pairs:
         raise ValueError("structures is empty: give at least one crystal (pymatgen Structure, ASE Atoms or file path)")
     return [name for name, _ in pairs], [s for _, s in pairs]
-
-
-def structure_problem(s: Structure, element_types: Sequence[str]) -> str | None:
-    """What is wrong with a crystal for CDSSL, or None if nothing is.
-
-    Checks partial occupancy or disorder, non-finite coordinates or lattice, a degenerate lattice, elements outside
-    ``element_types``, and atoms closer than :data:`MIN_INTERATOMIC_DISTANCE`.
-    """
-    if len(s) == 0:
-        return "has no atoms"
-    if not s.is_ordered:
-        return (
-            f"({s.composition.formula}) has partial occupancy or disorder; CDSSL needs an ordered crystal with one "
-            "element per site (order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation)"
-        )
-    matrix = s.lattice.matrix
-    if not np.isfinite(matrix).all():
-        return f"has a non-finite (NaN or inf) lattice matrix: {matrix.tolist()}"
-    bad = np.flatnonzero(~np.isfinite(s.frac_coords).all(axis=1))
-    if bad.size:
-        return f"has non-finite (NaN or inf) coordinates at site(s) {bad.tolist()}"
-    if not abs(s.lattice.volume) > 1e-6:
-        return f"has a degenerate lattice (volume {s.lattice.volume:.3g} Å^3)"
-    unknown = sorted({el.symbol for el in s.composition.elements} - set(element_types))
-    if unknown:
-        return (
-            f"contains element(s) {unknown} outside the model's element_types "
-            f"({len(element_types)} elements: {', '.join(element_types)})"
-        )
-    if len(s) > 1:
-        dist = s.distance_matrix
-        iu = np.triu_indices(len(s), 1)
-        k = int(np.argmin(dist[iu]))
-        if dist[iu][k] < MIN_INTERATOMIC_DISTANCE:
-            i, j = int(iu[0][k]), int(iu[1][k])
-            return (
-                f"has overlapping atoms: sites {i} ({s[i].specie}) and {j} ({s[j].specie}) are {dist[i, j]:.3f} Å "
-                f"apart (minimum {MIN_INTERATOMIC_DISTANCE} Å)"
-            )
-    return None
-
-
-def check_label_lengths(labels: dict[str, Sequence] | None, n: int) -> None:
-    """Raise a ``ValueError`` naming the first label that does not have one value per crystal."""
-    for key, values in (labels or {}).items():
-        if len(values) != n:
-            raise ValueError(f"label {key!r} has {len(values)} values for {n} structures")
-
-
-def connectivity_problem(g: Any, cutoff: float) -> str | None:
-    """What is wrong with a converted crystal graph whose atoms lack neighbours within ``cutoff``, or None."""
-    lonely = isolated_atoms(g)
-    if not lonely:
-        return None
-    return (
-        f"has atom(s) at site(s) {lonely} with no neighbour within the cutoff of {cutoff} Å; use a larger cutoff or "
-        "remove the structure"
-    )
-
-
-def isolated_atoms(g: Any) -> list[int]:
-    """Sites of atoms that have no edge (no neighbour within the cutoff)."""
-    backend = get_backend()
-    degree = torch.bincount(backend.topology(g).src, minlength=backend.frac_coords(g).shape[0])
-    return torch.nonzero(degree == 0).flatten().tolist()
-
-
-def build_dataset(
-    structures: Sequence[Any],
-    *,
-    element_types: Sequence[str],
-    cutoff: float,
-    labels: dict[str, Sequence] | None = None,
-    state_attr: Any = None,
-    skip_invalid: bool = False,
-    names: Sequence[str] | None = None,
-    log_skips: bool = True,
-) -> tuple[Any, list[str], list[tuple[str, str]]]:
-    """Read, check and convert crystals into matgl's ``MGLDataset``.
-
-    Each item carries the given labels (the first is the one matgl's collate batches) and a last label,
-    ``structure_index``, its position in the returned name list, so that crystals can be traced back.
-
-    Args:
-        structures: See :func:`read_structures`.
-        element_types: The model's element types.
-        cutoff: Neighbour cutoff in Å.
-        labels: Optional extra labels, one value per input crystal.
-        state_attr: Optional state attributes (MEGNet's global state), an array of shape ``(n_structures, k)``;
-            matgl's default state (zeros) when None.
-        skip_invalid: Leave out invalid crystals (each is logged with a warning and returned in ``skipped``)
-            instead of raising on the first one.
-        names: A name per crystal (per frame of a multi-frame file) for messages and the returned names; default
-            ``structures[i]`` or the file path (:func:`read_structures`).
-        log_skips: Log a warning for each crystal left out under ``skip_invalid`` (callers that report ``skipped``
-            themselves turn it off).
-
-    Returns:
-        ``(dataset, names, skipped)``: the dataset (a ``Subset`` when crystals were skipped after graph
-        conversion), the name of every converted crystal, and ``(name, reason)`` for each skipped one.
-
-    Raises:
-        ValueError: Bad input, naming the crystal: see :func:`read_structures` and :func:`structure_problem`, or an
-            atom with no neighbour within ``cutoff``. Also labels of the wrong length.
-    """
-    read_names, structs = read_structures(structures)
-    if names is None:
-        names = read_names
-    elif len(names) != len(structs):
-        raise ValueError(f"names has {len(names)} entries for {len(structs)} crystals")
-    names = [str(name) for name in names]
-    check_label_lengths(labels, len(structs))
-    skipped: list[tuple[str, str]] = []
-
-    def reject(name: str, reason: str) -> None:
-        if not skip_invalid:
-            raise ValueError(f"{name} {reason}")
-        if log_skips:
-            logger.warning("Skipping %s: it %s", name, reason)
-        skipped.append((name, reason))
-
-    keep = []
-    for i, (name, s) in enumerate(zip(names, structs, strict=True)):
-        problem = structure_problem(s, element_types)
-        if problem is None:
-            keep.append(i)
-        else:
-            reject(name, problem)
-    if not keep:
-        raise ValueError(f"none of the {len(structs)} structures is usable: {skipped[:3]} ...")
-    if state_attr is not None:
-        state_attr = torch.as_tensor(np.asarray(state_attr, dtype=np.float32))
-        if state_attr.dim() != 2 or len(state_attr) != len(structs) or not torch.isfinite(state_attr).all():
-            raise ValueError(
-                f"state_attr must be a finite array of shape (n_structures, k) = ({len(structs)}, k); got shape "
-                f"{tuple(state_attr.shape)}" + ("" if torch.isfinite(state_attr).all() else " with NaN or inf")
-            )
-    names = [names[i] for i in keep]
-    # matgl's collate batches the first label: user labels come first, the index last.
-    all_labels = {key: [values[i] for i in keep] for key, values in (labels or {}).items()}
-    all_labels["structure_index"] = list(range(len(keep)))
-    backend = get_backend()
-    dataset = backend.dataset([structs[i] for i in keep], backend.converter(element_types, cutoff), all_labels)
-    if state_attr is not None:
-        dataset.state_attr = state_attr[keep]
-
-    connected = []
-    for i, (g, *_rest) in enumerate(dataset):
-        problem = connectivity_problem(g, cutoff)
-        if problem:
-            reject(names[i], problem)
-        else:
-            connected.append(i)
-    if not connected:
-        raise ValueError("no structure has every atom connected within the cutoff")
-    if len(connected) < len(dataset):
-        from torch.utils.data import Subset
-
-        dataset = Subset(dataset, connected)
-    return dataset, names, skipped
-
-
-# ---- bundled sample --------------------------------------------------------------------------------------
-SAMPLE_LABELS = (
-    "formation_energy_per_atom_eV",
-    "band_gap_eV",
-    "efermi_eV",
-    "total_magnetization_muB",
-    "volume_A3",
-)
-
-
-@dataclass
-class Sample:
-    """The bundled Materials Project sample.
-
-    Attributes:
-        material_ids: Materials Project ids.
-        structures: pymatgen Structures.
-        labels: Label name -> array of shape ``(n,)`` (NaN where Materials Project had no value).
-    """
-
-    material_ids: list[str]
-    structures: list[Structure]
-    labels: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.structures)
-
-
-def load_sample(n: int | None = None) -> Sample:
-    """Load the bundled sample of 1,000 Materials Project crystals with 5 labels.
-
-    The crystals come from the Materials Project (CC BY 4.0, A. Jain et al., APL Materials 1, 011002 (2013)), via
-    the data of the mt-cgcnn repository; see ``matgl_cdssl/sample/ATTRIBUTION.md``. They are drawn from the
-    hold-out pool (:func:`in_holdout_pool`), which pretraining of ``CDSSL-MEGNet-MP`` never sees.
-
-    Args:
-        n: Return only the first ``n`` crystals.
-
-    Returns:
-        A :class:`Sample`.
-
-    Example:
-        >>> sample = load_sample(10)
-        >>> len(sample), sorted(sample.labels)[0]
-        (10, 'band_gap_eV')
-    """
-    from pymatgen.core import Lattice, Structure
-
-    with gzip.open(files("matgl_cdssl").joinpath("sample/mp_sample.json.gz").open("rb"), "rt") as f:
-        rows = json.load(f)
-    rows = rows[:n] if n is not None else rows
-    structures = [Structure(Lattice(r["lattice"]), r["species"], r["frac_coords"]) for r in rows]
-    labels = {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=float) for k in SAMPLE_LABELS}
-    return Sample([r["material_id"] for r in rows], structures, labels)
-
-
-def in_holdout_pool(material_id: str) -> bool:
-    """Whether a Materials Project id belongs to the fixed 10% hold-out pool that pretraining never sees.
-
-    The pool is chosen by a stable hash: the first 8 bytes of the SHA-256 of the id, modulo 10, equal 0.
-    """
-    digest = hashlib.sha256(material_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 10 == 0

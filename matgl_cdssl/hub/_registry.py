@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from matgl_cdssl.backend import BACKEND, get_backend
-from matgl_cdssl.io import CONFIG_FILE, read_config
-from matgl_cdssl.io import load_model as _load_folder
+from matgl_cdssl._backend import BACKEND, get_backend
+from matgl_cdssl.hub._copy import new_like
+from matgl_cdssl.hub._io import CONFIG_FILE, load_folder, read_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,7 +37,6 @@ __all__ = [
     "pretrained_folder",
     "register",
     "register_pretrained",
-    "reset_readout",
     "source_folder",
 ]
 
@@ -178,22 +177,14 @@ def source_folder(name_or_path: str | Path) -> Path:
     return pretrained_folder(str(name_or_path)) if str(name_or_path) in _REGISTRY else Path(name_or_path)
 
 
-def reset_readout(model: nn.Module) -> nn.Module:
-    """Re-initialise MEGNet's readout (node and edge Set2Set and output MLP) from torch's global RNG."""
-    for part in (model.node_s2s, model.edge_s2s, model.output_proj):
-        for module in part.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return model
-
-
 def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs: Any) -> nn.Module:
     """Load a pretrained model by name, a CDSSL folder, or anything ``matgl.load_model`` accepts.
 
     Args:
         name_or_path: A registered name (see :func:`list_models`), a model folder, or a matgl model name.
-        fresh_readout: For registered names: re-initialise the readout (Set2Set and output MLP), which the pretext
-            task never trained, from torch's global RNG, so that seeding controls it as for a new model.
+        fresh_readout: For registered names: a freshly initialised readout (Set2Set and output MLP), which the
+            pretext task never trained, drawn from torch's global RNG (so that seeding controls it as for a new model):
+            ``new_like(model, weights="backbone")``.
         **kwargs: Passed to ``matgl.load_model`` for other names.
 
     Returns:
@@ -210,10 +201,10 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
     """
     name = str(name_or_path)
     if name in _REGISTRY:
-        model = _load_folder(pretrained_folder(name))
-        return reset_readout(model) if fresh_readout else model
+        model = load_folder(pretrained_folder(name))
+        return new_like(model, weights="backbone") if fresh_readout else model
     if Path(name_or_path).exists() or not _looks_like_ours(name):
-        return _load_folder(name_or_path, **kwargs)
+        return load_folder(name_or_path, **kwargs)
     raise _unknown(name)
 
 
@@ -260,7 +251,7 @@ def register(names: list[str] | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in names or sorted(_REGISTRY):
         folder = pretrained_folder(name)
-        model = _load_folder(folder)
+        model = load_folder(folder)
         cache = _matgl_cache()
         hub_entry = cache / f"models--{_HF_ORG}--{name}"
         legacy = cache / name

@@ -1,0 +1,55 @@
+"""What users run: :func:`pretrain`, :func:`finetune`, :func:`benchmark` and :func:`run_matbench`.
+
+Each app is the engineering around the method (:mod:`matgl_cdssl.method`) and matgl's own modules: it reads crystals
+through :mod:`matgl_cdssl.data`, gets and saves models through :mod:`matgl_cdssl.hub`, and leaves loops, devices,
+checkpoints and logging to Lightning's Trainer.
+"""
+
+from __future__ import annotations
+
+from matgl_cdssl.apps._benchmark import (
+    SIZES,
+    TASKS,
+    BenchmarkResult,
+    BenchmarkSettings,
+    TaskData,
+    benchmark,
+    load_task,
+    report,
+)
+from matgl_cdssl.apps._finetune import (
+    FinetuneResult,
+    PropertyModule,
+    finetune,
+    fit,
+    optimizer_for,
+    set_state_width,
+    split_parameters,
+)
+from matgl_cdssl.apps._matbench import DEFAULT_TASKS, load_results, run_matbench, supported_tasks, write_results
+from matgl_cdssl.apps._pretrain import LOGGERS, pretrain
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "LOGGERS",
+    "SIZES",
+    "TASKS",
+    "BenchmarkResult",
+    "BenchmarkSettings",
+    "FinetuneResult",
+    "PropertyModule",
+    "TaskData",
+    "benchmark",
+    "finetune",
+    "fit",
+    "load_results",
+    "load_task",
+    "optimizer_for",
+    "pretrain",
+    "report",
+    "run_matbench",
+    "set_state_width",
+    "split_parameters",
+    "supported_tasks",
+    "write_results",
+]

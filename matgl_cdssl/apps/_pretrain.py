@@ -1,0 +1,414 @@
+"""``pretrain``: the engineering around :class:`~matgl_cdssl.method.CDSSLModule` (model, data, Trainer, outputs).
+
+:func:`pretrain` runs four steps, each a function of its own: :func:`_resolve_model` (a new MEGNet, a folder or a
+name, with its pretext head), :func:`_datasets` (in memory or through the graph cache, split by
+:func:`~matgl_cdssl.data.train_val_split`), :func:`_trainer` (Lightning with checkpoints, loggers and determinism)
+and :func:`_save` (the model folder of :func:`~matgl_cdssl.hub.save_pretrained`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch.utils.data import Subset
+
+from matgl_cdssl._backend import get_backend
+from matgl_cdssl.data import build_dataset, cached_dataset, split_cached, train_val_split
+from matgl_cdssl.hub import load_head, load_model, read_config, save_pretrained, source_folder
+from matgl_cdssl.method import CDSSLModule, check_sigma
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import nn
+
+__all__ = ["pretrain"]
+
+logger = logging.getLogger(__name__)
+
+LOGGERS = ("csv", "tensorboard")
+"""Names that ``pretrain(..., loggers=...)`` accepts."""
+
+
+def pretrain(
+    structures: Sequence[Any],
+    *,
+    sigma: float = 0.3,
+    cutoff: float | None = None,
+    max_epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    model: nn.Module | str | Path | None = None,
+    output_dir: str | Path | None = None,
+    element_types: Sequence[str] | None = None,
+    head_hidden: tuple[int, ...] = (64,),
+    gradient_clip_val: float | None = None,
+    ckpt_path: str | Path | None = None,
+    resume: bool = False,
+    loader_kwargs: dict[str, Any] | None = None,
+    skip_invalid: bool = False,
+    loggers: Sequence[str] = ("csv",),
+    graph_cache: str | Path | None = None,
+    val_grad_norm: bool = False,
+    **trainer_kwargs: Any,
+) -> nn.Module:
+    """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
+
+    Args:
+        structures: pymatgen Structures, ASE Atoms, or paths to structure files or folders (CIF, POSCAR, extxyz,
+            CSV with a ``cif`` column, JSON/JSON Lines of Structure dicts; see
+            :func:`matgl_cdssl.data.read_structures`). With ``graph_cache``, files are read one crystal at a time.
+        sigma: Noise level in Å (standard deviation of each Cartesian displacement component); must be > 0. The
+            default, 0.3 Å, gave the best downstream validation MAE in the sweep of docs/results/sigma_sweep.
+        cutoff: Neighbour cutoff in Å for a new model (matgl's MEGNet default, 4.0, when None). Must match
+            ``model.cutoff`` when continuing from a model.
+        max_epochs: Training epochs.
+        batch_size: Crystals per batch.
+        lr: Adam learning rate (cosine decay to 1% over ``max_epochs``).
+        val_fraction: Fraction of crystals held out for validation (0 to train on all).
+        seed: Seeds the split, the initial weights, the batch order and the noise. On the CPU, two runs with the
+            same seed and inputs give identical weights (the Trainer's ``deterministic=True`` is the default there;
+            on GPUs pass ``deterministic=True`` or ``"warn"`` yourself, at some cost in speed).
+        model: Continue from this MEGNet, a CDSSL model folder or a registered name such as ``"CDSSL-MEGNet-MP"``
+            (for the last two, the pretext head is restored too).
+            A new MEGNet with matgl's default architecture is made when None.
+        output_dir: Where to write ``checkpoints/`` (Lightning, for resuming), ``metrics.csv`` (per-epoch
+            metrics) and ``model/`` (the pretrained MEGNet in matgl's format, with ``cdssl.json`` and the head).
+            Nothing is written when None.
+        element_types: Element types of a new model (matgl's 89 default elements when None).
+        head_hidden: Hidden layer sizes of the pretext head.
+        gradient_clip_val: Clip the global gradient norm to this value.
+        ckpt_path: Resume from this Lightning checkpoint (e.g. ``output_dir/checkpoints/last.ckpt``).
+        resume: Resume from ``output_dir/checkpoints/last.ckpt`` (written after every epoch) when it exists, and
+            start afresh (with a log message) when it does not: a killed run continues to the same ``max_epochs``.
+            Needs ``output_dir``; ignored when ``ckpt_path`` is given.
+        loader_kwargs: Passed to matgl's ``MGLDataLoader`` (e.g. ``num_workers``).
+        skip_invalid: Leave out invalid crystals, each logged with a warning and listed in ``cdssl.json``, instead
+            of raising an error on the first.
+        loggers: Lightning loggers of the per-epoch metrics: ``"csv"`` writes ``metrics.csv`` (merged across
+            resumes), ``"tensorboard"`` writes TensorBoard event files to ``tensorboard/`` (needs the
+            ``tensorboard`` or ``tensorboardX`` package). Both go to ``output_dir`` (a temporary folder when None).
+            Ignored when ``trainer_kwargs`` has a ``logger``.
+        graph_cache: A folder in which the converted graphs of the training and validation crystals are kept and
+            reused by later runs on the same crystals, cutoff and elements (:func:`~matgl_cdssl.data.cached_dataset`).
+            The graphs then stream from disk shard by shard, and crystals are read from files one at a time, so they are
+            never all in memory. Under DDP each rank reads whole shards of its own (a shard sampler, matgl's on PyG,
+            ``ShardBatchSampler`` of :mod:`matgl_cdssl._dgl_shards` on DGL, replaces Lightning's distributed sampler).
+        val_grad_norm: Also log the gradient norm on validation batches (``val_Grad_Norm``). Off by default: it
+            doubles the cost of validation and runs the Trainer with ``inference_mode=False``.
+        **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
+
+    Returns:
+        The pretrained MEGNet, with the weights of the epoch with the lowest validation loss (the last epoch when
+        ``val_fraction`` is 0). Its Set2Set readout and output MLP are untouched by pretraining.
+
+    Raises:
+        ValueError: Bad input, naming the offending structure (see :func:`~matgl_cdssl.data.build_dataset`), a
+            non-positive sigma, a cutoff that contradicts the model's, or an unknown logger name.
+        ImportError: ``"tensorboard"`` in ``loggers`` but neither ``tensorboard`` nor ``tensorboardX`` installed.
+
+    Example:
+        >>> from matgl_cdssl import load_sample
+        >>> model = pretrain(load_sample(20).structures, max_epochs=1, sigma=0.1,
+        ...                  enable_progress_bar=False, enable_model_summary=False)  # doctest: +SKIP
+    """
+    sigma = check_sigma(sigma)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
+    ckpt_path = _resume_from(ckpt_path, resume, output_dir)
+    loggers = _check_loggers(loggers) if "logger" not in trainer_kwargs else ()
+    trainer_kwargs = {**trainer_kwargs, "callbacks": list(trainer_kwargs.get("callbacks") or [])}  # the caller's stay
+    start = time.perf_counter()
+    L.seed_everything(seed, workers=True, verbose=False)
+
+    model, head, head_hidden = _resolve_model(model, cutoff, element_types, head_hidden)
+    world_size = _world_size(trainer_kwargs)
+    data = _datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size)
+    if graph_cache is not None and world_size > 1:
+        # The shard samplers give each rank whole shards of its own; Lightning's sampler would not.
+        trainer_kwargs.setdefault("use_distributed_sampler", False)
+    loaders = get_backend().loaders(data.train, data.val, batch_size=batch_size, seed=seed, **(loader_kwargs or {}))
+    module = CDSSLModule(
+        model,
+        sigma=sigma,
+        head=head,
+        head_hidden=head_hidden,
+        lr=lr,
+        decay_steps=max_epochs,
+        seed=seed,
+        sync_dist=world_size > 1,
+        val_grad_norm=val_grad_norm,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(output_dir) if output_dir is not None else Path(tmp)
+        monitor = "val_Total_Loss" if data.val_idx else "train_Total_Loss"
+        checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, save_last=True, mode="min")
+        # The Trainer's deterministic=True is process-wide: keep the caller's setting to give it back after the run.
+        determinism = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+        trainer = _trainer(trainer_kwargs, root, loggers, checkpoint, max_epochs, gradient_clip_val, val_grad_norm)
+        _fit(trainer, module, loaders, data, root, ckpt_path, determinism)
+        if checkpoint.best_model_path:
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+            module.load_state_dict(best["state_dict"])
+            logger.info("Restored the best epoch (%s = %.5g)", monitor, float(checkpoint.best_model_score))
+        if output_dir is not None and trainer.is_global_zero:
+            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start)
+    return module.model
+
+
+def _resume_from(ckpt_path: str | Path | None, resume: bool, output_dir: str | Path | None) -> str | Path | None:
+    """The checkpoint to resume from: ``ckpt_path``, else with ``resume`` ``output_dir/checkpoints/last.ckpt``."""
+    if not resume or ckpt_path is not None:
+        return ckpt_path
+    if output_dir is None:
+        raise ValueError("resume=True needs output_dir: the run resumes from output_dir/checkpoints/last.ckpt")
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        logger.info("Resuming from %s", last)
+        return last
+    logger.info("No %s to resume from; starting afresh", last)
+    return None
+
+
+def _resolve_model(
+    model: nn.Module | str | Path | None,
+    cutoff: float | None,
+    element_types: Sequence[str] | None,
+    head_hidden: tuple[int, ...],
+) -> tuple[nn.Module, nn.Module | None, tuple[int, ...]]:
+    """Step 1: ``(model, head, head_hidden)`` from a MEGNet, a folder or a name (its head restored), or a new MEGNet."""
+    head = None
+    if isinstance(model, (str, Path)):
+        source = source_folder(model)
+        model = load_model(model, fresh_readout=False)
+        if (source / "cdssl.json").is_file():
+            head = load_head(source, model)
+            head_hidden = tuple(read_config(source).get("head_hidden", head_hidden))
+    elif model is None:
+        kwargs: dict[str, Any] = {"cutoff": 4.0 if cutoff is None else float(cutoff)}
+        if element_types is not None:
+            kwargs["element_types"] = tuple(element_types)
+        model = get_backend().megnet_class(**kwargs)
+    if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
+        raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
+    return model, head, tuple(head_hidden)
+
+
+@dataclass
+class _Data:
+    """What step 2 gives: the training and validation sets, their indices and the crystals left out."""
+
+    train: Any
+    val: Any
+    train_idx: list[int]
+    val_idx: list[int]
+    skipped: list[tuple[str, str]]
+
+
+def _datasets(
+    structures: Sequence[Any],
+    model: nn.Module,
+    cache_dir: str | Path | None,
+    val_fraction: float,
+    seed: int,
+    skip_invalid: bool,
+    world_size: int,
+) -> _Data:
+    """Step 2: read, check and convert the crystals (in memory, or through the graph cache), then split them.
+
+    The split (:func:`~matgl_cdssl.data.train_val_split`, sorted) is drawn over the valid crystals, with or without a
+    cache. With a cache, each part streams (:func:`~matgl_cdssl.data.split_cached`): on PyG a dataset of its own with
+    shards of at most 1000 crystals and at least one per rank, on DGL a view of the cache's shards.
+    """
+    if cache_dir is None:
+        dataset, _names, skipped = build_dataset(
+            structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
+        )
+    else:
+        cached = cached_dataset(
+            structures,
+            element_types=model.element_types,
+            cutoff=model.cutoff,
+            cache_dir=cache_dir,
+            skip_invalid=skip_invalid,
+        )
+        logger.info(
+            "Graph cache %s: %d crystals (%s)", cached.folder, len(cached.dataset), "hit" if cached.hit else "miss"
+        )
+        dataset, skipped = cached.dataset, cached.skipped
+    train_idx, val_idx = (sorted(part) for part in train_val_split(len(dataset), val_fraction, seed))
+    if cache_dir is None:
+        train, val = Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1])
+        return _Data(train, val, train_idx, val_idx, skipped)
+    parts = []
+    for name, idx in (("train", train_idx), ("val", val_idx)):
+        if not idx:  # no validation: the loader needs a set of the same kind, which is never iterated
+            parts.append(parts[0])
+            continue
+        shard_size = max(1, min(1000, math.ceil(len(idx) / world_size)))
+        parts.append(split_cached(cached, {name: idx}, shard_size=shard_size)[name])
+    return _Data(parts[0], parts[1], train_idx, val_idx, skipped)
+
+
+def _trainer(
+    trainer_kwargs: dict[str, Any],
+    root: Path,
+    loggers: Sequence[str],
+    checkpoint: ModelCheckpoint,
+    max_epochs: int,
+    gradient_clip_val: float | None,
+    val_grad_norm: bool,
+) -> L.Trainer:
+    """Step 3: the Lightning Trainer, with the checkpoint callback, the loggers and (on the CPU) determinism."""
+    kwargs = dict(trainer_kwargs)
+    kwargs.setdefault("logger", _make_loggers(loggers, root))
+    kwargs["callbacks"] = [*kwargs["callbacks"], checkpoint]
+    if val_grad_norm:  # a gradient on validation batches
+        kwargs.setdefault("inference_mode", False)
+    if _on_cpu(kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
+        kwargs.setdefault("deterministic", True)
+    kwargs.setdefault("default_root_dir", root)
+    return L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **kwargs)
+
+
+def _fit(
+    trainer: L.Trainer,
+    module: CDSSLModule,
+    loaders: tuple,
+    data: _Data,
+    root: Path,
+    ckpt_path: Any,
+    determinism: tuple[bool, bool],
+) -> None:
+    """Run ``trainer.fit``; keep the metrics of earlier runs on a resume, and restore what fitting changes globally.
+
+    ``determinism`` is the caller's ``(deterministic, warn_only)`` setting from before the Trainer was made.
+    """
+    earlier = _set_aside_metrics(root) if ckpt_path is not None else None
+    try:
+        trainer.fit(
+            module,
+            loaders[0],
+            loaders[1] if data.val_idx else None,
+            ckpt_path=None if ckpt_path is None else str(ckpt_path),
+        )
+    finally:  # also when the run stops with an error (e.g. TrainingDiverged): keep the metrics, unfreeze
+        module.teardown("fit")
+        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+        if earlier is not None:
+            _merge_metrics(root, earlier)
+
+
+def _save(
+    module: CDSSLModule,
+    trainer: L.Trainer,
+    checkpoint: ModelCheckpoint,
+    data: _Data,
+    folder: Path,
+    *,
+    seed: int,
+    start: float,
+) -> None:
+    """Step 4: the model folder (:func:`~matgl_cdssl.hub.save_pretrained`) with how it was pretrained."""
+    config = {
+        "sigma": module.noise.sigma,
+        "cutoff": module.model.cutoff,
+        "head_hidden": list(module.hparams.head_hidden),
+        "seed": seed,
+        "n_structures": len(data.train_idx) + len(data.val_idx),
+        "n_train": len(data.train_idx),
+        "n_val": len(data.val_idx),
+        "epochs": trainer.current_epoch,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "total_wall_time_s": round(module.elapsed_s, 1),
+        "best_epoch_metric": checkpoint.monitor,
+        "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+        "last_epoch_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+    save_pretrained(module.model, folder, head=module.head, config=config, skipped=data.skipped)
+
+
+def _on_cpu(trainer_kwargs: dict[str, Any]) -> bool:
+    """Whether the Trainer will run on the CPU."""
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    return accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+
+
+def _world_size(trainer_kwargs: dict[str, Any]) -> int:
+    """Processes the Trainer will run: devices per node (an int, a list of ids, or "auto"/-1 for all) times nodes."""
+    devices = trainer_kwargs.get("devices", 1)
+    if isinstance(devices, (list, tuple)):
+        per_node = len(devices)
+    elif str(devices).strip() in ("auto", "-1"):
+        per_node = 1 if _on_cpu(trainer_kwargs) else torch.cuda.device_count()
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    else:
+        per_node = int(devices)
+    return max(1, per_node) * max(1, int(trainer_kwargs.get("num_nodes", 1)))
+
+
+def _check_loggers(loggers: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate the logger names of :func:`pretrain` before any work is done."""
+    names = tuple(dict.fromkeys((loggers,) if isinstance(loggers, str) else loggers))
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown} in loggers={names!r}; choose from {', '.join(LOGGERS)}")
+    if "tensorboard" in names and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ImportError(
+            f"loggers={names!r} needs TensorBoard, but neither tensorboard nor tensorboardX is installed: "
+            "pip install tensorboard, or leave 'tensorboard' out of loggers ('csv' writes metrics.csv)"
+        )
+    return names
+
+
+def _make_loggers(names: Sequence[str], root: Path) -> Logger | list[Logger] | bool:
+    """The Lightning loggers named in ``names``, writing under ``root`` (False, i.e. none, when empty)."""
+    made: list[Logger] = []
+    for name in names:
+        if name == "csv":
+            made.append(CSVLogger(root, name="", version=""))
+        else:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            made.append(TensorBoardLogger(root, name="tensorboard", version="", default_hp_metric=False))
+    return made[0] if len(made) == 1 else made or False
+
+
+def _set_aside_metrics(root: Path) -> Path | None:
+    """Move ``metrics.csv`` of the interrupted run aside: Lightning's CSV logger would overwrite it on resume."""
+    metrics = root / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    aside = root / "metrics.before-resume.csv"
+    metrics.replace(aside)
+    return aside
+
+
+def _merge_metrics(root: Path, earlier: Path) -> None:
+    """Prepend the earlier epochs to the resumed run's ``metrics.csv`` (rows of epochs that were redone are dropped)."""
+    import pandas as pd
+
+    new = pd.read_csv(root / "metrics.csv") if (root / "metrics.csv").is_file() else pd.DataFrame()
+    old = pd.read_csv(earlier)
+    if "epoch" in new and len(new):
+        old = old[old["epoch"] < new["epoch"].min()]
+    pd.concat([old, new], ignore_index=True).to_csv(root / "metrics.csv", index=False)
+    earlier.unlink()

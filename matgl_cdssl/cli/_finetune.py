@@ -1,0 +1,222 @@
+"""``cdssl finetune``, ``cdssl benchmark`` and ``cdssl matbench``: training on labels."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matgl_cdssl._backend import get_backend
+from matgl_cdssl.apps import (
+    DEFAULT_TASKS,
+    SIZES,
+    TASKS,
+    BenchmarkSettings,
+    TaskData,
+    benchmark,
+    finetune,
+    run_matbench,
+)
+from matgl_cdssl.cli._options import add_option, add_trainer_options, positive_float, trainer_options
+from matgl_cdssl.data import read_labelled_csv
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["add_finetune_arguments", "add_parser", "finetune_options"]
+
+#: The options of :func:`~matgl_cdssl.finetune` that ``cdssl finetune`` and ``cdssl matbench`` take (defaults from
+#: its signature).
+_FINETUNE_OPTIONS: dict[str, dict[str, Any]] = {
+    "val_fraction": {"type": float, "help": "held out for validation (no --val given)"},
+    "loss": {"choices": ("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss")},
+    "max_epochs": {"type": int},
+    "patience": {"type": int, "help": "early-stopping patience in epochs (0: none)"},
+    "batch_size": {"type": int},
+    "lr": {"type": positive_float, "help": "learning rate (readout, and backbone)"},
+    "backbone_lr": {"type": float, "help": "learning rate of the backbone"},
+    "freeze_backbone": {"help": "train only the readout"},
+    "seed": {"type": int},
+    "skip_invalid": {"help": "leave out invalid training crystals, warning"},
+}
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of :func:`~matgl_cdssl.finetune` (and Lightning's device options) for a subcommand."""
+    for name, kwargs in _FINETUNE_OPTIONS.items():
+        add_option(p, finetune, name, **kwargs)
+    add_trainer_options(p)
+
+
+def finetune_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`~matgl_cdssl.finetune` from :func:`add_finetune_arguments`' options."""
+    options = {name: getattr(args, name) for name in _FINETUNE_OPTIONS}
+    options["patience"] = options["patience"] or None
+    return {**options, "enable_progress_bar": not args.no_progress_bar, **trainer_options(args)}
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``cdssl finetune``, ``cdssl benchmark`` and ``cdssl matbench``."""
+    p = sub.add_parser(
+        "finetune",
+        help="finetune a (pretrained) MEGNet on one property from a CSV of CIFs",
+        description="Writes OUT/model (a matgl model folder that predicts the property itself: the normalisation "
+        "is folded into its last layer) and OUT/metrics.json.",
+    )
+    p.add_argument("data", type=Path, help="training CSV with a CIF column and the target column")
+    p.add_argument("--target", required=True, help="column with the property")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", default="CDSSL-MEGNet-MP", help="registered name, model folder or 'scratch'")
+    p.add_argument("--val", type=Path, help="validation CSV (default: --val-fraction of the training CSV)")
+    p.add_argument("--test", type=Path, help="test CSV, evaluated with the best weights")
+    p.add_argument("--cif-column", default="cif")
+    p.add_argument("--state-columns", nargs="+", default=(), metavar="COLUMN", help="MEGNet state attributes")
+    add_finetune_arguments(p)
+    p.set_defaults(func=finetune_command)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="finetuned from pretrained weights vs the same MEGNet from scratch, side by side",
+        description="Runs both arms with identical splits, hyperparameters and budgets, caching every finished run "
+        "in OUT/runs.jsonl (rerun the same command to resume), and writes OUT/runs.csv, OUT/results.md and "
+        f"OUT/results.png. Without --data, runs the built-in suite (tasks: {', '.join(TASKS)}).",
+    )
+    add_option(p, benchmark, "model", help="pretrained arm: registered name or model folder")
+    add_option(p, benchmark, "output_dir", flag="--out", type=Path, help="output folder (and cache)")
+    p.add_argument("--quick", action="store_true", help="small suite: 2 tasks, 2 sizes, 1 seed (a few minutes)")
+    p.add_argument("--tasks", nargs="+", help="built-in tasks (default: all, or none with --data)")
+    p.add_argument("--data", type=Path, help="your own CSV (CIF column + --target column) as an extra task")
+    p.add_argument("--target", help="column of --data with the property")
+    p.add_argument("--test-data", type=Path, help="a separate test CSV for --data (default: drawn per seed)")
+    p.add_argument("--n-test", type=int, help="test crystals per seed for --data (default: min(500, 20%%))")
+    add_option(p, benchmark, "sizes", type=int, nargs="+", help="training sizes")
+    add_option(p, benchmark, "seeds", type=int, nargs="+", help="seeds: one split and initialisation each")
+    settings = BenchmarkSettings()
+    for name, kind in (("lr", positive_float), ("backbone_lr", float), ("batch_size", int), ("max_epochs", int)):
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(default: {getattr(settings, name)})")
+    p.add_argument("--sample-budget", type=int, help="training crystals seen per run (sets the epochs)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the pretrained arm's readout")
+    add_trainer_options(p)
+    p.set_defaults(func=benchmark_command)
+
+    p = sub.add_parser(
+        "matbench",
+        help="finetune a pretrained MEGNet on matbench tasks with matbench's folds and record()",
+        description="Writes the results in matbench's submission format (gzip-compressed for a .gz name). "
+        "matbench is installed with `pip install --no-deps matbench==0.6` next to matminer (docs/matbench.md).",
+    )
+    p.add_argument("--task", nargs="+", default=list(DEFAULT_TASKS), metavar="NAME", help="matbench v0.1 task(s)")
+    add_option(p, run_matbench, "output", flag="--out", type=Path, help="results file")
+    add_option(p, run_matbench, "model", help="registered name or model folder")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
+    add_option(p, run_matbench, "predict_batch_size", type=int, help="crystals per batch when predicting")
+    add_finetune_arguments(p)  # --seed: fold k uses seed + k
+    p.set_defaults(func=matbench_command)
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    """Run ``cdssl finetune``.
+
+    Side Effects:
+        Writes ``OUT/model`` (matgl model folder predicting the property) and ``OUT/metrics.json``.
+    """
+
+    def read(path: Path | None) -> tuple:
+        if path is None:
+            return None, None, None
+        _, structures, y, state = read_labelled_csv(
+            path, args.target, cif_column=args.cif_column, state_columns=args.state_columns
+        )
+        return structures, y, state
+
+    train, val, test = read(args.data), read(args.val), read(args.test)
+    model = get_backend().megnet_class() if args.model == "scratch" else args.model
+    result = finetune(
+        model,
+        train[0],
+        train[1],
+        state_attr=train[2],
+        val_structures=val[0],
+        val_targets=val[1],
+        val_state_attr=val[2],
+        test_structures=test[0],
+        test_targets=test[1],
+        test_state_attr=test[2],
+        output_dir=args.out,
+        **finetune_options(args),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.property_model().save(args.out / "model")
+    summary = {
+        "target": args.target,
+        "model": str(args.model),
+        "data_mean": result.data_mean,
+        "data_std": result.data_std,
+        **result.metrics,
+    }
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    print(f"saved the finetuned MEGNet to {args.out / 'model'} (matgl.load_model(...).predict_structure(s))")
+    return 0
+
+
+def benchmark_command(args: argparse.Namespace) -> int:
+    """Run ``cdssl benchmark``.
+
+    Side Effects:
+        Writes ``OUT/runs.jsonl``, ``OUT/runs.csv``, ``OUT/results.md`` and ``OUT/results.png``.
+    """
+    tasks: list | None = list(args.tasks or [])
+    if args.data is not None:
+        if not args.target:
+            print("cdssl benchmark: --data needs --target COLUMN", file=sys.stderr)
+            return 2
+        _, structures, y, _ = read_labelled_csv(args.data, args.target)
+        test_s = test_y = None
+        if args.test_data is not None:
+            _, test_s, test_y, _ = read_labelled_csv(args.test_data, args.target)
+        pool = len(test_y) if test_y is not None else len(structures) // 5
+        n_test = min(args.n_test or min(500, pool), len(test_y) if test_y is not None else len(structures))
+        tasks.append(TaskData(args.target, structures, y, test_s, test_y, n_test=n_test))
+    elif args.tasks is None:
+        tasks = None
+    known = {f.name for f in fields(BenchmarkSettings)}
+    changes = {k: getattr(args, k) for k in known if getattr(args, k, None) not in (None, False)}
+    result = benchmark(
+        args.model,
+        tasks=tasks,
+        sizes=args.sizes or SIZES,
+        seeds=args.seeds,
+        output_dir=args.output_dir,
+        settings=replace(BenchmarkSettings(), **changes),
+        quick=args.quick,
+        progress=not args.no_progress_bar,
+        **trainer_options(args),
+    )
+    print(result.table)
+    print("wrote " + ", ".join(str(p) for p in result.paths.values()))
+    return 0
+
+
+def matbench_command(args: argparse.Namespace) -> int:
+    """Run ``cdssl matbench``.
+
+    Side Effects:
+        Writes the results file ``args.out`` after every fold.
+    """
+    mb = run_matbench(
+        args.task,
+        model=args.model,
+        output=args.output,
+        folds=args.folds,
+        predict_batch_size=args.predict_batch_size,
+        **finetune_options(args),
+    )
+    for task in mb.tasks:
+        recorded = [fold for fold, done in task.is_recorded.items() if done]
+        maes = [task.results[task.folds_map[fold]].scores.mae for fold in recorded]
+        print(f"{task.dataset_name}: folds {recorded}, test MAE per fold {[round(m, 5) for m in maes]}")
+    print(f"wrote {args.output}")
+    return 0

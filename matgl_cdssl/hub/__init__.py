@@ -1,0 +1,57 @@
+"""Models in and out: saving, loading, weight conversion between backends, copying, and the named-weights registry.
+
+- :func:`save_pretrained` / :func:`load_folder`: a CDSSL model folder is matgl's saved-model folder plus
+  ``cdssl.json``, the pretext head and ``skipped.csv``; loading converts weights written by the other backend
+  (:func:`convert_weights`).
+- :func:`new_like`: the one way to copy a model or re-create its architecture (fresh readout, fresh everything).
+- :func:`load_model`, :func:`list_models`, :func:`get_card`, :func:`register`: named pretrained weights shipped in
+  ``matgl_cdssl/pretrained/<name>/`` with a model card and checksums, loadable offline by name, also through plain
+  ``matgl.load_model`` after :func:`register`.
+"""
+
+from __future__ import annotations
+
+from matgl_cdssl.hub._copy import READOUT, new_like
+from matgl_cdssl.hub._io import (
+    CONFIG_FILE,
+    HEAD_FILE,
+    SKIPPED_FILE,
+    convert_weights,
+    load_folder,
+    load_head,
+    read_config,
+    read_skipped,
+    save_pretrained,
+)
+from matgl_cdssl.hub._registry import (
+    PretrainedCard,
+    get_card,
+    list_models,
+    load_model,
+    pretrained_folder,
+    register,
+    register_pretrained,
+    source_folder,
+)
+
+__all__ = [
+    "CONFIG_FILE",
+    "HEAD_FILE",
+    "READOUT",
+    "SKIPPED_FILE",
+    "PretrainedCard",
+    "convert_weights",
+    "get_card",
+    "list_models",
+    "load_folder",
+    "load_head",
+    "load_model",
+    "new_like",
+    "pretrained_folder",
+    "read_config",
+    "read_skipped",
+    "register",
+    "register_pretrained",
+    "save_pretrained",
+    "source_folder",
+]
