@@ -1,11 +1,12 @@
-"""Package a production pretraining run as the shipped ``CDSSL-MEGNet-MP`` weights, with its model card.
+"""Package a production pretraining run as a release of the shipped ``CDSSL-MEGNet-MP`` weights, with its card.
 
-    python scripts/package_weights.py runs/cdssl-megnet-mp --config configs/cdssl-megnet-mp.yaml \
-        --downstream docs/results/cdssl-megnet-mp/downstream.json
+    python scripts/package_weights.py runs/cdssl-megnet-mp --name CDSSL-MEGNet-MP-2026.11 --changes "First release." \
+        --config configs/cdssl-megnet-mp.yaml --downstream docs/results/cdssl-megnet-mp/downstream.json
 
-Copies the run's model folder into ``matgl_cdssl/pretrained/CDSSL-MEGNet-MP/`` together with the hold-out id list,
-computes the sha256 of every file, and writes ``card.json`` and the ``README.md`` model card generated from it. Also
-copies the run's metrics CSV to ``docs/results/cdssl-megnet-mp/`` and draws the training curves there.
+Copies the run's model folder into ``matgl_cdssl/pretrained/<name>/`` (a versioned name, ``CDSSL-MEGNet-MP-YYYY.MM``)
+together with the hold-out id list, computes the sha256 of every file, and writes ``card.json`` and the ``README.md``
+model card generated from it. Also copies the run's metrics CSV to ``docs/results/cdssl-megnet-mp/`` and draws the
+training curves there.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-NAME = "CDSSL-MEGNet-MP"
+FAMILY = "CDSSL-MEGNet-MP"
 ROOT = Path(__file__).resolve().parents[1]
-DEST = ROOT / "matgl_cdssl" / "pretrained" / NAME
+PRETRAINED = ROOT / "matgl_cdssl" / "pretrained"
 RESULTS = ROOT / "docs" / "results" / "cdssl-megnet-mp"
 SHIPPED = ("model.pt", "state.pt", "model.json", "cdssl.json", "cdssl_head.pt", "skipped.csv")
 
@@ -51,7 +52,7 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
     axes[2].set(title="gradient norm", xlabel="epoch", yscale="log")
     for ax in axes:
         ax.legend()
-    fig.suptitle(f"{NAME} pretraining")
+    fig.suptitle(f"{FAMILY} pretraining")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -59,10 +60,18 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
 def card_markdown(card: dict) -> str:
     m, t = card["metrics"], card["training"]
     pre, down = m["pretext"], m.get("downstream", {})
+    family, version = card["name"].rsplit("-", 1)
     lines = [
         f"# {card['name']}",
         "",
         card["description"],
+        "",
+        f'Release {version} of `{family}`. `load_model("{family}")` gives the newest release of the family; this one',
+        f"stays loadable as `{card['name']}`, so that results published with it can be reproduced.",
+        "",
+        "## Changes",
+        "",
+        card.get("changes") or "First release.",
         "",
         "## Aim",
         "",
@@ -158,6 +167,8 @@ def card_markdown(card: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
+    parser.add_argument("--name", required=True, help=f"the release's versioned name, {FAMILY}-YYYY.MM")
+    parser.add_argument("--changes", required=True, help="what changed against the previous release")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--downstream", type=Path)
     parser.add_argument("--hardware", default="2 CPU cores (shared development machine)")
@@ -165,8 +176,10 @@ def main() -> None:
 
     config = yaml.safe_load(args.config.read_text())
     cdssl = json.loads((args.run / "model" / "cdssl.json").read_text())
+    DEST = PRETRAINED / args.name
     DEST.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED:
+    shipped = [name for name in SHIPPED if (args.run / "model" / name).is_file()]  # skipped.csv only if any
+    for name in shipped:
         shutil.copy(args.run / "model" / name, DEST / name)
     shutil.copy(ROOT / "configs" / "mp_holdout_ids.txt", DEST / "holdout_ids.txt")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -177,12 +190,12 @@ def main() -> None:
     best = val.loc[val["val_Total_Loss"].idxmin()]
     opts = config["pretrain"]
     card = {
-        "name": NAME,
+        "name": args.name,
         "description": f"MEGNet (matgl defaults) pretrained by crystal denoising (sigma {opts['sigma']} Å) on "
         f"{cdssl['n_structures']:,} Materials Project crystals",
         "architecture": "MEGNet",
         "weights_backend": cdssl["backend"],
-        "files": {name: sha256(DEST / name) for name in (*SHIPPED, "holdout_ids.txt")},
+        "files": {name: sha256(DEST / name) for name in (*shipped, "holdout_ids.txt")},
         "sigma": opts["sigma"],
         "cutoff": cdssl["cutoff"],
         "dataset": (
@@ -223,16 +236,17 @@ def main() -> None:
             "gradient_clip_val": opts.get("gradient_clip_val"),
             "config": str(args.config),
             "command": f"cdssl pretrain --config {args.config}",
-            "package_command": "python scripts/package_weights.py runs/cdssl-megnet-mp --config "
-            f"{args.config} --downstream docs/results/cdssl-megnet-mp/downstream.json",
+            "package_command": f"python scripts/package_weights.py {args.run} --name {args.name} --changes ... "
+            f"--config {args.config} --downstream {args.downstream}",
         },
         "notes": "Readout freshly initialised on load; weights converted to the DGL convention on matgl 2.2.x.",
+        "changes": args.changes,
     }
     if args.downstream and args.downstream.is_file():
         card["metrics"]["downstream"] = json.loads(args.downstream.read_text())
     (DEST / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (DEST / "README.md").write_text(card_markdown(card))
-    print(f"packaged {NAME} into {DEST}")
+    print(f"packaged {args.name} into {DEST}")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,14 @@ def test_callbacks_of_the_caller_are_not_changed(tmp_path, sample):
         assert callbacks == [count]
         assert count.checkpointers == 1  # the second run has one checkpoint callback too
     assert count.epochs == 2
+
+
+def test_keep_every_keeps_the_checkpoints_along_the_run(tmp_path, sample):
+    matgl_cdssl.pretrain(sample.structures[:12], max_epochs=4, batch_size=6, output_dir=tmp_path, keep_every=2,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    kept = sorted(p.name for p in (tmp_path / "checkpoints" / "every").iterdir())
+    assert kept == ["epoch=1.ckpt", "epoch=3.ckpt"]  # after 2 and 4 epochs
+    states = [torch.load(tmp_path / "checkpoints" / "every" / k, weights_only=False)["state_dict"] for k in kept]
+    assert not all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # two different moments of the run
+    with pytest.raises(ValueError, match="keep_every must be a positive"):
+        matgl_cdssl.pretrain(sample.structures[:12], max_epochs=1, keep_every=0)

@@ -185,3 +185,28 @@ def test_dgl_registration_removes_a_hub_entry_even_when_already_registered(tmp_p
     result = _python(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("hub entry left: False")
+
+
+def test_releases_have_versioned_names_and_the_family_name_is_the_newest():
+    from matgl_cdssl.hub import resolve
+
+    releases = sorted(n for n in list_models() if n.startswith(f"{NAME}-"))
+    assert "CDSSL-MEGNet-MP-2026.11" in releases
+    newest = max(releases, key=lambda n: tuple(int(p) for p in n.rsplit("-", 1)[1].split(".")))
+    assert resolve(NAME) == newest
+    assert get_card(NAME) == get_card(newest)
+    assert newest in list_models()[NAME]  # the listing says what the family name stands for
+    assert get_card("CDSSL-MEGNet-MP-2026.11").version == "2026.11"
+    assert get_card("CDSSL-MEGNet-MP-2026.11").family == NAME
+    assert get_card("CDSSL-MEGNet-MP-2026.11").changes
+    by_family = load_model(NAME, fresh_readout=False).state_dict()
+    by_release = load_model(newest, fresh_readout=False).state_dict()
+    assert all(torch.equal(by_family[k], by_release[k]) for k in by_family)
+
+
+def test_the_first_release_keeps_its_weights():
+    """Results published with CDSSL-MEGNet-MP-2026.11 stay reproducible: the same files as when it shipped."""
+    files = get_card("CDSSL-MEGNet-MP-2026.11").files
+    assert files["state.pt"] == "1ef05ead8998570ec8776cda2ec1b308626f5dcc5fbc41ca6a7d740d2ef877b1"
+    assert files["cdssl_head.pt"] == "9b58765b2cde33fe123adc373b08f394d59c633a186ecf38ced0d526c6501056"
+    assert pretrained_folder("CDSSL-MEGNet-MP-2026.11").name == "CDSSL-MEGNet-MP-2026.11"

@@ -63,6 +63,7 @@ def pretrain(
     loggers: Sequence[str] = ("csv",),
     graph_cache: str | Path | None = None,
     val_grad_norm: bool = False,
+    keep_every: int | None = None,
     **trainer_kwargs: Any,
 ) -> nn.Module:
     """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
@@ -109,6 +110,10 @@ def pretrain(
             ``ShardBatchSampler`` of :mod:`matgl_cdssl._dgl_shards` on DGL, replaces Lightning's distributed sampler).
         val_grad_norm: Also log the gradient norm on validation batches (``val_Grad_Norm``). Off by default: it
             doubles the cost of validation and runs the Trainer with ``inference_mode=False``.
+        keep_every: Also keep the checkpoint of every ``keep_every``-th epoch, as
+            ``output_dir/checkpoints/every/epoch=<e>.ckpt`` (``e`` counts from 0, as in Lightning: ``epoch=7`` holds
+            the weights after 8 epochs), for looking back along a long run; by default only the best and the last
+            are kept.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
@@ -157,6 +162,12 @@ def pretrain(
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         monitor = "val_Total_Loss" if data.val_idx else "train_Total_Loss"
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, save_last=True, mode="min")
+        if keep_every is not None:
+            if int(keep_every) < 1:
+                raise ValueError(f"keep_every must be a positive number of epochs; got {keep_every!r}")
+            every = ModelCheckpoint(root / "checkpoints" / "every", "{epoch}", every_n_epochs=int(keep_every),
+                                    save_top_k=-1, save_on_train_epoch_end=True)  # fmt: skip
+            trainer_kwargs["callbacks"].append(every)
         # The Trainer's deterministic=True is process-wide: keep the caller's setting to give it back after the run.
         determinism = (
             torch.are_deterministic_algorithms_enabled(),

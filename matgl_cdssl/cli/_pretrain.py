@@ -32,6 +32,7 @@ _PRETRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "loggers": {"nargs": "+", "choices": LOGGERS, "help": "metric loggers"},
     "graph_cache": {"type": Path, "metavar": "DIR", "help": "keep the converted graphs here and reuse them"},
     "val_grad_norm": {"help": "also log the gradient norm on validation batches (doubles validation cost)"},
+    "keep_every": {"type": int, "metavar": "N", "help": "also keep the checkpoint of every N-th epoch"},
 }
 #: Lightning options a configuration may set too.
 _TRAINER_OPTIONS = ("max_time", "accelerator", "devices", "num_nodes", "strategy")

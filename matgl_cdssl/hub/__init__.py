@@ -31,6 +31,7 @@ from matgl_cdssl.hub._registry import (
     pretrained_folder,
     register,
     register_pretrained,
+    resolve,
     source_folder,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "read_skipped",
     "register",
     "register_pretrained",
+    "resolve",
     "save_pretrained",
     "source_folder",
 ]

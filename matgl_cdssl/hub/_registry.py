@@ -4,6 +4,10 @@ Each pretrained model ships inside the package as a folder under ``matgl_cdssl/p
 saved-model files, ``cdssl.json``, ``card.json`` (the :class:`PretrainedCard`, with the sha256 of every file) and a
 ``README.md`` model card generated from it. Loading by name works offline, verifies the checksums, and converts the
 weights to the installed backend's message-passing convention.
+
+Names are versioned the way matgl names its weights (``MEGNet-MP-2018.6.1-Eform``): every release has a name of its
+own, ``<family>-<YYYY.MM>`` (``CDSSL-MEGNet-MP-2026.11``), which keeps loading the same weights forever, so that
+published results stay reproducible; the family name alone (``CDSSL-MEGNet-MP``) resolves to its newest release.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import re
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -37,6 +42,7 @@ __all__ = [
     "pretrained_folder",
     "register",
     "register_pretrained",
+    "resolve",
     "source_folder",
 ]
 
@@ -64,6 +70,7 @@ class PretrainedCard:
         metrics: Final pretext metrics and downstream results.
         training: Epochs, wall time, hardware and the command that reproduces it.
         notes: Anything else a user should know.
+        changes: What changed against the family's previous release.
     """
 
     name: str
@@ -79,6 +86,19 @@ class PretrainedCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    changes: str = ""
+
+    @property
+    def family(self) -> str:
+        """The name without its version (``CDSSL-MEGNet-MP`` for ``CDSSL-MEGNet-MP-2026.11``)."""
+        match = _VERSIONED.match(self.name)
+        return match["family"] if match else self.name
+
+    @property
+    def version(self) -> str:
+        """The release, ``YYYY.MM`` (empty for an unversioned name)."""
+        match = _VERSIONED.match(self.name)
+        return match["version"] if match else ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as stored in ``card.json``."""
@@ -92,8 +112,37 @@ class PretrainedCard:
         return cls(**{**d, "citation": tuple(d.get("citation", ()))})
 
 
+_VERSIONED = re.compile(r"^(?P<family>.+)-(?P<version>\d{4}\.\d{1,2}(?:\.\d+)*)$")
 _REGISTRY: dict[str, PretrainedCard] = {}
 _FOLDERS: dict[str, Path] = {}
+
+
+def _newest() -> dict[str, str]:
+    """Family name -> its newest release, for every family with a versioned release."""
+    releases: dict[str, list[PretrainedCard]] = {}
+    for card in _REGISTRY.values():
+        if card.version:
+            releases.setdefault(card.family, []).append(card)
+    return {
+        family: max(cards, key=lambda c: tuple(int(p) for p in c.version.split("."))).name
+        for family, cards in releases.items()
+        if family not in _REGISTRY
+    }
+
+
+def resolve(name: str | Path) -> str:
+    """The release a name stands for: itself for a release, the newest release for a family name.
+
+    Example:
+        >>> resolve("CDSSL-MEGNet-MP") == max(n for n in list_models() if n.startswith("CDSSL-MEGNet-MP-"))
+        True
+    """
+    name = str(name)
+    return name if name in _REGISTRY else _newest().get(name, name)
+
+
+def _known_names() -> list[str]:
+    return sorted({*_REGISTRY, *_newest()})
 
 
 def register_pretrained(card: PretrainedCard, folder: str | Path) -> None:
@@ -115,15 +164,26 @@ def _register_shipped() -> None:
 def list_models(pattern: str = "*") -> dict[str, str]:
     """Names of the registered pretrained models matching a glob pattern, with their one-line descriptions.
 
+    Every release is listed under its versioned name, and each family name with the release it resolves to.
+
     Example:
-        >>> "CDSSL-MEGNet-MP" in list_models()
+        >>> "CDSSL-MEGNet-MP" in list_models() and "CDSSL-MEGNet-MP-2026.11" in list_models()
         True
     """
-    return {name: _REGISTRY[name].description for name in sorted(_REGISTRY) if fnmatch.fnmatch(name, pattern)}
+    newest = _newest()
+    out = {}
+    for name in _known_names():
+        if not fnmatch.fnmatch(name, pattern):
+            continue
+        if name in newest:
+            out[name] = f"the newest release, {newest[name]}: {_REGISTRY[newest[name]].description}"
+        else:
+            out[name] = _REGISTRY[name].description
+    return out
 
 
 def _unknown(name: str) -> ValueError:
-    known = sorted(_REGISTRY)
+    known = _known_names()
     lowered = {k.lower(): k for k in known}
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     if name.lower() in lowered and lowered[name.lower()] not in close:
@@ -135,18 +195,19 @@ def _unknown(name: str) -> ValueError:
 
 
 def _looks_like_ours(name: str) -> bool:
-    return name.lower().startswith("cdssl") or bool(difflib.get_close_matches(name, list(_REGISTRY), cutoff=0.8))
+    return name.lower().startswith("cdssl") or bool(difflib.get_close_matches(name, _known_names(), cutoff=0.8))
 
 
 def get_card(name: str) -> PretrainedCard:
-    """The card of a registered model.
+    """The card of a registered model (of the newest release, for a family name).
 
     Raises:
         ValueError: unknown name, listing the known names and the closest matches.
     """
-    if name not in _REGISTRY:
+    release = resolve(name)
+    if release not in _REGISTRY:
         raise _unknown(name)
-    return _REGISTRY[name]
+    return _REGISTRY[release]
 
 
 def pretrained_folder(name: str, *, verify: bool = True) -> Path:
@@ -157,7 +218,7 @@ def pretrained_folder(name: str, *, verify: bool = True) -> Path:
         RuntimeError: a missing or corrupted file.
     """
     card = get_card(name)
-    folder = _FOLDERS[name]
+    folder = _FOLDERS[card.name]
     if verify:
         for fname, expected in card.files.items():
             path = folder / fname
@@ -174,7 +235,7 @@ def pretrained_folder(name: str, *, verify: bool = True) -> Path:
 
 def source_folder(name_or_path: str | Path) -> Path:
     """The folder behind a registered name (checksums verified), or the path itself."""
-    return pretrained_folder(str(name_or_path)) if str(name_or_path) in _REGISTRY else Path(name_or_path)
+    return pretrained_folder(str(name_or_path)) if resolve(name_or_path) in _REGISTRY else Path(name_or_path)
 
 
 def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs: Any) -> nn.Module:
@@ -200,7 +261,7 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
         ('MEGNet', 4.0)
     """
     name = str(name_or_path)
-    if name in _REGISTRY:
+    if resolve(name) in _REGISTRY:
         model = load_folder(pretrained_folder(name))
         return new_like(model, weights="backbone") if fresh_readout else model
     if Path(name_or_path).exists() or not _looks_like_ours(name):
@@ -242,14 +303,14 @@ def register(names: list[str] | None = None) -> dict[str, str]:
       matgl 2.2.x would read it first with the wrong message-passing convention; the hook still works.
 
     Args:
-        names: Which models (all registered ones when None).
+        names: Which models (all registered ones when None: every release and every family name).
 
     Returns:
         Name -> where it was registered.
     """
     get_backend()
     out: dict[str, str] = {}
-    for name in names or sorted(_REGISTRY):
+    for name in names or _known_names():
         folder = pretrained_folder(name)
         model = load_folder(folder)
         cache = _matgl_cache()
