@@ -12,7 +12,7 @@ both; the script prints every round and the ratio of the median rates.
 
 from __future__ import annotations
 
-import matgl_cdssl  # first: on matgl 2.2.x it selects the DGL backend before matgl is imported
+import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or after `import matgl`)
 
 # isort: split
 import argparse

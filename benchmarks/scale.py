@@ -20,7 +20,7 @@ Results: ``runs.jsonl`` (one line per run) and ``scale_<backend>.md`` in ``--out
 
 from __future__ import annotations
 
-import matgl_cdssl  # first: on matgl 2.2.x it selects the DGL backend before matgl is imported
+import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or after `import matgl`)
 
 # isort: split
 import argparse

@@ -56,6 +56,7 @@ __all__ = [
     "check_sigma",
     "encode",
     "make_head",
+    "pretext",
 ]
 
 #: Node field under which :class:`GaussianPositionNoise` stores each atom's Cartesian displacement (Å).
@@ -240,6 +241,37 @@ class EdgeEmbeddingDenoisingLoss(nn.Module):
         return nn.functional.mse_loss(pred, target)
 
 
+# ---- one step: corrupt, target, predict, loss ----------------------------------------------------------------------
+def pretext(
+    model: nn.Module, head: nn.Module, noise: GaussianPositionNoise, batch: tuple
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pretext task on one batch: ``(loss, prediction, target, noisy_edge_attr)``.
+
+    The noisy bond vectors are computed directly as ``(x_v' + d_v') + k L - (x_v + d_v)``: the clean vectors plus the
+    difference of the two atoms' displacements ``d`` drawn by ``noise``. This is what
+    ``bond_distances(noise(g, lattice), lattice)`` gives (up to float rounding), without rebuilding positions,
+    inverting lattices or copying the graph; MEGNet's blocks read only the edge list and atom types, which the noisy
+    crystal shares with the clean one.
+
+    Args:
+        model: The MEGNet.
+        head: The pretext head (:func:`make_head`).
+        noise: The corruption.
+        batch: A matgl batch ``(g, lattice, state_attr, ...)``.
+    """
+    g, lattice, state_attr = batch[0], batch[1], batch[2]
+    topo = get_backend().topology(g)
+    clean = bond_vectors(g, lattice, topo)
+    displacement = noise.displacements(g)
+    noisy = clean + displacement[topo.dst] - displacement[topo.src]
+    with torch.no_grad():
+        target = model.bond_expansion(torch.linalg.vector_norm(clean, dim=1))
+    noisy_attr = model.bond_expansion(torch.linalg.vector_norm(noisy, dim=1))
+    edge_feat, _, _ = encode(model, g, noisy_attr, state_attr, topo)
+    pred = head(edge_feat)
+    return EdgeEmbeddingDenoisingLoss()(pred, target), pred, target, noisy_attr
+
+
 # ---- the Lightning module -------------------------------------------------------------------------------------------
 # Seeds of the noise streams: each (rank, global step) of training has its own seed, so a resumed run (under DDP too)
 # draws exactly the noise an uninterrupted one would; validation noise is the same every epoch.
@@ -330,25 +362,8 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
             return self.model.bond_expansion(bond_distances(g, lattice, topo))
 
     def _pretext(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Corrupt, predict, compare: ``(loss, prediction, target, noisy_edge_attr)`` for one batch.
-
-        The noisy bond vectors are computed directly as ``(x_v' + d_v') + k L - (x_v + d_v)``: the clean vectors plus
-        the difference of the two atoms' displacements ``d`` drawn by :attr:`noise`. This is what
-        ``bond_distances(self.noise(g, lattice), lattice)`` gives (up to float rounding), without rebuilding
-        positions, inverting lattices or copying the graph; MEGNet's blocks read only the edge list and atom types,
-        which the noisy crystal shares with the clean one.
-        """
-        g, lattice, state_attr = batch[0], batch[1], batch[2]
-        topo = get_backend().topology(g)
-        clean = bond_vectors(g, lattice, topo)
-        displacement = self.noise.displacements(g)
-        noisy = clean + displacement[topo.dst] - displacement[topo.src]
-        with torch.no_grad():
-            target = self.model.bond_expansion(torch.linalg.vector_norm(clean, dim=1))
-        noisy_attr = self.model.bond_expansion(torch.linalg.vector_norm(noisy, dim=1))
-        edge_feat, _, _ = encode(self.model, g, noisy_attr, state_attr, topo)
-        pred = self.head(edge_feat)
-        return self.loss(pred, target), pred, target, noisy_attr
+        """:func:`pretext` with this module's model, head and noise."""
+        return pretext(self.model, self.head, self.noise, batch)
 
     def step(self, batch: tuple) -> tuple[dict[str, torch.Tensor], int]:
         """One CDSSL step on a batch: corrupt, predict, compare. Returns ``(metrics, n_edges)``."""

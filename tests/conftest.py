@@ -59,23 +59,23 @@ def tiny_structures(sample, Cu1, CsCl, LiFePO4_like) -> list[Structure]:
 
 
 @pytest.fixture(scope="session")
-def _megnet_seed0(backend):
+def megnet_seed0(backend):
     torch.manual_seed(0)
     return backend.megnet_class()
 
 
 @pytest.fixture
-def megnet(_megnet_seed0):
+def megnet(megnet_seed0):
     """matgl's default MEGNet at seed 0: a fresh copy for each test, so no test trains another's model."""
-    return new_like(_megnet_seed0)
+    return new_like(megnet_seed0)
 
 
 @pytest.fixture(scope="session")
-def batch_of(backend, _megnet_seed0):
+def batch_of(backend, megnet_seed0):
     """Make a single matgl batch ``(g, lattice, state_attr, labels)`` from a list of crystals."""
 
     def make(structures):
-        model = _megnet_seed0
+        model = megnet_seed0
         dataset, _, _ = build_dataset(structures, element_types=model.element_types, cutoff=model.cutoff)
         _, loader = backend.loaders(dataset, dataset, batch_size=len(dataset))
         return next(iter(loader))
@@ -84,7 +84,7 @@ def batch_of(backend, _megnet_seed0):
 
 
 @pytest.fixture(scope="session")
-def _pretrained_run(tmp_path_factory, sample):
+def pretrained_session(tmp_path_factory, sample):
     out = tmp_path_factory.mktemp("pretrain")
     model = matgl_cdssl.pretrain(
         sample.structures[:48],
@@ -98,7 +98,7 @@ def _pretrained_run(tmp_path_factory, sample):
 
 
 @pytest.fixture
-def pretrained_run(_pretrained_run):
+def pretrained_run(pretrained_session):
     """A short CDSSL run on 48 crystals: ``(model, output_dir)``; the model is a fresh copy for each test."""
-    model, out = _pretrained_run
+    model, out = pretrained_session
     return new_like(model), out

@@ -127,6 +127,7 @@ def test_public_api_is_the_documented_one():
         "list_models",
         "load_model",
         "load_sample",
+        "predict",
         "pretrain",
         "register",
         "save_pretrained",

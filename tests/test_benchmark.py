@@ -17,8 +17,8 @@ TINY = BenchmarkSettings(sample_budget=40, max_epochs=2, min_val=8, max_val=8, b
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(_pretrained_run):
-    return _pretrained_run[1] / "model"
+def pretrained_dir(pretrained_session):
+    return pretrained_session[1] / "model"
 
 
 @pytest.fixture(scope="module")

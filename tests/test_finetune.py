@@ -11,8 +11,8 @@ from matgl_cdssl.apps import finetune
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(_pretrained_run):
-    return _pretrained_run[1] / "model"
+def pretrained_dir(pretrained_session):
+    return pretrained_session[1] / "model"
 
 
 def test_finetune_from_folder_reports_metrics(pretrained_dir, sample):

@@ -30,8 +30,15 @@ from matbench.bench import MatbenchBenchmark
 from pymatgen.core import Structure
 from sklearn.model_selection import KFold
 
-from matgl_cdssl.apps import load_results, load_task, run_matbench, supported_tasks, write_results
-from matgl_cdssl.apps._matbench import predict
+from matgl_cdssl.apps import (
+    FinetuneResult,
+    load_results,
+    load_task,
+    predict,
+    run_matbench,
+    supported_tasks,
+    write_results,
+)
 from matgl_cdssl.hub import load_model
 
 TASK = "matbench_perovskites"
@@ -147,7 +154,7 @@ def test_all_folds_write_a_file_that_matbench_reads_back(full, injected, tmp_pat
 def test_batched_predict_matches_matgl_predict_structure(injected):
     structures = list(injected["structure"][:7])
     model = load_model("CDSSL-MEGNet-MP")
-    batched = predict(model, structures, data_mean=-1.5, data_std=0.25, batch_size=3)  # batches of 3, 3 and 1
+    batched = predict(FinetuneResult(model, data_mean=-1.5, data_std=0.25), structures, batch_size=3)  # 3, 3 and 1
     single = np.array([float(model.predict_structure(s)) * 0.25 - 1.5 for s in structures])
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5)
 

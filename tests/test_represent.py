@@ -24,6 +24,7 @@ from matgl_cdssl.analysis import (
 from matgl_cdssl.cli import build_parser, main
 from matgl_cdssl.cli._analysis import _add_map_arguments, map_command
 from matgl_cdssl.hub import new_like
+from tests.helpers import matgl_forward
 
 
 def random_like(model, seed):
@@ -39,8 +40,14 @@ def pretrained():
 
 
 @pytest.fixture(scope="module")
+def far_atom() -> Structure:
+    """A Na-Cl pair 2.8 Å apart and a Cu atom 6 Å from both, in a 12 Å cube: the Cu has no neighbour within 4 Å."""
+    return Structure(Lattice.cubic(12.0), ["Na", "Cl", "Cu"], [[0, 0, 0], [2.8 / 12, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
 def lonely() -> Structure:
-    """One Cu atom in a 10 Å cube: no neighbour within MEGNet's 4 Å cutoff."""
+    """One Cu atom in a 10 Å cube: no edge at all within MEGNet's 4 Å cutoff."""
     return Structure(Lattice.cubic(10.0), ["Cu"], [[0, 0, 0]])
 
 
@@ -108,13 +115,13 @@ def test_embed_by_name_and_restores_train_mode(pretrained, CsCl, LiFePO4_like):
 
 
 def test_embed_names_the_bad_crystal(megnet, CsCl, LiFePO4_like, lonely, tmp_path):
-    with pytest.raises(ValueError, match=r"structures\[1\] has atom\(s\) at site\(s\) \[0\] with no neighbour"):
+    with pytest.raises(ValueError, match=r"structures\[1\] has no edge at all"):
         embed(megnet, [CsCl, lonely, LiFePO4_like])
     path = tmp_path / "lonely.cif"
     lonely.to(filename=str(path))
-    with pytest.raises(ValueError, match=r"lonely\.cif has atom\(s\)"):
+    with pytest.raises(ValueError, match=r"lonely\.cif has no edge"):
         embed(megnet, [CsCl, path])
-    with pytest.raises(ValueError, match=r"^mp-2 has atom\(s\)"):
+    with pytest.raises(ValueError, match=r"^mp-2 has no edge"):
         embed(megnet, [CsCl, lonely], names=["mp-1", "mp-2"])
     with pytest.raises(ValueError, match="names has 1 entries for 2 crystals"):
         embed(megnet, [CsCl, lonely], names=["mp-1"])
@@ -128,11 +135,23 @@ def test_embed_names_the_bad_crystal(megnet, CsCl, LiFePO4_like, lonely, tmp_pat
 
 
 def test_embed_skip_invalid_gives_nan_rows_and_warns(megnet, CsCl, LiFePO4_like, lonely, caplog):
-    with pytest.warns(UserWarning, match=r"1 invalid crystal.*structures\[1\] has atom"):
+    with pytest.warns(UserWarning, match=r"1 invalid crystal.*structures\[1\] has no edge"):
         X = embed(megnet, [CsCl, lonely, LiFePO4_like], skip_invalid=True)
     assert "Skipping" not in caplog.text  # reported once, by the warning, not also by build_dataset's log
     assert np.isnan(X[1]).all()
     np.testing.assert_allclose(X[[0, 2]], embed(megnet, [CsCl, LiFePO4_like]), rtol=1e-4, atol=1e-5)
+
+
+def test_embed_accepts_atoms_without_neighbours_as_matgl_does(megnet, CsCl, far_atom):
+    """An atom with no neighbour just receives no messages: embed counts such crystals in one warning."""
+    with pytest.warns(UserWarning, match=r"2 crystal\(s\) have atoms with no neighbour.*structures\[1\]") as record:
+        X = embed(megnet, [CsCl, far_atom, far_atom])
+    assert len([w for w in record if "no neighbour" in str(w.message)]) == 1
+    assert np.isfinite(X).all()
+    node_feat, _ = matgl_forward(megnet, far_atom)  # matgl's own forward takes the crystal too
+    n_nodes = node_feat.shape[0]
+    np.testing.assert_allclose(X[1][:32], node_feat.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    assert n_nodes == 3
 
 
 def test_structure_properties(CsCl, Cu1):
@@ -312,7 +331,7 @@ def test_cli_embed_reports_problems(tmp_path, monkeypatch, capsys, sample, lonel
     sample.structures[0].to(filename=files[0])
     lonely.to(filename=files[1])
     assert main(["embed", *files, "--out", str(tmp_path / "e.npz")]) == 1
-    assert "lonely.cif has atom(s) at site(s) [0] with no neighbour" in capsys.readouterr().err
+    assert "lonely.cif has no edge at all" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="lonely.cif"):
         assert main(["embed", *files, "--skip-invalid", "--out", str(tmp_path / "e.npz")]) == 0
     assert "1 invalid crystal(s) have rows of NaN" in capsys.readouterr().out

@@ -12,14 +12,14 @@ pytestmark = pytest.mark.skipif(BACKEND != "dgl", reason="matgl >= 3 streams wit
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory, _megnet_seed0):
+def sharded(tmp_path_factory, megnet_seed0):
     """20 crystals in shards of 6, 6, 6 and 2."""
     from matgl_cdssl._dgl_shards import ShardedGraphs, write_shards
 
     structures = matgl_cdssl.load_sample(20).structures
     folder = tmp_path_factory.mktemp("shards")
     records = ({"structure": s, "labels": {"structure_index": i}} for i, s in enumerate(structures))
-    converter = get_backend().converter(_megnet_seed0.element_types, _megnet_seed0.cutoff)
+    converter = get_backend().converter(megnet_seed0.element_types, megnet_seed0.cutoff)
     write_shards(records, converter, folder, shard_size=6)
     return ShardedGraphs(folder), structures
 

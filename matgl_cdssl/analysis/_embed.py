@@ -107,9 +107,11 @@ def embed(
         Array of shape ``(n_structures, d)``, float32, in the order of the input.
 
     Raises:
-        ValueError: An invalid crystal (named, with the reason: unknown element, overlapping atoms, an atom with
-            no neighbour within the cutoff, ...) unless ``skip_invalid``; no usable crystal at all; or a bad
-            ``model``, ``batch_size`` or ``names``.
+        ValueError: An invalid crystal (named, with the reason: unknown element, overlapping atoms, no edge at
+            all within the cutoff, ...) unless ``skip_invalid``; no usable crystal at all; or a bad ``model``,
+            ``batch_size`` or ``names``. A crystal in which only some atoms have no neighbour within the cutoff is
+            embedded (those atoms receive no messages, as in matgl's ``predict_structure``), with one warning that
+            counts such crystals.
 
     Example:
         >>> from matgl_cdssl import load_sample
@@ -128,6 +130,7 @@ def embed(
         skip_invalid=True,
         names=read_names if names is None else names,
         log_skips=False,  # reported below, once, as an error or a warning with every name
+        allow_isolated=True,  # as matgl's forward: an atom without neighbours receives no messages
     )
     if skipped and not skip_invalid:
         name, reason = skipped[0]

@@ -1,4 +1,4 @@
-"""What users run: :func:`pretrain`, :func:`finetune`, :func:`benchmark` and :func:`run_matbench`.
+"""What users run: :func:`pretrain`, :func:`finetune`, :func:`predict`, :func:`benchmark` and :func:`run_matbench`.
 
 Each app is the engineering around the method (:mod:`matgl_cdssl.method`) and matgl's own modules: it reads crystals
 through :mod:`matgl_cdssl.data`, gets and saves models through :mod:`matgl_cdssl.hub`, and leaves loops, devices,
@@ -18,8 +18,10 @@ from matgl_cdssl.apps._benchmark import (
     report,
 )
 from matgl_cdssl.apps._finetune import (
+    EnsembleResult,
     FinetuneResult,
     PropertyModule,
+    calibration,
     finetune,
     fit,
     optimizer_for,
@@ -27,6 +29,7 @@ from matgl_cdssl.apps._finetune import (
     split_parameters,
 )
 from matgl_cdssl.apps._matbench import DEFAULT_TASKS, load_results, run_matbench, supported_tasks, write_results
+from matgl_cdssl.apps._predict import Predictions, predict, predict_all
 from matgl_cdssl.apps._pretrain import LOGGERS, pretrain
 
 __all__ = [
@@ -36,15 +39,20 @@ __all__ = [
     "TASKS",
     "BenchmarkResult",
     "BenchmarkSettings",
+    "EnsembleResult",
     "FinetuneResult",
+    "Predictions",
     "PropertyModule",
     "TaskData",
     "benchmark",
+    "calibration",
     "finetune",
     "fit",
     "load_results",
     "load_task",
     "optimizer_for",
+    "predict",
+    "predict_all",
     "pretrain",
     "report",
     "run_matbench",

@@ -17,8 +17,10 @@ from matgl.utils.training import ModelLightningModule
 from torch.utils.data import Subset
 
 from matgl_cdssl._backend import OncePerEpochSchedule, get_backend
+from matgl_cdssl.apps._predict import predict_all
 from matgl_cdssl.data import build_dataset, check_values, train_val_split
-from matgl_cdssl.hub import READOUT, load_model, new_like
+from matgl_cdssl.hub import READOUT, Ensemble, load_head, load_model, new_like, read_config, source_folder
+from matgl_cdssl.method import GaussianPositionNoise, pretext
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,8 +28,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "EnsembleResult",
     "FinetuneResult",
     "PropertyModule",
+    "calibration",
     "finetune",
     "fit",
     "optimizer_for",
@@ -71,12 +75,110 @@ class FinetuneResult:
         return model
 
 
+@dataclass
+class EnsembleResult:
+    """What :func:`finetune` returns with ``ensemble=K``: the K members and the ensemble's own metrics.
+
+    Attributes:
+        results: Each member's :class:`FinetuneResult` (member ``k`` from seed ``seed + k``).
+        metrics: ``members``, the members' mean ``best_val_MAE`` and, with test data, the ensemble's ``test_MAE``
+            (of the members' mean), ``member_test_MAE`` (the members' average), ``test_spearman_error_std`` (Spearman
+            correlation between the absolute error and the members' standard deviation), ``test_within_1_std`` and
+            ``test_within_2_std`` (fractions of test crystals whose error is within one and two standard deviations).
+    """
+
+    results: list[FinetuneResult]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ensemble(self) -> Ensemble:
+        """The members as property models (raw output = the property), as one :class:`~matgl_cdssl.hub.Ensemble`."""
+        return self.property_model()
+
+    def property_model(self) -> Ensemble:
+        """An :class:`~matgl_cdssl.hub.Ensemble` of the members' property models; ``.save(folder)`` writes it."""
+        return Ensemble([r.property_model() for r in self.results], {"metrics": self.metrics})
+
+    @classmethod
+    def evaluate(
+        cls,
+        results: list[FinetuneResult],
+        test_structures: Any = None,
+        test_targets: Any = None,
+        test_state: Any = None,
+    ) -> EnsembleResult:
+        """The ensemble of ``results``, with its metrics on the test crystals when given."""
+        ensemble = cls(results)
+        ensemble.metrics = {"members": float(len(results))}
+        ensemble.metrics["best_val_MAE"] = float(np.mean([r.metrics["best_val_MAE"] for r in results]))
+        if test_structures is not None:
+            found = predict_all(ensemble, test_structures, state_attr=test_state, skip_invalid=True)
+            y = np.asarray(test_targets, dtype=float)
+            ok = np.isfinite(found.mean)
+            ensemble.metrics.update(calibration(y[ok], found.mean[ok], found.std[ok]))
+            ensemble.metrics["member_test_MAE"] = float(np.mean([r.metrics["test_MAE"] for r in results]))
+        return ensemble
+
+
+def calibration(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:
+    """How well an ensemble's spread tracks its error: MAE, Spearman(|error|, std), fractions within 1 and 2 std."""
+    from scipy.stats import spearmanr
+
+    error = np.abs(np.asarray(mean, dtype=float) - np.asarray(y, dtype=float))
+    std = np.asarray(std, dtype=float)
+    return {
+        "test_MAE": float(error.mean()),
+        "test_spearman_error_std": float(spearmanr(error, std).statistic),
+        "test_within_1_std": float(np.mean(error <= std)),
+        "test_within_2_std": float(np.mean(error <= 2 * std)),
+    }
+
+
 class PropertyModule(OncePerEpochSchedule, ModelLightningModule):
-    """matgl's ``ModelLightningModule`` with its learning rate stepped once per epoch on both matgl lines.
+    """matgl's ``ModelLightningModule``, with the learning rate stepped once per epoch and optional denoising.
 
     matgl 2.2.x's module steps an epoch scheduler twice per epoch (see
-    :class:`~matgl_cdssl._backend.OncePerEpochSchedule`); everything else is matgl's.
+    :class:`~matgl_cdssl._backend.OncePerEpochSchedule`). With ``denoising_weight > 0`` the training loss is the
+    property loss plus ``denoising_weight`` times the CDSSL pretext loss (:func:`~matgl_cdssl.method.pretext`) on the
+    same training batch, with the pretrained pretext head and the pretraining's sigma, so that finetuning keeps the
+    denoising task alive (as self-conditioned denoising does for molecules); it is logged as
+    ``train_Denoising_Loss``. Validation, early stopping and the test are on the property alone.
+
+    Args:
+        *args: Those of matgl's ``ModelLightningModule``.
+        head: The pretext head (``cdssl_head.pt`` of the pretrained folder), needed for denoising.
+        sigma: The pretraining's noise level, in Å.
+        denoising_weight: Weight of the pretext loss (0: plain finetuning).
+        seed: Seed of the denoising noise.
+        **kwargs: Those of matgl's ``ModelLightningModule``.
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        head: nn.Module | None = None,
+        sigma: float = 0.3,
+        denoising_weight: float = 0.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.denoising_weight = float(denoising_weight)
+        if self.denoising_weight < 0:
+            raise ValueError(f"denoising_weight must be non-negative; got {denoising_weight!r}")
+        if self.denoising_weight and head is None:
+            raise ValueError("denoising_weight > 0 needs the pretext head")
+        self.head = head if self.denoising_weight else None
+        self.noise = GaussianPositionNoise(sigma, generator=torch.Generator().manual_seed(int(seed)))
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """Matgl's training step, plus the weighted pretext loss when denoising."""
+        loss = super().training_step(batch, batch_idx)
+        if self.head is None:
+            return loss
+        denoising = pretext(self.model, self.head, self.noise, batch)[0]
+        self.log("train_Denoising_Loss", denoising, on_epoch=True, on_step=False, batch_size=int(batch[1].shape[0]))
+        return loss + self.denoising_weight * denoising
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -102,10 +204,19 @@ def set_state_width(model: nn.Module, width: int) -> nn.Module:
 
 
 def optimizer_for(
-    model: nn.Module, *, lr: float, backbone_lr: float | None = None, freeze_backbone: bool = False
+    model: nn.Module,
+    *,
+    lr: float,
+    backbone_lr: float | None = None,
+    freeze_backbone: bool = False,
+    head: nn.Module | None = None,
 ) -> torch.optim.Optimizer:
-    """Adam as matgl builds it, with its own learning rate for the backbone, or with the backbone frozen."""
+    """Adam as matgl builds it, with its own learning rate for the backbone, or with the backbone frozen.
+
+    A pretext ``head`` (denoising during finetuning) trains with the readout's rate.
+    """
     backbone, readout = split_parameters(model)
+    readout = [*readout, *(head.parameters() if head is not None else [])]
     for parameter in backbone:
         parameter.requires_grad_(not freeze_backbone)
     groups = [{"params": readout, "lr": lr}]
@@ -144,8 +255,10 @@ def finetune(
     seed: int = 0,
     output_dir: str | Path | None = None,
     skip_invalid: bool = False,
+    ensemble: int = 1,
+    denoising_weight: float = 0.0,
     **trainer_kwargs: Any,
-) -> FinetuneResult:
+) -> FinetuneResult | EnsembleResult:
     """Finetune a MEGNet on one property with matgl's ``ModelLightningModule``.
 
     Targets are normalised with the training mean and standard deviation (matgl's ``data_mean``/``data_std``);
@@ -178,14 +291,22 @@ def finetune(
         seed: Seeds the split, the readout initialisation of a named model and the batch order.
         output_dir: Where to keep checkpoints; a temporary folder when None.
         skip_invalid: Leave out invalid crystals (and their targets), each with a warning, instead of raising.
+        ensemble: Train this many members, member ``k`` from seed ``seed + k`` (its own readout initialisation and
+            batch order; the same training and validation split, drawn from ``seed``), from the same pretrained
+            backbone. The prediction is their mean and the uncertainty their standard deviation
+            (:func:`~matgl_cdssl.apps.predict`).
+        denoising_weight: Add this weight times the CDSSL pretext loss on the training crystals to the property loss
+            (:class:`PropertyModule`), with the pretext head and sigma of the pretrained folder or name ``model``.
+            0, the default, is plain finetuning.
         **trainer_kwargs: Passed to ``lightning.Trainer``.
 
     Returns:
-        A :class:`FinetuneResult`.
+        A :class:`FinetuneResult`, or with ``ensemble > 1`` an :class:`EnsembleResult`.
 
     Raises:
         ValueError: targets or state attributes with NaN or inf, or whose length does not match the structures;
-            state attributes given for training but not for validation or test.
+            state attributes given for training but not for validation or test; ``ensemble < 1``; or
+            ``denoising_weight > 0`` for a model without a pretext head (not a CDSSL folder or name).
 
     Example:
         >>> from matgl_cdssl import finetune, load_sample
@@ -195,9 +316,13 @@ def finetune(
         >>> sorted(result.metrics)
         ['best_epoch', 'best_val_MAE', 'epochs']
     """
+    if int(ensemble) < 1:
+        raise ValueError(f"ensemble must be a positive number of members; got {ensemble!r}")
+    source = model
     L.seed_everything(seed, workers=True, verbose=False)
     if isinstance(model, (str, Path)):
         model = load_model(model)
+    sigma = _pretext_setup(source, denoising_weight)[1]  # fails early for a model without a pretext head
     if state_attr is not None:
         set_state_width(model, np.asarray(state_attr).reshape(len(state_attr), -1).shape[1])
         for name, given in (("val_state_attr", val_state_attr), ("test_state_attr", test_state_attr)):
@@ -230,22 +355,44 @@ def finetune(
     test = None
     if test_structures is not None:
         test = dataset(test_structures, [] if test_targets is None else test_targets, "test_targets", test_state_attr)
-    return fit(
-        model,
-        train,
-        val,
-        test=test,
-        loss=loss,
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=batch_size,
-        lr=lr,
-        backbone_lr=backbone_lr,
-        freeze_backbone=freeze_backbone,
-        seed=seed,
-        output_dir=output_dir,
+    options = {
+        "loss": loss,
+        "max_epochs": max_epochs,
+        "patience": patience,
+        "batch_size": batch_size,
+        "lr": lr,
+        "backbone_lr": backbone_lr,
+        "freeze_backbone": freeze_backbone,
+        "denoising_weight": denoising_weight,
         **trainer_kwargs,
-    )
+    }
+    results = []
+    for k in range(int(ensemble)):
+        member = model
+        if k > 0:  # its own readout initialisation, from its own seed; the same backbone
+            member = new_like(model, weights="backbone", seed=seed + k)
+        head = _pretext_setup(source, denoising_weight)[0]  # each member trains its own, from the pretrained one
+        member_dir = None if output_dir is None else Path(output_dir) / (f"member_{k}" if ensemble > 1 else "")
+        run = {"test": test, "seed": seed + k, "output_dir": member_dir, "head": head, "sigma": sigma}
+        results.append(fit(member, train, val, **run, **options))
+    if int(ensemble) == 1:
+        return results[0]
+    return EnsembleResult.evaluate(results, test_structures, test_targets, test_state_attr)
+
+
+def _pretext_setup(source: Any, denoising_weight: float) -> tuple[nn.Module | None, float]:
+    """``(head, sigma)`` of a pretrained CDSSL folder or name, for denoising during finetuning (None, 0.3 without)."""
+    if not denoising_weight:
+        return None, 0.3
+    folder = source_folder(source) if isinstance(source, (str, Path)) else None
+    if folder is None or not (folder / "cdssl.json").is_file():
+        raise ValueError(
+            "denoising_weight > 0 needs the pretext head and sigma of a CDSSL pretraining: give model as a "
+            "registered name (such as 'CDSSL-MEGNet-MP') or a folder written by pretrain(), not "
+            f"{type(source).__name__ if not isinstance(source, (str, Path)) else repr(str(source))}"
+        )
+    model = load_model(source, fresh_readout=False)
+    return load_head(folder, model), float(read_config(folder)["sigma"])
 
 
 def fit(
@@ -263,16 +410,21 @@ def fit(
     freeze_backbone: bool = False,
     seed: int = 0,
     output_dir: str | Path | None = None,
+    head: nn.Module | None = None,
+    sigma: float = 0.3,
+    denoising_weight: float = 0.0,
     **trainer_kwargs: Any,
 ) -> FinetuneResult:
     """Finetune on matgl datasets whose items carry the target as their first label (what :func:`finetune` builds).
 
     This is the engine of :func:`finetune` for callers that convert their crystals once and train many times
-    (the benchmark). Arguments are those of :func:`finetune`; ``train``, ``val`` and ``test`` are datasets.
+    (the benchmark). Arguments are those of :func:`finetune`; ``train``, ``val`` and ``test`` are datasets;
+    ``head`` and ``sigma`` are the pretext head and noise level for ``denoising_weight > 0``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     y = np.array([float(next(iter(item[3].values()))) for item in train])
-    optimizer = optimizer_for(model, lr=lr, backbone_lr=backbone_lr, freeze_backbone=freeze_backbone)
+    head = head if denoising_weight else None
+    optimizer = optimizer_for(model, lr=lr, backbone_lr=backbone_lr, freeze_backbone=freeze_backbone, head=head)
     module = PropertyModule(
         model=model,
         data_mean=float(y.mean()),
@@ -281,6 +433,10 @@ def fit(
         lr=lr,
         optimizer=optimizer,
         scheduler=cosine_schedule(optimizer, max_epochs),
+        head=head,
+        sigma=sigma,
+        denoising_weight=denoising_weight,
+        seed=seed,
     )
     train_loader, val_loader = get_backend().loaders(train, val, batch_size=batch_size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from matgl_cdssl._backend import BACKEND, get_backend
+from matgl_cdssl._backend import BACKEND
 from matgl_cdssl.apps._finetune import finetune
-from matgl_cdssl.data import build_dataset
+from matgl_cdssl.apps._predict import predict
 from matgl_cdssl.hub import new_like
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from matbench.bench import MatbenchBenchmark
     from torch import nn
 
-__all__ = ["DEFAULT_TASKS", "load_results", "predict", "run_matbench", "supported_tasks", "write_results"]
+__all__ = ["DEFAULT_TASKS", "load_results", "run_matbench", "supported_tasks", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,59 +75,6 @@ def _check_task(name: str) -> None:
             f"matbench task {name!r} is {meta['task_type']} on {meta['input_type']} inputs; only regression on "
             f"crystal structures is supported ({', '.join(supported)})"
         )
-
-
-def _lightning(model: nn.Module) -> Any:
-    """``model`` wrapped in matgl's ``ModelLightningModule``, whose ``forward`` gives its raw (normalised) output.
-
-    Both backends' ``ModelLightningModule.forward(g, lat, state_attr)`` turn the lattice into positions and periodic
-    shifts (node ``pos``, edge ``pbc_offshift``) on their own graph type before calling the model, exactly as in
-    training; calling it keeps the one backend-specific step inside matgl.
-    """
-    from matgl.utils.training import ModelLightningModule
-
-    return ModelLightningModule(model=model)
-
-
-def predict(
-    model: nn.Module, structures: Sequence[Any], data_mean: float, data_std: float, batch_size: int = 64
-) -> np.ndarray:
-    """Predict a property for many crystals in batches with a MEGNet trained by matgl's ``ModelLightningModule``.
-
-    Such a model's raw output is the normalised target, so the prediction is ``output * data_std + data_mean``
-    (the values in :class:`~matgl_cdssl.apps.FinetuneResult`). Crystals are converted to graphs with the
-    model's element types and cutoff through matgl's dataset and loader (:func:`~matgl_cdssl.data.build_dataset`).
-
-    Args:
-        model: The MEGNet. It is put in eval mode.
-        structures: Crystals, in any form :func:`~matgl_cdssl.data.read_structures` accepts.
-        data_mean: Mean of the training targets.
-        data_std: Standard deviation of the training targets.
-        batch_size: Crystals per batch.
-
-    Returns:
-        One prediction per crystal, in input order, shape ``(n,)``.
-
-    Raises:
-        ValueError: A crystal the model cannot take (see :func:`~matgl_cdssl.data.build_dataset`), named.
-
-    Example:
-        >>> import matgl_cdssl
-        >>> from matgl_cdssl.apps._matbench import predict
-        >>> crystals = matgl_cdssl.load_sample(3).structures
-        >>> predict(matgl_cdssl.load_model("CDSSL-MEGNet-MP"), crystals, data_mean=-1.0, data_std=0.5).shape
-        (3,)
-    """
-    dataset, names, _ = build_dataset(structures, element_types=model.element_types, cutoff=model.cutoff)
-    _, loader = get_backend().loaders(dataset, dataset, batch_size=batch_size)
-    device = next(model.parameters()).device
-    out = np.full(len(names), np.nan)
-    module = _lightning(model).eval()
-    with torch.no_grad():
-        for g, lat, state_attr, index in loader:
-            raw = module(g=g.to(device), lat=lat.to(device), state_attr=state_attr.to(device))
-            out[index.long().numpy()] = raw.reshape(-1).double().cpu().numpy() * data_std + data_mean
-    return out
 
 
 def write_results(benchmark: MatbenchBenchmark, path: str | Path) -> Path:
@@ -195,8 +142,8 @@ def run_matbench(
 
     For each task and fold, a fresh copy of the model is finetuned with :func:`~matgl_cdssl.finetune` on the
     fold's training data (``val_fraction`` of it held out for validation and early stopping; seed ``seed + fold``),
-    the fold's test crystals are predicted with :func:`predict`, and ``task.record`` stores the predictions, which
-    matbench scores (MAE, RMSE, ...). The results file is rewritten after every fold.
+    the fold's test crystals are predicted with :func:`~matgl_cdssl.predict`, and ``task.record`` stores the
+    predictions, which matbench scores (MAE, RMSE, ...). The results file is rewritten after every fold.
 
     Args:
         tasks: Matbench v0.1 task names (regression on structures, see :func:`supported_tasks`); default
@@ -280,9 +227,7 @@ def run_matbench(
             except ValueError as exc:
                 raise _with_ids(exc, f"{where}, training data", list(train_inputs.index)) from exc
             try:
-                predictions = predict(
-                    result.model, list(test_inputs), result.data_mean, result.data_std, batch_size=predict_batch_size
-                )
+                predictions = predict(result, list(test_inputs), batch_size=predict_batch_size)
             except ValueError as exc:
                 raise _with_ids(
                     exc, f"{where}, test data (every test crystal needs a prediction)", list(test_inputs.index)

@@ -41,6 +41,19 @@ _FINETUNE_OPTIONS: dict[str, dict[str, Any]] = {
     "seed": {"type": int},
     "skip_invalid": {"help": "leave out invalid training crystals, warning"},
 }
+#: Options of ``cdssl finetune`` alone.
+_FINETUNE_ONLY: dict[str, dict[str, Any]] = {
+    "ensemble": {
+        "type": int,
+        "metavar": "K",
+        "help": "train K members (seeds seed..seed+K-1): predictions get an uncertainty",
+    },
+    "denoising_weight": {
+        "type": float,
+        "metavar": "W",
+        "help": "add W times the CDSSL pretext loss to the training loss (needs a CDSSL --model)",
+    },
+}
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,6 +87,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--cif-column", default="cif")
     p.add_argument("--state-columns", nargs="+", default=(), metavar="COLUMN", help="MEGNet state attributes")
     add_finetune_arguments(p)
+    for name, kwargs in _FINETUNE_ONLY.items():
+        add_option(p, finetune, name, **kwargs)
     p.set_defaults(func=finetune_command)
 
     p = sub.add_parser(
@@ -145,20 +160,22 @@ def finetune_command(args: argparse.Namespace) -> int:
         test_targets=test[1],
         test_state_attr=test[2],
         output_dir=args.out,
+        **{name: getattr(args, name) for name in _FINETUNE_ONLY},
         **finetune_options(args),
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    result.property_model().save(args.out / "model")
+    result.property_model().save(args.out / "model")  # one model, or an ensemble folder
+    first = result.results[0] if args.ensemble > 1 else result
     summary = {
         "target": args.target,
         "model": str(args.model),
-        "data_mean": result.data_mean,
-        "data_std": result.data_std,
+        "data_mean": first.data_mean,
+        "data_std": first.data_std,
         **result.metrics,
     }
     (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
-    print(f"saved the finetuned MEGNet to {args.out / 'model'} (matgl.load_model(...).predict_structure(s))")
+    print(f"saved the finetuned MEGNet to {args.out / 'model'} (cdssl predict {args.out / 'model'} CRYSTALS --out F)")
     return 0
 
 

@@ -107,11 +107,23 @@ def check_label_lengths(labels: dict[str, Sequence] | None, n: int) -> None:
             raise ValueError(f"label {key!r} has {len(values)} values for {n} structures")
 
 
-def connectivity_problem(g: Any, cutoff: float) -> str | None:
-    """What is wrong with a converted crystal graph whose atoms lack neighbours within ``cutoff``, or None."""
+def connectivity_problem(g: Any, cutoff: float, *, allow_isolated: bool = False) -> str | None:
+    """What is wrong with a converted crystal graph whose atoms lack neighbours within ``cutoff``, or None.
+
+    Args:
+        g: The crystal's graph.
+        cutoff: The cutoff it was built with, in Å (for the message).
+        allow_isolated: Accept atoms without neighbours (they just receive no messages, as in matgl's own
+            ``predict_structure``); only a graph with no edge at all is then a problem. Pretraining and finetuning
+            keep the strict default: an isolated atom has no bond to denoise or learn from.
+    """
     lonely = isolated_atoms(g)
     if not lonely:
         return None
+    if allow_isolated:
+        if get_backend().topology(g).src.numel() > 0:
+            return None
+        return f"has no edge at all: no two atoms within the cutoff of {cutoff} Å; use a larger cutoff"
     return (
         f"has atom(s) at site(s) {lonely} with no neighbour within the cutoff of {cutoff} Å; use a larger cutoff or "
         "remove the structure"

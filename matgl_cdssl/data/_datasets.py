@@ -8,13 +8,14 @@ convert (:func:`build_dataset`, or the graph cache of :mod:`~matgl_cdssl.data._c
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from matgl_cdssl._backend import get_backend
-from matgl_cdssl.data._checks import check_label_lengths, connectivity_problem, structure_problem
+from matgl_cdssl.data._checks import check_label_lengths, connectivity_problem, isolated_atoms, structure_problem
 from matgl_cdssl.data._readers import read_structures
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def build_dataset(
     skip_invalid: bool = False,
     names: Sequence[str] | None = None,
     log_skips: bool = True,
+    allow_isolated: bool = False,
 ) -> tuple[Any, list[str], list[tuple[str, str]]]:
     """Read, check and convert crystals into matgl's ``MGLDataset``.
 
@@ -84,6 +86,9 @@ def build_dataset(
             ``structures[i]`` or the file path (:func:`read_structures`).
         log_skips: Log a warning for each crystal left out under ``skip_invalid`` (callers that report ``skipped``
             themselves turn it off).
+        allow_isolated: Accept crystals in which some atom has no neighbour within the cutoff (for prediction and
+            embeddings: such an atom receives no messages, as in matgl's ``predict_structure``), with one warning
+            that counts them; a crystal with no edge at all is still rejected. See :func:`connectivity_problem`.
 
     Returns:
         ``(dataset, names, skipped)``: the dataset (a ``Subset`` when crystals were skipped after graph
@@ -134,13 +139,21 @@ def build_dataset(
     if state_attr is not None:
         dataset.state_attr = state_attr[keep]
 
-    connected = []
+    connected, lonely = [], []
     for i, (g, *_rest) in enumerate(dataset):
-        problem = connectivity_problem(g, cutoff)
+        problem = connectivity_problem(g, cutoff, allow_isolated=allow_isolated)
         if problem:
             reject(names[i], problem)
         else:
             connected.append(i)
+            if allow_isolated and isolated_atoms(g):
+                lonely.append(names[i])
+    if lonely:
+        warnings.warn(
+            f"{len(lonely)} crystal(s) have atoms with no neighbour within the cutoff of {cutoff} Å (e.g. "
+            f"{', '.join(lonely[:3])}); those atoms receive no messages, as in matgl's predict_structure",
+            stacklevel=2,
+        )
     if not connected:
         raise ValueError("no structure has every atom connected within the cutoff")
     if len(connected) < len(dataset):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from matgl_cdssl.hub._copy import READOUT, new_like
+from matgl_cdssl.hub._ensemble import ENSEMBLE_FILE, Ensemble, is_ensemble
 from matgl_cdssl.hub._io import (
     CONFIG_FILE,
     HEAD_FILE,
@@ -37,12 +38,15 @@ from matgl_cdssl.hub._registry import (
 
 __all__ = [
     "CONFIG_FILE",
+    "ENSEMBLE_FILE",
     "HEAD_FILE",
     "READOUT",
     "SKIPPED_FILE",
+    "Ensemble",
     "PretrainedCard",
     "convert_weights",
     "get_card",
+    "is_ensemble",
     "list_models",
     "load_folder",
     "load_head",

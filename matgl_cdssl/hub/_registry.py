@@ -29,6 +29,7 @@ import torch
 
 from matgl_cdssl._backend import BACKEND, get_backend
 from matgl_cdssl.hub._copy import new_like
+from matgl_cdssl.hub._ensemble import Ensemble, is_ensemble
 from matgl_cdssl.hub._io import CONFIG_FILE, load_folder, read_config
 
 if TYPE_CHECKING:
@@ -242,7 +243,8 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
     """Load a pretrained model by name, a CDSSL folder, or anything ``matgl.load_model`` accepts.
 
     Args:
-        name_or_path: A registered name (see :func:`list_models`), a model folder, or a matgl model name.
+        name_or_path: A registered name (see :func:`list_models`), a model folder, an ensemble folder
+            (:class:`~matgl_cdssl.hub.Ensemble`, from ``finetune(..., ensemble=K)``), or a matgl model name.
         fresh_readout: For registered names: a freshly initialised readout (Set2Set and output MLP), which the
             pretext task never trained, drawn from torch's global RNG (so that seeding controls it as for a new model):
             ``new_like(model, weights="backbone")``.
@@ -264,6 +266,8 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
     if resolve(name) in _REGISTRY:
         model = load_folder(pretrained_folder(name))
         return new_like(model, weights="backbone") if fresh_readout else model
+    if is_ensemble(name_or_path):
+        return Ensemble.load(name_or_path)
     if Path(name_or_path).exists() or not _looks_like_ours(name):
         return load_folder(name_or_path, **kwargs)
     raise _unknown(name)

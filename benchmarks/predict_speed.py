@@ -1,0 +1,75 @@
+"""Speed of ``matgl_cdssl.predict`` next to a loop of matgl's ``predict_structure``, measured side by side.
+
+Both arms run the same model (``CDSSL-MEGNet-MP``'s architecture and backbone, as a property model) on the same
+pymatgen Structures and include everything from structures to numbers: graph conversion with matgl's converter, and
+the whole network with its readout. ``predict`` also checks every crystal (overlapping atoms, unknown elements, no
+edge), and batches with matgl's dataset and loader; ``predict_structure`` converts and runs one crystal at a time.
+The two agree to float rounding (checked before timing). Rounds alternate between the arms (and their order), so that
+machine noise hits both; the script prints every round and the ratio of the median rates.
+
+    OMP_NUM_THREADS=1 python benchmarks/predict_speed.py [--n 400] [--batch-size 64] [--threads 1] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or after `import matgl`)
+
+# isort: split
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from matgl_cdssl._backend import get_backend, matgl_version
+from matgl_cdssl import predict
+
+
+def predict_loop(model: torch.nn.Module, structures: list) -> np.ndarray:
+    model.eval()
+    with torch.inference_mode():
+        return np.array([float(model.predict_structure(s)) for s in structures])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="CDSSL-MEGNet-MP")
+    parser.add_argument("--n", type=int, default=400, help="crystals from the bundled sample")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model = matgl_cdssl.load_model(args.model)
+    structures = matgl_cdssl.load_sample(args.n).structures
+    gap = np.abs(predict(model, structures, batch_size=args.batch_size) - predict_loop(model, structures)).max()
+    print(f"largest difference between the arms' predictions: {gap:.2e}")
+    arms = {
+        "predict (batched)": lambda: predict(model, structures, batch_size=args.batch_size),
+        "predict_structure loop": lambda: predict_loop(model, structures),
+    }
+    n_atoms = sum(len(s) for s in structures)
+    print(
+        f"matgl {matgl_version()} ({get_backend().name}), torch {torch.__version__}, {torch.get_num_threads()} "
+        f"thread(s); {args.model}; {args.n} crystals ({n_atoms} atoms); predict batch size {args.batch_size}"
+    )
+    for make in arms.values():  # warm-up
+        make()
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(args.rounds):
+        for name, make in arms.items() if r % 2 == 0 else reversed(arms.items()):
+            start = time.perf_counter()
+            make()
+            rates[name].append(args.n / (time.perf_counter() - start))
+            print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} predictions/s")
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, value in medians.items():
+        print(f"median {name}: {value:.1f} predictions/s")
+    batched_rate, loop_rate = medians.values()
+    print(f"ratio predict / predict_structure loop: {batched_rate / loop_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

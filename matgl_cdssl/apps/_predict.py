@@ -1,0 +1,183 @@
+"""``predict``: a finetuned model (or an ensemble of them) on many crystals, batched, in input order."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from matgl_cdssl._backend import get_backend
+from matgl_cdssl.data import build_dataset, read_structures
+from matgl_cdssl.hub import Ensemble, list_models, load_model
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import nn
+
+__all__ = ["Predictions", "predict", "predict_all"]
+
+
+@dataclass
+class Predictions:
+    """What :func:`predict_all` returns.
+
+    Attributes:
+        mean: One prediction per input crystal, in input order (NaN for a crystal left out).
+        std: The ensemble members' standard deviation per crystal (NaN for a single model or a left-out crystal).
+        names: The crystals' names (``structures[i]``, a file path, ``path[id]``), in input order.
+        reasons: Name -> why that crystal got no prediction (``skip_invalid=True``).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    names: list[str]
+    reasons: dict[str, str]
+
+
+def _members(model: Any) -> list[tuple[nn.Module, float, float]]:
+    """``(network, scale, shift)`` per member: the property is ``network output * scale + shift``.
+
+    Accepts a MEGNet whose output is the property (a folder written by ``cdssl finetune``, a ``property_model()``),
+    a :class:`~matgl_cdssl.apps.FinetuneResult` (its normalised model with ``data_std`` and ``data_mean``), an
+    :class:`~matgl_cdssl.apps.EnsembleResult`, an :class:`~matgl_cdssl.hub.Ensemble`, or a folder of either.
+    """
+    if isinstance(model, (str, Path)):
+        if str(model) in list_models():
+            raise ValueError(
+                f"{model!r} is pretrained weights, whose readout was never trained: finetune it first (finetune() or "
+                "`cdssl finetune`), then predict with the result or the folder it writes"
+            )
+        model = load_model(model)
+    if hasattr(model, "results") and hasattr(model, "ensemble"):  # EnsembleResult
+        return [m for result in model.results for m in _members(result)]
+    if hasattr(model, "data_mean") and hasattr(model, "model"):  # FinetuneResult
+        return [(model.model, float(model.data_std), float(model.data_mean))]
+    if isinstance(model, Ensemble):
+        return [(member, 1.0, 0.0) for member in model.members]
+    if not all(hasattr(model, a) for a in ("element_types", "cutoff", "forward")):
+        raise ValueError(
+            f"expected a finetuned matgl model, a FinetuneResult, an ensemble or a model folder; got "
+            f"{type(model).__name__}"
+        )
+    return [(model, 1.0, 0.0)]
+
+
+def predict_all(
+    model: Any,
+    structures: Sequence[Any],
+    *,
+    batch_size: int = 64,
+    state_attr: Any = None,
+    skip_invalid: bool = False,
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """:func:`predict` with everything it knows: mean, standard deviation, names and why crystals were left out.
+
+    Arguments are those of :func:`predict`; ``names`` names the crystals in messages (default ``structures[i]`` or
+    the file path), and ``progress`` shows a progress bar over the batches.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    members = _members(model)
+    first = members[0][0]
+    read_names, structs = read_structures(structures)
+    names = [str(n) for n in (read_names if names is None else names)]
+    if len(names) != len(structs):
+        raise ValueError(f"names has {len(names)} entries for {len(structs)} crystals")
+    unique = names if len(set(names)) == len(names) else [f"{n} (#{i})" for i, n in enumerate(names)]
+    dataset, _, skipped = build_dataset(
+        structs,
+        element_types=first.element_types,
+        cutoff=first.cutoff,
+        labels={"row": list(range(len(structs)))},  # the first label is the one matgl's collate batches
+        state_attr=state_attr,
+        skip_invalid=True,
+        names=unique,
+        log_skips=False,
+        allow_isolated=True,  # as matgl's predict_structure: an atom without neighbours receives no messages
+    )
+    if skipped and not skip_invalid:
+        name, reason = skipped[0]
+        more = f" ({len(skipped) - 1} more invalid crystal(s); skip_invalid=True predicts the rest)"
+        raise ValueError(f"{name} {reason}" + (more if len(skipped) > 1 else ""))
+    if skipped:
+        warnings.warn(f"predict: {len(skipped)} invalid crystal(s) got no prediction (NaN)", stacklevel=3)
+
+    from matgl.utils.training import ModelLightningModule
+    from tqdm.auto import tqdm
+
+    _, loader = get_backend().loaders(dataset, dataset, batch_size=int(batch_size))
+    # matgl's module turns lattices into positions and image shifts on either backend, exactly as in training.
+    modules = [(ModelLightningModule(model=net), scale, shift) for net, scale, shift in members]
+    out = np.full((len(members), len(structs)), np.nan)
+    modes = [net.training for net, _, _ in members]
+    try:
+        for net, _, _ in members:
+            net.eval()
+        with torch.inference_mode():
+            for g, lattice, state, row in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
+                rows = row.reshape(-1).long().cpu().numpy()
+                for k, (module, scale, shift) in enumerate(modules):
+                    device = next(module.model.parameters()).device
+                    raw = module(g=g.to(device), lat=lattice.to(device), state_attr=state.to(device))
+                    out[k, rows] = raw.reshape(len(rows), -1)[:, 0].double().cpu().numpy() * scale + shift
+    finally:
+        for (net, _, _), mode in zip(members, modes, strict=True):
+            net.train(mode)
+    std = out.std(axis=0, ddof=1) if len(members) > 1 else np.full(len(structs), np.nan)
+    return Predictions(out.mean(axis=0), std, names, {name: reason for name, reason in skipped})
+
+
+def predict(
+    model: Any,
+    structures: Sequence[Any],
+    *,
+    batch_size: int = 64,
+    state_attr: Any = None,
+    return_std: bool = False,
+    skip_invalid: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Predict a property for many crystals with a finetuned MEGNet or an ensemble, batched, in input order.
+
+    Crystals are read, checked and converted as everywhere in the package (:func:`~matgl_cdssl.data.build_dataset`:
+    the model's element types and cutoff) and batched by matgl's dataset and loader; the model runs in eval mode
+    under ``torch.inference_mode`` on its own device, and its mode is restored afterwards. As in matgl's
+    ``predict_structure``, a crystal in which some atom has no neighbour within the cutoff is predicted (that atom
+    receives no messages), with one warning that counts such crystals; a crystal with no edge at all cannot be.
+
+    Args:
+        model: A matgl MEGNet whose output is the property (a folder written by ``cdssl finetune``, or
+            ``FinetuneResult.property_model()``), a :class:`~matgl_cdssl.apps.FinetuneResult`, an ensemble
+            (:class:`~matgl_cdssl.apps.EnsembleResult`, :class:`~matgl_cdssl.hub.Ensemble`, or its folder), or the
+            folder of any of these.
+        structures: pymatgen Structures, ASE Atoms or files (:func:`~matgl_cdssl.data.read_structures`).
+        batch_size: Crystals per batch; the result does not depend on it (up to float rounding).
+        state_attr: MEGNet state attributes per crystal, shape ``(n, k)``, for a model finetuned with them.
+        return_std: Also return the ensemble members' standard deviation per crystal (``ddof=1``; NaN for a
+            single model): the uncertainty.
+        skip_invalid: Give an invalid crystal a NaN prediction, with one warning, instead of raising.
+
+    Returns:
+        The predictions, shape ``(n,)`` (the members' mean for an ensemble), or ``(mean, std)`` with
+        ``return_std``.
+
+    Raises:
+        ValueError: An invalid crystal, named with the reason (unless ``skip_invalid``); a pretrained (never
+            finetuned) model name; or a bad ``batch_size``.
+
+    Example:
+        >>> import matgl_cdssl
+        >>> result = matgl_cdssl.finetune("CDSSL-MEGNet-MP", matgl_cdssl.load_sample(30).structures,
+        ...                               matgl_cdssl.load_sample(30).labels["band_gap_eV"], max_epochs=1,
+        ...                               enable_progress_bar=False, enable_model_summary=False)
+        >>> predict(result, matgl_cdssl.load_sample(3).structures).shape
+        (3,)
+    """
+    found = predict_all(model, structures, batch_size=batch_size, state_attr=state_attr, skip_invalid=skip_invalid)
+    return (found.mean, found.std) if return_std else found.mean
