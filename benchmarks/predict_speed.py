@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl import predict
+from matgl_cdssl._backend import get_backend, matgl_version
 
 
 def predict_loop(model: torch.nn.Module, structures: list) -> np.ndarray:

@@ -207,7 +207,9 @@ def _denoising_report(out: Path, records: list[dict]) -> None:
             change = "" if weight == 0 else f"{100 * (values.mean() / base.mean() - 1):+.1f}%"
             better = "" if weight == 0 else f"{int((values < base).sum())} of {len(values)}"
             unit = group["unit"].iloc[0]
-            lines.append(f"| {task} ({unit}) | {n} | {weight:g} | {values.mean():.4f} ± {se:.4f} | {change} | {better} |")
+            lines.append(
+                f"| {task} ({unit}) | {n} | {weight:g} | {values.mean():.4f} ± {se:.4f} | {change} | {better} |"
+            )
     (out / "denoising.md").write_text("\n".join(lines) + "\n")
 
 
