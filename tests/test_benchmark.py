@@ -141,7 +141,51 @@ def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(meg
     # The largest size sets the validation block (5 crystals here, 4 with sizes=(10,)), so n=10 is another split.
     assert records(megnet, (10,)) == 6
     assert records(new_like(megnet), (10,)) == 6  # the same weights in another object: cached
-    assert records(new_like(megnet, weights="none", seed=123), (10,)) == 8  # another MEGNet shares no run
+    # Another MEGNet shares no CDSSL run; the scratch arm uses no weights, so its run is the same and is reused.
+    assert records(new_like(megnet, weights="none", seed=123), (10,)) == 7
+
+
+def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own_task, tmp_path):
+    from dataclasses import replace
+
+    from pymatgen.core import Lattice, Structure
+
+    far = Structure(Lattice.cubic(10.0), ["Cu"], [[0, 0, 0]])  # no neighbour within 4 Å
+    structures = [*own_task.structures[:30], far, *own_task.structures[30:]]
+    task = replace(own_task, structures=structures, targets=[*own_task.targets[:30], 1.0, *own_task.targets[30:]])
+    with pytest.raises(ValueError, match=r"my_band_gap\[30\] has atom\(s\) at site\(s\) \[0\] with no neighbour"):
+        benchmark(pretrained_dir, tasks=[task], sizes=(10,), seeds=(0,), output_dir=tmp_path / "a", settings=TINY,
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / "a" / "runs.jsonl").exists()  # checked before any training
+    result = benchmark(pretrained_dir, arms=("CDSSL", "scratch", "supervised"), tasks=[task], sizes=(10,),
+                       seeds=(0, 1), output_dir=tmp_path / "b", settings=TINY, progress=False,
+                       skip_invalid=True)  # fmt: skip
+    assert set(result.runs["arm"]) == {"CDSSL", "scratch", "supervised"}
+    assert (result.runs.loc[result.runs["arm"] == "supervised", "model"] == "MEGNet-MP-2018.6.1-Eform").all()
+    assert "supervised test MAE" in result.table
+    assert "CDSSL vs supervised" in result.table
+    assert "against supervised transfer" in result.table
+    assert "1 invalid crystal(s) left out" in result.table
+    assert "my_band_gap[30] has atom(s)" in result.table
+    with pytest.raises(ValueError, match="needs 'scratch'"):
+        benchmark(pretrained_dir, arms=("CDSSL",), tasks=[task], sizes=(10,), output_dir=tmp_path / "c")
+
+
+def test_supervised_rows_on_formation_energy_are_marked_as_leakage():
+    rows = [
+        {"task": task, "unit": "eV", "n_train": 50, "seed": s, "arm": arm, "test_MAE": v}
+        for task in ("mp_formation_energy", "perov_heat_ref")
+        for s in (0, 1)
+        for arm, v in (("CDSSL", 1.0), ("scratch", 2.0), ("supervised", 0.5 if task.startswith("mp") else 1.5))
+    ]
+    summary = summarise(pd.DataFrame(rows))
+    assert list(summary["leakage"]) == [True, False]
+    assert summary["CDSSL_vs_supervised"].tolist() == pytest.approx([1.0, -1 / 3])
+    from matgl_cdssl.apps._benchmark import _markdown
+
+    table = _markdown(summary)
+    assert "| mp_formation_energy (eV) † |" in table
+    assert "CDSSL wins 1 of 1 configurations against supervised transfer" in table  # the leaking row left out
 
 
 def test_summary_counts_wins_and_standard_errors():

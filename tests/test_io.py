@@ -113,3 +113,22 @@ def test_cross_backend_weights_give_identical_node_features(written_by, sample):
             for s, ref in zip(structures, reference["node_feat"], strict=True)
         )
         assert diff > 1e-5
+
+
+def test_matgls_supervised_formation_energy_megnet_loads_on_both_lines():
+    """matgl's own MEGNet-MP-2018.6.1-Eform (a matgl 2.x DGL TransformedTargetModel) gives matgl 2.2.x's predictions."""
+    from importlib.resources import files
+
+    import numpy as np
+
+    folder = Path(str(files("matgl_cdssl").joinpath("benchmark_data/MEGNet-MP-2018.6.1-Eform")))
+    reference = json.loads((Path(__file__).parent / "data" / "eform_reference.json").read_text())
+    model = matgl_cdssl.load_model(folder)
+    assert type(model).__name__ == "TransformedTargetModel"
+    assert type(model.model).__name__ == "MEGNet"
+    sample = matgl_cdssl.load_sample(16)
+    assert sample.material_ids == reference["material_ids"]
+    predicted = np.array([float(model.predict_structure(s)) for s in sample.structures])
+    np.testing.assert_allclose(predicted, reference["prediction"], atol=1e-5)  # written on matgl 2.2.1
+    # A trained model: close to the DFT values (which its Materials Project training set may have included).
+    assert np.abs(predicted - sample.labels["formation_energy_per_atom_eV"][:16]).mean() < 0.1

@@ -47,6 +47,12 @@ SIZES = (50, 100, 250, 500, 1000, 2500)
 """Training-set sizes of the default suite."""
 
 ARMS = ("CDSSL", "scratch")
+"""The default arms: the pretrained model (``model``) and the same architecture from scratch."""
+
+#: matgl's supervised formation-energy MEGNet, shipped for the ``"supervised"`` arm (see benchmark_data/ATTRIBUTION.md).
+SUPERVISED = "MEGNet-MP-2018.6.1-Eform"
+#: Tasks whose labels the supervised arm's pretraining saw (Materials Project formation energies): leakage.
+SUPERVISED_LEAKS = ("mp_formation_energy",)
 
 
 @dataclass
@@ -220,6 +226,7 @@ class _Graphs:
             element_types=model.element_types,
             cutoff=model.cutoff,
             labels={"target": values.tolist()},
+            names=[f"{name}[{i}]" for i in picked],  # the task's own index, not the position among those picked
         )
 
     def subset(self, indices: Sequence[int]) -> Any:
@@ -241,14 +248,14 @@ def _fingerprint(model_digest: str, settings: BenchmarkSettings, task: TaskData,
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _weights_digest(model: nn.Module) -> str:
+def _weights_digest(model: nn.Module, *, weights: bool = True) -> str:
     """A SHA-256 of a model's class, constructor arguments and backbone weights: different models never share runs.
 
-    The readout is left out: neither arm uses it (the pretrained arm gets a fresh one), and a model loaded by name
-    has a random one.
+    The readout is left out: no arm uses it (a pretrained arm gets a fresh one), and a model loaded by name has a
+    random one. ``weights=False`` digests the architecture alone (the scratch arm, which uses no weights).
     """
     digest = hashlib.sha256(f"{type(model).__qualname__}:{json.dumps(model._init_args, default=str)}".encode())
-    for key, value in model.state_dict().items():
+    for key, value in model.state_dict().items() if weights else ():
         if key.split(".")[0] in READOUT:
             continue
         digest.update(key.encode())
@@ -256,9 +263,42 @@ def _weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _arm_templates(arms: Sequence[str], model: str | Path | nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Each arm's starting point and what it takes from it (``new_like``'s ``weights``), and its name in the table.
+
+    ``"CDSSL"`` is ``model``; ``"scratch"`` the same architecture at random initialisation; ``"supervised"`` matgl's
+    supervised formation-energy MEGNet (:data:`SUPERVISED`); any other name or folder is loaded as a pretrained arm.
+    A pretrained arm keeps the backbone and gets a fresh readout from the run's seed, as the CDSSL arm does.
+    """
+    from importlib.resources import files
+
+    def megnet(source: str | Path | nn.Module) -> nn.Module:
+        loaded = load_model(source, fresh_readout=False) if isinstance(source, (str, Path)) else source
+        return getattr(loaded, "model", loaded) if type(loaded).__name__ == "TransformedTargetModel" else loaded
+
+    cdssl = megnet(model)
+    out: dict[str, tuple[nn.Module, str]] = {}
+    for arm in dict.fromkeys(arms):
+        if arm == "CDSSL":
+            out[arm] = (cdssl, "backbone")
+        elif arm == "scratch":
+            out[arm] = (cdssl, "none")
+        elif arm == "supervised":
+            out[arm] = (megnet(Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{SUPERVISED}")))), "backbone")
+        else:
+            out[str(arm)] = (megnet(arm), "backbone")
+    if "scratch" not in out:
+        raise ValueError(f"arms={tuple(arms)!r} needs 'scratch': every arm is compared with it")
+    for arm, (net, _) in out.items():
+        if tuple(net.element_types) != tuple(cdssl.element_types) or float(net.cutoff) != float(cdssl.cutoff):
+            raise ValueError(f"arm {arm!r} has other element types or another cutoff than the CDSSL model")
+    return out
+
+
 def benchmark(
     model: str | Path | nn.Module = "CDSSL-MEGNet-MP",
     *,
+    arms: Sequence[str] = ARMS,
     tasks: Sequence[str | TaskData] | None = None,
     sizes: Sequence[int] = SIZES,
     seeds: Sequence[int] = (0, 1, 2),
@@ -266,12 +306,17 @@ def benchmark(
     settings: BenchmarkSettings | None = None,
     quick: bool = False,
     progress: bool = True,
+    skip_invalid: bool = False,
     **trainer_kwargs: Any,
 ) -> BenchmarkResult:
     """Run the SSL-vs-scratch benchmark and write its CSV, markdown table and bar chart.
 
     Args:
         model: The pretrained arm: a registered name, a model folder, or a MEGNet.
+        arms: Which arms to train: ``"CDSSL"`` (``model``), ``"scratch"`` (required: the reference of every
+            comparison), ``"supervised"`` (transfer from matgl's supervised formation-energy MEGNet, whose labels
+            leak into the Materials Project formation-energy task: marked in the table), or a registered name or
+            model folder of another pretrained MEGNet.
         tasks: Built-in task names (:data:`TASKS`, all by default) and/or your own :class:`TaskData`.
         sizes: Training-set sizes.
         seeds: One split and one initialisation per seed.
@@ -279,6 +324,10 @@ def benchmark(
         settings: Hyperparameters and budget (:class:`BenchmarkSettings`), the same for both arms.
         quick: The small suite of :data:`QUICK` (for CI and docs); it overrides tasks, sizes, seeds and settings.
         progress: Show a progress bar over the runs.
+        skip_invalid: Leave out the crystals of a task that the checks reject (an atom with no neighbour within the
+            cutoff, overlapping atoms, ...), with one warning per task that counts them, and list them in
+            ``results.md``. Every crystal is checked before any training starts; without it the first invalid one
+            raises, naming it.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (for example ``accelerator="gpu"``).
 
     Returns:
@@ -292,11 +341,15 @@ def benchmark(
     settings = settings or BenchmarkSettings()
     sizes = sorted(int(n) for n in sizes)
     loaded = [load_task(t) if isinstance(t, str) else t for t in (tasks if tasks is not None else TASKS)]
+    templates = _arm_templates(arms, model)
+    reference = templates["scratch"][0]  # every arm has its element types and cutoff (checked)
+    left_out: list[tuple[str, str, str]] = []
+    if skip_invalid:
+        loaded = [_valid_part(t, reference, left_out) for t in loaded]
     if quick:
         for t in loaded:
             t.n_test = min(t.n_test, QUICK["n_test"])
     model_name = model if isinstance(model, (str, Path)) else type(model).__name__
-    template = load_model(model, fresh_readout=False) if isinstance(model, (str, Path)) else model
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cache = output_dir / "runs.jsonl"
@@ -307,34 +360,42 @@ def benchmark(
             done[_run_key(record)] = record
 
     splits = {(t.name, seed): _splits(t, sizes, seed, settings) for t in loaded for seed in seeds}
-    digest = _weights_digest(template)
-    fingerprints = {
-        (t.name, seed): _fingerprint(digest, settings, t, splits[t.name, seed]) for t in loaded for seed in seeds
-    }
+    digests = {arm: _weights_digest(net, weights=kind != "none") for arm, (net, kind) in templates.items()}
     plan = [
-        {"task": t, "fingerprint": fingerprints[t.name, seed], "seed": seed, "n_train": n, "arm": arm}
+        {
+            "task": t,
+            "fingerprint": _fingerprint(digests[arm], settings, t, splits[t.name, seed]),
+            "seed": seed,
+            "n_train": n,
+            "arm": arm,
+        }
         for t in loaded
         for seed in seeds
         for n in sizes
-        for arm in ARMS
+        for arm in templates
     ]
     todo = [p for p in plan if _run_key(p) not in done]
     logger.info("benchmark: %d runs, %d cached, %d to do", len(plan), len(plan) - len(todo), len(todo))
 
     from tqdm.auto import tqdm
 
-    graphs: dict[str, tuple[_Graphs, _Graphs]] = {}
+    # Every crystal a run needs is checked and converted before any training starts.
+    reference = templates["scratch"][0]
+    graphs = {
+        t.name: _task_graphs(t, [splits[t.name, s] for s in seeds], sizes, reference)
+        for t in loaded
+        if any(run["task"] is t for run in todo)
+    }
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, desc="SSL vs scratch")
     with _lightning_warnings_only():
         for run in todo:
             task, seed, n, arm = run["task"], run["seed"], run["n_train"], run["arm"]
             split = splits[task.name, seed]
-            if task.name not in graphs:
-                graphs[task.name] = _task_graphs(task, [splits[task.name, s] for s in seeds], sizes, template)
             pool, test_pool = graphs[task.name]
             bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm}")
             L.seed_everything(seed, verbose=False)
-            net = new_like(template, weights="backbone" if arm == "CDSSL" else "none")
+            template, kind = templates[arm]
+            net = new_like(template, weights=kind)
             epochs = settings.epochs(n)
             start = time.perf_counter()
             result = fit(
@@ -348,7 +409,7 @@ def benchmark(
                 batch_size=settings.batch_size,
                 lr=settings.lr,
                 backbone_lr=settings.backbone_lr,
-                freeze_backbone=settings.freeze_backbone and arm == "CDSSL",
+                freeze_backbone=settings.freeze_backbone and kind == "backbone",
                 seed=seed,
                 enable_progress_bar=False,
                 **trainer_kwargs,
@@ -367,7 +428,7 @@ def benchmark(
                 "n_val": len(split["val"][n]),
                 "n_test": len(split["test"]),
                 "wall_s": round(time.perf_counter() - start, 2),
-                "model": str(model_name),
+                "model": {"CDSSL": str(model_name), "scratch": str(model_name), "supervised": SUPERVISED}.get(arm, arm),
                 "fingerprint": run["fingerprint"],
             }
             with cache.open("a") as f:
@@ -378,7 +439,31 @@ def benchmark(
 
     trivial = {(t.name, seed): _median_predictor_mae(t, splits[t.name, seed], sizes) for t in loaded for seed in seeds}
     runs = [{**done[_run_key(p)], "median_MAE": trivial[p["task"].name, p["seed"]][p["n_train"]]} for p in plan]
-    return report(runs, output_dir)
+    return report(runs, output_dir, left_out=left_out)
+
+
+def _valid_part(task: TaskData, model: nn.Module, left_out: list[tuple[str, str, str]]) -> TaskData:
+    """``task`` without the crystals that the checks reject, each recorded in ``left_out`` as (task, name, reason)."""
+    from dataclasses import replace
+
+    def keep(structures: Sequence[Any], targets: Sequence[float], where: str) -> tuple[list, list]:
+        names = [f"{where}[{i}]" for i in range(len(structures))]
+        _, _, skipped = build_dataset(structures, element_types=model.element_types, cutoff=model.cutoff,
+                                         skip_invalid=True, names=names, log_skips=False)  # fmt: skip
+        left_out.extend((task.name, name, reason) for name, reason in skipped)
+        rejected = {name for name, _ in skipped}  # build_dataset names every converted crystal, connected or not
+        rows = [i for i, name in enumerate(names) if name not in rejected]
+        return [structures[i] for i in rows], [targets[i] for i in rows]
+
+    before = len(left_out)
+    structures, targets = keep(task.structures, task.targets, task.name)
+    test_s, test_y = task.test_structures, task.test_targets
+    if test_s is not None:
+        test_s, test_y = keep(test_s, test_y, f"{task.name} (test)")
+    if len(left_out) > before:
+        logger.warning("benchmark: %d invalid crystal(s) of %s left out (listed in results.md)", len(left_out) - before,
+                       task.name)  # fmt: skip
+    return replace(task, structures=structures, targets=targets, test_structures=test_s, test_targets=test_y)
 
 
 def _run_key(run: dict) -> tuple:
@@ -422,12 +507,15 @@ def _task_graphs(
     return pool, _Graphs(task.test_structures, task.test_targets, needed_test, model, f"{task.name} (test)")
 
 
-def report(runs: Sequence[dict] | pd.DataFrame, output_dir: str | Path) -> BenchmarkResult:
+def report(
+    runs: Sequence[dict] | pd.DataFrame, output_dir: str | Path, *, left_out: Sequence[tuple[str, str, str]] = ()
+) -> BenchmarkResult:
     """Summarise runs into ``runs.csv``, ``results.md`` (mean ± standard error) and ``results.png``.
 
     Args:
         runs: Run records as written by :func:`benchmark`.
         output_dir: Where to write.
+        left_out: ``(task, crystal, reason)`` of each crystal left out under ``skip_invalid``, listed in the table.
 
     Returns:
         A :class:`BenchmarkResult`.
@@ -441,6 +529,9 @@ def report(runs: Sequence[dict] | pd.DataFrame, output_dir: str | Path) -> Bench
     frame.to_csv(paths["runs_csv"], index=False)
     summary = summarise(frame)
     table = _markdown(summary)
+    if left_out:
+        table += f"\n{len(left_out)} invalid crystal(s) left out (skip_invalid):\n\n"
+        table += "".join(f"- {task}: {name} {reason}\n" for task, name, reason in left_out)
     paths["table_md"].write_text(table)
     try:
         paths["figure_png"] = _plot(summary, output_dir / "results.png")
@@ -449,24 +540,41 @@ def report(runs: Sequence[dict] | pd.DataFrame, output_dir: str | Path) -> Bench
     return BenchmarkResult(frame, table, paths)
 
 
-def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, n_train): mean and standard error of the test MAE of each arm, and the relative change.
+def _arm_order(arms: Sequence[str]) -> list[str]:
+    """The arms in table order: CDSSL, supervised, any others, scratch last."""
+    first = [a for a in ("CDSSL", "supervised") if a in arms]
+    return [
+        *first,
+        *sorted(a for a in arms if a not in (*first, "scratch")),
+        *(["scratch"] if "scratch" in arms else []),
+    ]
 
-    Only seeds that finished both arms are counted, so that the arms are always compared on the same splits.
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, n_train): mean and standard error of the test MAE of each arm, and the relative changes.
+
+    ``change`` is CDSSL against scratch, ``change_<arm>`` any other arm against scratch, and ``CDSSL_vs_supervised``
+    CDSSL against supervised transfer; ``leakage`` marks the tasks whose labels the supervised arm was trained on.
+    Only seeds that finished every arm are counted, so that the arms are always compared on the same splits.
     """
     import pandas as pd
 
     rows = []
     for (task, n), group in frame.groupby(["task", "n_train"], sort=True):
         wide = group.pivot_table(index="seed", columns="arm", values="test_MAE").dropna()
-        if wide.empty or not set(ARMS) <= set(wide.columns):
+        arms = _arm_order(list(wide.columns))
+        if wide.empty or "scratch" not in arms or len(arms) < 2:
             continue
         row = {"task": task, "unit": group["unit"].iloc[0], "n_train": int(n), "seeds": len(wide)}
-        for arm in ARMS:
+        for arm in arms:
             values = wide[arm].to_numpy()
             row[f"{arm}_mean"] = float(values.mean())
             row[f"{arm}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-        row["change"] = row["CDSSL_mean"] / row["scratch_mean"] - 1
+        for arm in arms[:-1]:
+            row["change" if arm == "CDSSL" else f"change_{arm}"] = row[f"{arm}_mean"] / row["scratch_mean"] - 1
+        if "CDSSL" in arms and "supervised" in arms:
+            row["CDSSL_vs_supervised"] = row["CDSSL_mean"] / row["supervised_mean"] - 1
+        row["leakage"] = "supervised" in arms and task in SUPERVISED_LEAKS
         if "median_MAE" in group:
             row["median_MAE"] = float(group.drop_duplicates("seed")["median_MAE"].mean())
         rows.append(row)
@@ -484,39 +592,56 @@ LEARNED = 0.95
 
 def _markdown(summary: pd.DataFrame) -> str:
     trivial = "median_MAE" in summary
-    lines = [
-        "| task | n_train | seeds | CDSSL test MAE | scratch test MAE | change |"
-        + (" median predictor |" if trivial else ""),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if trivial else ""),
-    ]
-    for r in summary.itertuples():
-        lines.append(
-            f"| {r.task} ({r.unit}) | {r.n_train} | {r.seeds} | {_pm(r.CDSSL_mean, r.CDSSL_se)} | "
-            f"{_pm(r.scratch_mean, r.scratch_se)} | {100 * r.change:+.1f}% |"
-            + (f" {r.median_MAE:.4f} |" if trivial else "")
-        )
-    if len(summary):
+    arms = _arm_order([c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")])
+    others = [a for a in arms if a not in ("CDSSL", "scratch")]
+    versus = "CDSSL_vs_supervised" in summary
+    header = ["task", "n_train", "seeds", *(f"{a} test MAE" for a in arms)]
+    header += [f"{a} vs scratch" for a in arms if a != "scratch"] + (["CDSSL vs supervised"] if versus else [])
+    header += ["median predictor"] if trivial else []
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for r in summary.to_dict("records"):
+        leak = " †" if r.get("leakage") else ""
+        cells = [f"{r['task']} ({r['unit']}){leak}", str(r["n_train"]), str(r["seeds"])]
+        cells += [_pm(r[f"{a}_mean"], r[f"{a}_se"]) for a in arms]
+        cells += [f"{100 * r['change' if a == 'CDSSL' else f'change_{a}']:+.1f}%" for a in arms if a != "scratch"]
+        cells += [f"{100 * r['CDSSL_vs_supervised']:+.1f}%"] if versus else []
+        cells += [f"{r['median_MAE']:.4f}"] if trivial else []
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(summary) and "change" in summary:
         wins = int((summary["change"] < 0).sum())
         small = summary[summary["n_train"] <= 250]
         lines += [
             "",
-            f"CDSSL wins {wins} of {len(summary)} configurations ({100 * wins / len(summary):.0f}%).",
+            f"CDSSL wins {wins} of {len(summary)} configurations against scratch ({100 * wins / len(summary):.0f}%).",
             f"Mean change in test MAE, all configurations: {100 * summary['change'].mean():+.1f}%; "
             + (f"at 250 labels or fewer: {100 * small['change'].mean():+.1f}%." if len(small) else ""),
         ]
+        if versus:
+            fair = summary[~summary["leakage"].astype(bool)]
+            n_won = int((fair["CDSSL_vs_supervised"] < 0).sum())
+            lines.append(
+                f"CDSSL wins {n_won} of {len(fair)} configurations against supervised transfer (rows marked † left "
+                "out: the supervised arm was trained on those labels)."
+            )
         if trivial:
-            best = summary[["CDSSL_mean", "scratch_mean"]].min(axis=1)
+            best = summary[[f"{a}_mean" for a in arms]].min(axis=1)
             learned = summary[best < LEARNED * summary["median_MAE"]]
             n_won = int((learned["change"] < 0).sum())
             lines.append(
-                f"Where a model learned something (the better arm at least {100 * (1 - LEARNED):.0f}% below the median "
+                f"Where a model learned something (the best arm at least {100 * (1 - LEARNED):.0f}% below the median "
                 f"predictor): CDSSL wins {n_won} of {len(learned)}"
                 + (f"; mean change {100 * learned['change'].mean():+.1f}%." if len(learned) else ".")
             )
         lines += [
             "",
-            "Mean ± standard error over seeds; change = CDSSL mean / scratch mean - 1 (negative: CDSSL better)."
-            + (" Median predictor: the test MAE of predicting the training labels' median." if trivial else ""),
+            "Mean ± standard error over seeds; change = arm mean / scratch mean - 1 (negative: the arm is better)."
+            + (" Median predictor: the test MAE of predicting the training labels' median." if trivial else "")
+            + (
+                f" †: leakage, the supervised arm ({SUPERVISED}) was trained on Materials Project formation energies."
+                if versus and summary["leakage"].any()
+                else ""
+            )
+            + (f" Other arms: {', '.join(others)}." if others else ""),
         ]
     return "\n".join(lines) + "\n"
 
@@ -532,9 +657,12 @@ def _plot(summary: pd.DataFrame, path: Path) -> Path:
     for ax, task in zip(axes[0], tasks, strict=True):
         part = summary[summary["task"] == task]
         x = np.arange(len(part))
-        for k, (arm, color) in enumerate(zip(ARMS, ("tab:blue", "tab:gray"), strict=True)):
-            ax.bar(x + (k - 0.5) * 0.4, part[f"{arm}_mean"], 0.4, yerr=part[f"{arm}_se"].fillna(0), capsize=2,
-                   color=color, label=arm)  # fmt: skip
+        arms = _arm_order([c[: -len("_mean")] for c in part.columns if c.endswith("_mean") and part[c].notna().any()])
+        width = 0.8 / len(arms)
+        colors = {"CDSSL": "tab:blue", "supervised": "tab:orange", "scratch": "tab:gray"}
+        for k, arm in enumerate(arms):
+            ax.bar(x + (k - (len(arms) - 1) / 2) * width, part[f"{arm}_mean"], width, capsize=2,
+                   yerr=part[f"{arm}_se"].fillna(0), color=colors.get(arm), label=arm)  # fmt: skip
         if "median_MAE" in part:
             ax.plot(x, part["median_MAE"], "k_", markersize=18, mew=1.5, label="median predictor")
         ax.set_xticks(x, [str(n) for n in part["n_train"]])

@@ -108,6 +108,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--n-test", type=int, help="test crystals per seed for --data (default: min(500, 20%%))")
     add_option(p, benchmark, "sizes", type=int, nargs="+", help="training sizes")
     add_option(p, benchmark, "seeds", type=int, nargs="+", help="seeds: one split and initialisation each")
+    add_option(p, benchmark, "arms", nargs="+", help="CDSSL, scratch, supervised (matgl's Eform MEGNet), or a folder")
+    add_option(p, benchmark, "skip_invalid", help="leave out crystals that the checks reject, and list them")
     settings = BenchmarkSettings()
     for name, kind in (("lr", positive_float), ("backbone_lr", float), ("batch_size", int), ("max_epochs", int)):
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(default: {getattr(settings, name)})")
@@ -206,6 +208,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
         tasks=tasks,
         sizes=args.sizes or SIZES,
         seeds=args.seeds,
+        arms=args.arms,
+        skip_invalid=args.skip_invalid,
         output_dir=args.output_dir,
         settings=replace(BenchmarkSettings(), **changes),
         quick=args.quick,

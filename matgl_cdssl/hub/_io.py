@@ -165,7 +165,11 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
 
     A CDSSL folder written by the other backend has its weights converted (:func:`convert_weights`). The
     returned object is a plain matgl MEGNet; its Set2Set readout and output MLP were not trained by the pretext
-    task. Any other path or name is passed to ``matgl.load_model`` unchanged, so matgl's own models keep working.
+    task. A matgl 2.x ``TransformedTargetModel`` folder of a MEGNet (such as matgl's own ``MEGNet-MP-2018.6.1-Eform``,
+    saved from matgl 2.x's DGL line) loads on both lines: matgl 2.2.x opens it itself; on matgl >= 3 the MEGNet is
+    rebuilt from its ``init_args`` with its weights converted from the DGL convention, and wrapped again with its
+    target transformer (:func:`_load_transformed_megnet`). Any other path or name is passed to ``matgl.load_model``
+    unchanged, so matgl's own models keep working.
 
     Args:
         name_or_path: A CDSSL model folder, or any path or name ``matgl.load_model`` understands.
@@ -178,6 +182,8 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     import matgl
 
     path = Path(name_or_path)
+    if BACKEND == "pyg" and _is_transformed_megnet(path):
+        return _load_transformed_megnet(path)
     if not (path / CONFIG_FILE).is_file():
         return matgl.load_model(name_or_path, **kwargs)
     cfg = read_config(path)
@@ -191,6 +197,35 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
         "Converted %s weights written by matgl %s to the %s convention", path, cfg.get("matgl_version"), BACKEND
     )
     return model
+
+
+def _is_transformed_megnet(path: Path) -> bool:
+    """Whether ``path`` is a saved matgl 2.x ``TransformedTargetModel`` around a MEGNet."""
+    try:
+        info = json.loads((path / "model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    inner = (info.get("kwargs") or {}).get("model") or {}
+    return info.get("@class") == "TransformedTargetModel" and inner.get("@class") == "MEGNet"
+
+
+def _load_transformed_megnet(path: Path) -> nn.Module:
+    """A matgl 2.x (DGL) ``TransformedTargetModel`` folder of a MEGNet, rebuilt on matgl >= 3 (PyG).
+
+    The MEGNet is built from its ``init_args`` (``None`` entries take matgl's defaults, as matgl 2.x did), its
+    ``model.``-prefixed weights are converted from the DGL convention (:func:`convert_weights`), and it is wrapped in
+    matgl's ``TransformedTargetModel`` with the saved target transformer, so that predictions are matgl 2.2.x's.
+    """
+    from matgl.models import TransformedTargetModel
+
+    saved = torch.load(path / "model.pt", map_location="cpu", weights_only=False)  # holds matgl's Normalizer
+    init_args = {k: v for k, v in saved["model"]["init_args"].items() if v is not None}
+    model = get_backend().megnet_class(**init_args)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    inner = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    model.load_state_dict(convert_weights(inner, to="pyg"))
+    logger.info("Rebuilt %s (a matgl 2.x TransformedTargetModel) with weights converted to the PyG convention", path)
+    return TransformedTargetModel(model=model, target_transformer=saved["target_transformer"])
 
 
 def load_head(path: str | Path, model: nn.Module) -> nn.Module:
