@@ -7,6 +7,9 @@ Usage: python scripts/make_benchmark_data.py [SHARED_DATA_DIR]
   atoms, every atom within 4 Å of a neighbour, and all three labels. Their labels were never used in pretraining.
   (Test crystals come from the bundled sample, ``matgl_cdssl/sample/mp_sample.json.gz``: the hold-out pool.)
 - ``perov5.json.gz``: the first 4,000 perovskites of ``perov5.csv.gz`` in SHA-256 order of their id.
+- ``matbench_jdft2d.json.gz``, ``matbench_phonons.json.gz``: every row of the two Matbench v0.1 tasks, in matbench's
+  own order, with matbench's ids (``mb-jdft2d-001``, ...) and targets; nothing is filtered (matbench scores every
+  test crystal).
 
 Structures are stored as lattice, species and fractional coordinates of pymatgen's CIF parse.
 """
@@ -65,6 +68,27 @@ def _write(rows: list[dict], key: str, labels: tuple[str, ...], n: int, name: st
     print(f"wrote {len(out)} crystals to {OUT / name}")
 
 
+def _write_matbench(shared: Path, name: str) -> None:
+    csv.field_size_limit(10**8)
+    with gzip.open(shared / "matbench" / f"{name}.csv.gz", "rt") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        s = Structure.from_str(row["cif"], fmt="cif")
+        out.append(
+            {
+                "id": row["mbid"],
+                "target": float(row["target"]),
+                "lattice": [[round(x, 8) for x in v] for v in s.lattice.matrix.tolist()],
+                "species": [site.specie.symbol for site in s],
+                "frac_coords": [[round(x, 8) for x in c] for c in s.frac_coords.tolist()],
+            }
+        )
+    with gzip.open(OUT / f"{name}.json.gz", "wt") as f:
+        json.dump(out, f, separators=(",", ":"))
+    print(f"wrote {len(out)} crystals to {OUT / name}.json.gz")
+
+
 def main(shared: Path = SHARED) -> None:
     mp = [
         r
@@ -74,6 +98,8 @@ def main(shared: Path = SHARED) -> None:
     _write(mp, "material_id", MP_LABELS, 3100, "mp_trainval.json.gz")
     perov = _rows(shared / "perov5" / "perov5.csv.gz", "material_id")
     _write(perov, "material_id", PEROV_LABELS, 4000, "perov5.json.gz")
+    for name in ("matbench_jdft2d", "matbench_phonons"):
+        _write_matbench(shared, name)
 
 
 if __name__ == "__main__":

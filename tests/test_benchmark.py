@@ -30,7 +30,8 @@ def own_task(sample):
 @pytest.mark.parametrize("name", list(TASKS))
 def test_shipped_tasks_are_complete_and_finite(name):
     task = load_task(name)
-    assert len(task.structures) == len(task.targets) >= 3000
+    expected = {"matbench_jdft2d": 636, "matbench_phonons": 1265}.get(name, 3000)  # matbench's tasks are complete
+    assert len(task.structures) == len(task.targets) >= expected
     assert np.isfinite(task.targets).all()
     if name.startswith("mp_"):
         # Materials Project test crystals come from the hold-out pool that pretraining never saw.

@@ -218,3 +218,28 @@ def test_cli_runs_a_fold_through_matbench(injected, tmp_path, capsys):
     fold = written["tasks"][TASK]["results"]["fold_1"]
     assert len(fold["data"]) == N_CRYSTALS // 5
     assert np.isfinite(fold["scores"]["mae"])
+
+
+@pytest.mark.parametrize("name", ["matbench_jdft2d", "matbench_phonons"])
+def test_shipped_matbench_tasks_are_matbenchs_own(name):
+    from matgl_cdssl.apps._matbench import shipped_frame
+
+    frame = shipped_frame(name)
+    meta = matbench.metadata.mbv01_metadata[name]
+    assert len(frame) == meta["n_samples"]
+    folds = matbench.metadata.mbv01_validation.splits[name]
+    for fold in folds.values():  # matbench's own fold file names exactly these crystals
+        assert set(fold["train"]) | set(fold["test"]) == set(frame.index)
+    mad = float(np.abs(frame[meta["target"]] - frame[meta["target"]].mean()).mean())
+    assert mad == pytest.approx(meta["mad"], rel=1e-4)
+    assert all(isinstance(s, Structure) for s in frame["structure"][:20])
+
+
+def test_run_matbench_on_a_shipped_task_offline(tmp_path):
+    mb = run_matbench("matbench_jdft2d", output=tmp_path / "results.json.gz", folds=[0], seed=3, **TINY)
+    task = mb.matbench_jdft2d
+    assert task.is_recorded[0]
+    assert not task.is_recorded[1]
+    test_ids = matbench.metadata.mbv01_validation.splits["matbench_jdft2d"]["fold_0"]["test"]
+    assert len(task.results["fold_0"]["data"]) == len(test_ids)  # every test crystal of matbench's fold predicted
+    assert math.isfinite(task.results["fold_0"]["scores"]["mae"])

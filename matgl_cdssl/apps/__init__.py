@@ -8,6 +8,7 @@ checkpoints and logging to Lightning's Trainer.
 from __future__ import annotations
 
 from matgl_cdssl.apps._benchmark import (
+    DEFAULT_SUITE,
     SIZES,
     TASKS,
     BenchmarkResult,
@@ -33,6 +34,7 @@ from matgl_cdssl.apps._predict import Predictions, predict, predict_all
 from matgl_cdssl.apps._pretrain import LOGGERS, pretrain
 
 __all__ = [
+    "DEFAULT_SUITE",
     "DEFAULT_TASKS",
     "LOGGERS",
     "SIZES",

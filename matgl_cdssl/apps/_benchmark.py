@@ -39,7 +39,17 @@ if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
-__all__ = ["SIZES", "TASKS", "BenchmarkResult", "BenchmarkSettings", "TaskData", "benchmark", "load_task", "report"]
+__all__ = [
+    "DEFAULT_SUITE",
+    "SIZES",
+    "TASKS",
+    "BenchmarkResult",
+    "BenchmarkSettings",
+    "TaskData",
+    "benchmark",
+    "load_task",
+    "report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +103,14 @@ TASKS = {
     "mp_magnetization": _Builtin("mp", "total_magnetization_muB", "μB/atom", per_atom=True),
     "perov_heat_ref": _Builtin("perov5", "heat_ref", "eV/cell", n_test=1000),
     "perov_ind_gap": _Builtin("perov5", "ind_gap", "eV", n_test=1000),
+    "matbench_jdft2d": _Builtin("matbench_jdft2d", "target", "meV/atom", n_test=127),
+    "matbench_phonons": _Builtin("matbench_phonons", "target", "cm^-1", n_test=253),
 }
-"""The default suite: Materials Project (``mp_*``) and perovskite (``perov_*``) tasks."""
+"""Every built-in task: Materials Project (``mp_*``), perovskite (``perov_*``) and two Matbench v0.1 tasks (complete,
+in matbench's order and with its ids; their own 5-fold protocol is :func:`~matgl_cdssl.apps.run_matbench`)."""
+
+DEFAULT_SUITE = ("mp_formation_energy", "mp_band_gap", "mp_magnetization", "perov_heat_ref", "perov_ind_gap")
+"""The tasks :func:`benchmark` runs when none are named."""
 
 
 @dataclass(frozen=True)
@@ -173,8 +189,8 @@ def load_task(name: str) -> TaskData:
     if name not in TASKS:
         raise ValueError(f"unknown benchmark task {name!r}; known tasks: {', '.join(TASKS)}")
     spec = TASKS[name]
-    if spec.source == "perov5":
-        rows = _read_json_gz("perov5.json.gz")
+    if spec.source != "mp":  # one pool, the test set drawn from it per seed
+        rows = _read_json_gz(f"{spec.source}.json.gz")
         return TaskData(name, _structures(rows), [r[spec.label] for r in rows], unit=spec.unit, n_test=spec.n_test)
     rows = _read_json_gz("mp_trainval.json.gz")
     structures = _structures(rows)
@@ -317,7 +333,8 @@ def benchmark(
             comparison), ``"supervised"`` (transfer from matgl's supervised formation-energy MEGNet, whose labels
             leak into the Materials Project formation-energy task: marked in the table), or a registered name or
             model folder of another pretrained MEGNet.
-        tasks: Built-in task names (:data:`TASKS`, all by default) and/or your own :class:`TaskData`.
+        tasks: Built-in task names (:data:`TASKS`; :data:`DEFAULT_SUITE` by default) and/or your own
+            :class:`TaskData`.
         sizes: Training-set sizes.
         seeds: One split and one initialisation per seed.
         output_dir: Where ``runs.jsonl`` (the cache), ``runs.csv``, ``results.md`` and ``results.png`` go.
@@ -340,7 +357,7 @@ def benchmark(
         tasks, sizes, seeds, settings = QUICK["tasks"], QUICK["sizes"], QUICK["seeds"], QUICK["settings"]
     settings = settings or BenchmarkSettings()
     sizes = sorted(int(n) for n in sizes)
-    loaded = [load_task(t) if isinstance(t, str) else t for t in (tasks if tasks is not None else TASKS)]
+    loaded = [load_task(t) if isinstance(t, str) else t for t in (tasks if tasks is not None else DEFAULT_SUITE)]
     templates = _arm_templates(arms, model)
     reference = templates["scratch"][0]  # every arm has its element types and cutoff (checked)
     left_out: list[tuple[str, str, str]] = []

@@ -33,7 +33,15 @@ if TYPE_CHECKING:
     from matbench.bench import MatbenchBenchmark
     from torch import nn
 
-__all__ = ["DEFAULT_TASKS", "load_results", "run_matbench", "supported_tasks", "write_results"]
+__all__ = [
+    "DEFAULT_TASKS",
+    "SHIPPED",
+    "load_results",
+    "run_matbench",
+    "shipped_frame",
+    "supported_tasks",
+    "write_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,31 @@ _INSTALL = (
     "matbench is not installed. Install it next to a current matminer: `pip install -c constraints/<backend>.txt "
     "matminer` then `pip install --no-deps matbench==0.6` (see docs/matbench.md)."
 )
+
+
+SHIPPED = ("matbench_jdft2d", "matbench_phonons")
+"""Matbench tasks whose data ship in ``matgl_cdssl/benchmark_data`` (complete, matbench's ids and order), so that
+:func:`run_matbench` runs them offline; matbench's own folds (``matbench_v0.1_validation.json``) select the rows."""
+
+
+def shipped_frame(name: str) -> Any:
+    """The shipped data of a Matbench task as matbench loads it: index = matbench ids, ``structure`` and the target.
+
+    Example:
+        >>> frame = shipped_frame("matbench_jdft2d")
+        >>> len(frame), list(frame.columns), frame.index[0]
+        (636, ['structure', 'exfoliation_en'], 'mb-jdft2d-001')
+    """
+    import pandas as pd
+
+    from matgl_cdssl.apps._benchmark import _read_json_gz, _structures
+
+    if name not in SHIPPED:
+        raise ValueError(f"{name!r} is not shipped; shipped matbench tasks: {', '.join(SHIPPED)}")
+    rows = _read_json_gz(f"{name}.json.gz")
+    target = _matbench_metadata()[name]["target"]
+    index = pd.Index([r["id"] for r in rows], name="mbid")
+    return pd.DataFrame({"structure": _structures(rows), target: [r["target"] for r in rows]}, index=index)
 
 
 def _matbench_metadata() -> dict[str, Any]:
@@ -207,6 +240,8 @@ def run_matbench(
         unknown = [f for f in chosen if f not in task.folds]
         if unknown:
             raise ValueError(f"{task.dataset_name}: no fold(s) {unknown}; its folds are {list(task.folds)}")
+        if task.df is None and task.dataset_name in SHIPPED:
+            task.df = shipped_frame(task.dataset_name)  # matbench's own rows and ids, shipped: no download
         task.load()
         for fold in chosen:
             if task.is_recorded[fold]:

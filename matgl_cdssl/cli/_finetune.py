@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.apps import (
+    DEFAULT_SUITE,
     DEFAULT_TASKS,
     SIZES,
     TASKS,
@@ -96,7 +97,8 @@ def add_parser(sub: Any) -> None:
         help="finetuned from pretrained weights vs the same MEGNet from scratch, side by side",
         description="Runs both arms with identical splits, hyperparameters and budgets, caching every finished run "
         "in OUT/runs.jsonl (rerun the same command to resume), and writes OUT/runs.csv, OUT/results.md and "
-        f"OUT/results.png. Without --data, runs the built-in suite (tasks: {', '.join(TASKS)}).",
+        f"OUT/results.png. Without --data, runs the built-in suite (tasks: {', '.join(DEFAULT_SUITE)}; also "
+        f"loadable by name with --tasks: {', '.join(t for t in TASKS if t not in DEFAULT_SUITE)}).",
     )
     add_option(p, benchmark, "model", help="pretrained arm: registered name or model folder")
     add_option(p, benchmark, "output_dir", flag="--out", type=Path, help="output folder (and cache)")
