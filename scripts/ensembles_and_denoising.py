@@ -10,9 +10,10 @@ sample budget given by ``--sample-budget`` (the CPU budget of one session; the b
 
 - ``calibration``: ensembles of ``--members`` members (``finetune(..., ensemble=K)``) at 250 and 1,000 labels; on the
   test crystals, the ensemble's MAE against a single member's, the Spearman correlation between |error| and the
-  members' standard deviation, and the fractions of crystals whose error is within 1 and 2 standard deviations
-  (0.68 and 0.95 for a calibrated Gaussian). Writes ``calibration.jsonl`` (with each crystal's error and std),
-  ``calibration.md`` and ``calibration.png``.
+  uncertainty, and the fractions of crystals whose error is within 1 and 2 uncertainties (0.68 and 0.95 for a
+  calibrated Gaussian), for the members' raw standard deviation and for the uncertainty that ``predict`` reports:
+  the standard deviation times ``std_scale``, chosen on the validation crystals. Writes ``calibration.jsonl`` (with
+  each crystal's error and uncertainty), ``calibration.md`` and ``calibration.png``.
 - ``denoising``: ``finetune(..., denoising_weight=w)`` for w in ``--weights`` at 50 and 250 labels, 3 seeds; the best
   validation MAE of each run (the test crystals are not touched). Writes ``denoising.jsonl`` and ``denoising.md``.
 
@@ -76,7 +77,7 @@ def run_calibration(args: argparse.Namespace, settings: BenchmarkSettings) -> No
         task = load_task(name)
         split = _splits(task, (250, 1000), args.seed, settings)
         for n in (250, 1000):
-            key = f"{name}/{n}/{args.seed}/{args.members}"
+            key = f"{name}/{n}/{args.seed}/{args.members}/scaled"
             if key in done:
                 continue
             data = _data(task, split, n)
@@ -95,7 +96,13 @@ def run_calibration(args: argparse.Namespace, settings: BenchmarkSettings) -> No
                 "members": args.members,
                 "n_test": int(ok.sum()),
                 "member_test_MAE": [float(np.abs(m[ok] - test_y[ok]).mean()) for m in members],
+                "std_scale": result.std_scale,
                 **calibration(test_y[ok], found.mean[ok], found.std[ok]),
+                **{
+                    f"raw_{k}": v
+                    for k, v in calibration(test_y[ok], found.mean[ok], found.std[ok] / result.std_scale).items()
+                    if "within" in k
+                },
                 "abs_error": np.abs(found.mean[ok] - test_y[ok]).round(6).tolist(),
                 "std": found.std[ok].round(6).tolist(),
                 "epochs": [int(r.metrics["epochs"]) for r in result.results],
@@ -110,20 +117,23 @@ def run_calibration(args: argparse.Namespace, settings: BenchmarkSettings) -> No
 def _calibration_report(out: Path, records: list[dict]) -> None:
     lines = [
         "| task | labels | members | test crystals | ensemble MAE | single member MAE (mean ± SD) | change | "
-        "Spearman(abs error, std) | within 1 std | within 2 std |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Spearman(abs error, std) | std_scale (validation) | within 1 / 2 std, raw | within 1 / 2 std, scaled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(records, key=lambda r: (r["task"], r["n_train"])):
         single = np.asarray(r["member_test_MAE"])
         lines.append(
             f"| {r['task']} ({r['unit']}) | {r['n_train']} | {r['members']} | {r['n_test']} | {r['test_MAE']:.4f} | "
             f"{single.mean():.4f} ± {single.std(ddof=1):.4f} | {100 * (r['test_MAE'] / single.mean() - 1):+.1f}% | "
-            f"{r['test_spearman_error_std']:.2f} | {r['test_within_1_std']:.2f} | {r['test_within_2_std']:.2f} |"
+            f"{r['test_spearman_error_std']:.2f} | {r['std_scale']:.2f} | "
+            f"{r['raw_test_within_1_std']:.2f} / {r['raw_test_within_2_std']:.2f} | "
+            f"{r['test_within_1_std']:.2f} / {r['test_within_2_std']:.2f} |"
         )
     lines += [
         "",
-        "Within k std: the fraction of test crystals whose absolute error is at most k times the members' standard "
-        "deviation (ddof=1); a calibrated Gaussian spread gives 0.68 and 0.95.",
+        "Within k std: the fraction of test crystals whose absolute error is at most k times the uncertainty; a "
+        "calibrated Gaussian gives 0.68 and 0.95. Raw: the members' standard deviation (ddof=1); scaled: times "
+        "std_scale, the factor that calibrates it on the validation crystals (what predict reports).",
     ]
     (out / "calibration.md").write_text("\n".join(lines) + "\n")
     _calibration_plot(out / "calibration.png", records)
@@ -139,7 +149,7 @@ def _calibration_plot(path: Path, records: list[dict]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ks = np.linspace(0, 3, 61)
     for r in sorted(records, key=lambda r: (r["task"], r["n_train"])):
-        error, std = np.asarray(r["abs_error"]), np.asarray(r["std"])
+        error, std = np.asarray(r["abs_error"]), np.asarray(r["std"])  # the scaled uncertainty
         order = np.argsort(std)
         bins = np.array_split(order, 10)  # deciles of the predicted spread
         label = f"{r['task']}, {r['n_train']} labels"
@@ -147,7 +157,7 @@ def _calibration_plot(path: Path, records: list[dict]) -> None:
         axes[1].plot(ks, [np.mean(error <= k * std) for k in ks], label=label)
     top = max(axes[0].get_xlim()[1], axes[0].get_ylim()[1])
     axes[0].plot([0, top], [0, top * np.sqrt(2 / np.pi)], "k--", lw=1, label="calibrated Gaussian")
-    axes[0].set(xlabel="members' standard deviation (decile mean)", ylabel="mean absolute error (decile)")
+    axes[0].set(xlabel="uncertainty: scaled members' std (decile mean)", ylabel="mean absolute error (decile)")
     axes[1].plot(ks, erf(ks / np.sqrt(2)), "k--", lw=1, label="calibrated Gaussian")
     axes[1].set(xlabel="k", ylabel="fraction with |error| <= k std")
     for ax in axes:

@@ -103,7 +103,8 @@ def test_an_ensemble_trains_saves_loads_and_predicts_with_uncertainty(pretrained
     members = np.stack([_loop(r.property_model(), structures) for r in result.results])
     mean, std = predict(folder, structures, return_std=True)
     np.testing.assert_allclose(mean, members.mean(0), atol=2e-5)
-    np.testing.assert_allclose(std, members.std(0, ddof=1), atol=2e-5)
+    assert result.std_scale == result.metrics["std_scale"] == loaded.metadata["std_scale"] > 0  # saved with it
+    np.testing.assert_allclose(std, members.std(0, ddof=1) * result.std_scale, atol=2e-5)  # the scaled spread
     assert (std > 0).all()
     np.testing.assert_allclose(float(loaded.predict_structure(structures[0])), members[:, 0].mean(), atol=2e-5)
     mae = np.abs(predict(result, sample.structures[30:50]) - y[30:50]).mean()

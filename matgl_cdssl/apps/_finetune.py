@@ -17,7 +17,7 @@ from matgl.utils.training import ModelLightningModule
 from torch.utils.data import Subset
 
 from matgl_cdssl._backend import OncePerEpochSchedule, get_backend
-from matgl_cdssl.apps._predict import predict_all
+from matgl_cdssl.apps._predict import dataset_outputs, predict_all
 from matgl_cdssl.data import build_dataset, check_values, train_val_split
 from matgl_cdssl.hub import READOUT, Ensemble, load_head, load_model, new_like, read_config, source_folder
 from matgl_cdssl.method import GaussianPositionNoise, pretext
@@ -81,14 +81,18 @@ class EnsembleResult:
 
     Attributes:
         results: Each member's :class:`FinetuneResult` (member ``k`` from seed ``seed + k``).
-        metrics: ``members``, the members' mean ``best_val_MAE`` and, with test data, the ensemble's ``test_MAE``
-            (of the members' mean), ``member_test_MAE`` (the members' average), ``test_spearman_error_std`` (Spearman
-            correlation between the absolute error and the members' standard deviation), ``test_within_1_std`` and
-            ``test_within_2_std`` (fractions of test crystals whose error is within one and two standard deviations).
+        metrics: ``members``, ``std_scale``, the members' mean ``best_val_MAE`` and, with test data, the
+            ensemble's ``test_MAE`` (of the members' mean), ``member_test_MAE`` (the members' average),
+            ``test_spearman_error_std`` (Spearman correlation between the absolute error and the uncertainty),
+            ``test_within_1_std`` and ``test_within_2_std`` (fractions of test crystals whose error is within one and
+            two uncertainties).
+        std_scale: The factor by which the members' standard deviation is scaled to give the uncertainty, chosen on
+            the validation crystals (:meth:`evaluate`).
     """
 
     results: list[FinetuneResult]
     metrics: dict[str, float] = field(default_factory=dict)
+    std_scale: float = 1.0
 
     @property
     def ensemble(self) -> Ensemble:
@@ -97,19 +101,31 @@ class EnsembleResult:
 
     def property_model(self) -> Ensemble:
         """An :class:`~matgl_cdssl.hub.Ensemble` of the members' property models; ``.save(folder)`` writes it."""
-        return Ensemble([r.property_model() for r in self.results], {"metrics": self.metrics})
+        metadata = {"std_scale": self.std_scale, "metrics": self.metrics}
+        return Ensemble([r.property_model() for r in self.results], metadata)
 
     @classmethod
     def evaluate(
         cls,
         results: list[FinetuneResult],
+        val: Any,
         test_structures: Any = None,
         test_targets: Any = None,
         test_state: Any = None,
     ) -> EnsembleResult:
-        """The ensemble of ``results``, with its metrics on the test crystals when given."""
+        """The ensemble of ``results``: its spread's scale from the validation set ``val``, its test metrics.
+
+        The members share their pretrained backbone, so their spread understates the error; ``std_scale`` is the
+        factor that makes it right on the validation crystals in the Gaussian maximum-likelihood sense
+        (``sqrt(mean((error / std)^2))``, sigma scaling). The test crystals, when given, are touched once, after.
+        """
         ensemble = cls(results)
-        ensemble.metrics = {"members": float(len(results))}
+        outputs, y_val = dataset_outputs(ensemble, val)
+        spread = outputs.std(axis=0, ddof=1)
+        ok = spread > 0
+        z = (outputs.mean(0) - y_val)[ok] / spread[ok]
+        ensemble.std_scale = float(np.sqrt(np.mean(z**2))) if ok.any() else 1.0
+        ensemble.metrics = {"members": float(len(results)), "std_scale": ensemble.std_scale}
         ensemble.metrics["best_val_MAE"] = float(np.mean([r.metrics["best_val_MAE"] for r in results]))
         if test_structures is not None:
             found = predict_all(ensemble, test_structures, state_attr=test_state, skip_invalid=True)
@@ -377,7 +393,7 @@ def finetune(
         results.append(fit(member, train, val, **run, **options))
     if int(ensemble) == 1:
         return results[0]
-    return EnsembleResult.evaluate(results, test_structures, test_targets, test_state_attr)
+    return EnsembleResult.evaluate(results, val, test_structures, test_targets, test_state_attr)
 
 
 def _pretext_setup(source: Any, denoising_weight: float) -> tuple[nn.Module | None, float]:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-__all__ = ["Predictions", "predict", "predict_all"]
+__all__ = ["Predictions", "dataset_outputs", "predict", "predict_all"]
 
 
 @dataclass
@@ -85,6 +85,8 @@ def predict_all(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     members = _members(model)
+    if isinstance(model, (str, Path)):  # loaded once: the members above, and the spread's scale below
+        model = members[0][0] if len(members) == 1 else Ensemble([m for m, _, _ in members], _metadata(model))
     first = members[0][0]
     read_names, structs = read_structures(structures)
     names = [str(n) for n in (read_names if names is None else names)]
@@ -109,29 +111,75 @@ def predict_all(
     if skipped:
         warnings.warn(f"predict: {len(skipped)} invalid crystal(s) got no prediction (NaN)", stacklevel=3)
 
+    outputs, rows = dataset_outputs(members, dataset, batch_size=int(batch_size), progress=progress)
+    out = np.full((len(members), len(structs)), np.nan)
+    out[:, rows.astype(int)] = outputs
+    std = out.std(axis=0, ddof=1) * _std_scale(model) if len(members) > 1 else np.full(len(structs), np.nan)
+    return Predictions(out.mean(axis=0), std, names, {name: reason for name, reason in skipped})
+
+
+def _std_scale(model: Any) -> float:
+    """The factor an ensemble's spread is scaled by (chosen on validation data by :func:`finetune`), else 1."""
+    if hasattr(model, "std_scale"):  # EnsembleResult
+        return float(model.std_scale)
+    return float((getattr(model, "metadata", None) or {}).get("std_scale", 1.0))
+
+
+def _metadata(folder: str | Path) -> dict[str, Any]:
+    """The ``ensemble.json`` entries of an ensemble folder (empty for a single model's folder)."""
+    import json
+
+    from matgl_cdssl.hub import ENSEMBLE_FILE
+
+    file = Path(folder) / ENSEMBLE_FILE
+    return (
+        {k: v for k, v in json.loads(file.read_text()).items() if k not in ("format", "members")}
+        if file.is_file()
+        else {}
+    )
+
+
+def dataset_outputs(
+    members: Any, dataset: Any, *, batch_size: int = 64, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's prediction for every item of a matgl dataset, and the items' first labels, in dataset order.
+
+    Args:
+        members: What :func:`predict` takes, or ``(network, scale, shift)`` triples.
+        dataset: A matgl dataset (or ``Subset``) whose items carry one label first (a row index, or the target).
+        batch_size: Items per batch.
+        progress: Show a progress bar over the batches.
+
+    Returns:
+        ``(outputs, labels)``: shape ``(K, n)`` and ``(n,)``.
+    """
     from matgl.utils.training import ModelLightningModule
     from tqdm.auto import tqdm
 
-    _, loader = get_backend().loaders(dataset, dataset, batch_size=int(batch_size))
+    if not isinstance(members, list):
+        members = _members(members)
+    _, loader = get_backend().loaders(dataset, dataset, batch_size=batch_size)
     # matgl's module turns lattices into positions and image shifts on either backend, exactly as in training.
     modules = [(ModelLightningModule(model=net), scale, shift) for net, scale, shift in members]
-    out = np.full((len(members), len(structs)), np.nan)
+    outputs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     modes = [net.training for net, _, _ in members]
     try:
         for net, _, _ in members:
             net.eval()
         with torch.inference_mode():
-            for g, lattice, state, row in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
-                rows = row.reshape(-1).long().cpu().numpy()
-                for k, (module, scale, shift) in enumerate(modules):
+            for g, lattice, state, label in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
+                labels.append(label.reshape(-1).double().cpu().numpy())
+                batch = []
+                for module, scale, shift in modules:
                     device = next(module.model.parameters()).device
                     raw = module(g=g.to(device), lat=lattice.to(device), state_attr=state.to(device))
-                    out[k, rows] = raw.reshape(len(rows), -1)[:, 0].double().cpu().numpy() * scale + shift
+                    batch.append(raw.reshape(len(labels[-1]), -1)[:, 0].double().cpu().numpy() * scale + shift)
+                outputs.append(np.stack(batch))
     finally:
         for (net, _, _), mode in zip(members, modes, strict=True):
             net.train(mode)
-    std = out.std(axis=0, ddof=1) if len(members) > 1 else np.full(len(structs), np.nan)
-    return Predictions(out.mean(axis=0), std, names, {name: reason for name, reason in skipped})
+    return np.concatenate(outputs, axis=1), np.concatenate(labels)
 
 
 def predict(
@@ -159,8 +207,9 @@ def predict(
         structures: pymatgen Structures, ASE Atoms or files (:func:`~matgl_cdssl.data.read_structures`).
         batch_size: Crystals per batch; the result does not depend on it (up to float rounding).
         state_attr: MEGNet state attributes per crystal, shape ``(n, k)``, for a model finetuned with them.
-        return_std: Also return the ensemble members' standard deviation per crystal (``ddof=1``; NaN for a
-            single model): the uncertainty.
+        return_std: Also return the uncertainty: the ensemble members' standard deviation per crystal (``ddof=1``),
+            times the ensemble's ``std_scale`` (chosen on validation data by ``finetune(..., ensemble=K)``, 1 when
+            unknown); NaN for a single model.
         skip_invalid: Give an invalid crystal a NaN prediction, with one warning, instead of raising.
 
     Returns:
