@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from pymatgen.core import Lattice, Structure
 import matgl_cdssl
 from matgl_cdssl.apps import EnsembleResult, FinetuneResult, predict, predict_all
 from matgl_cdssl.cli import main
-from matgl_cdssl.hub import Ensemble, load_model
+from matgl_cdssl.hub import READOUT, Ensemble, load_model
 
 TINY = {"max_epochs": 2, "batch_size": 8, "patience": None, "enable_progress_bar": False}
 
@@ -74,8 +75,20 @@ def test_predict_names_what_it_cannot_predict(trained, sample, CsCl):
         predict(trained, [CsCl], batch_size=0)
 
 
+class _BackboneAtStart(L.Callback):
+    """Records each run's backbone weights as training starts."""
+
+    def __init__(self):
+        self.backbones = []
+
+    def on_train_start(self, trainer, pl_module):
+        state = pl_module.model.state_dict()
+        self.backbones.append({k: v.detach().clone() for k, v in state.items() if k.split(".")[0] not in READOUT})
+
+
 def test_an_ensemble_trains_saves_loads_and_predicts_with_uncertainty(pretrained_session, sample, tmp_path):
     y = sample.labels["formation_energy_per_atom_eV"]
+    starts_recorder = _BackboneAtStart()
     result = matgl_cdssl.finetune(
         pretrained_session[1] / "model",
         sample.structures[:30],
@@ -84,6 +97,7 @@ def test_an_ensemble_trains_saves_loads_and_predicts_with_uncertainty(pretrained
         test_targets=y[30:50],
         ensemble=3,
         seed=5,
+        callbacks=[starts_recorder],
         **TINY,
     )
     assert isinstance(result, EnsembleResult)
@@ -91,6 +105,12 @@ def test_an_ensemble_trains_saves_loads_and_predicts_with_uncertainty(pretrained
     assert len({r.data_mean for r in result.results}) == 1  # the same training split for every member
     readouts = [r.model.output_proj.layers[-1].weight.detach() for r in result.results]
     assert not torch.equal(readouts[0], readouts[1])  # each member its own initialisation
+    # ... and each starts from the pretrained backbone, not from the member trained before it.
+    pretrained = load_model(pretrained_session[1] / "model", fresh_readout=False).state_dict()
+    starts = starts_recorder.backbones
+    assert len(starts) == 3
+    for start in starts:
+        assert all(torch.equal(start[k], pretrained[k]) for k in start)
     for key in ("test_MAE", "member_test_MAE", "test_spearman_error_std", "test_within_1_std", "test_within_2_std"):
         assert math.isfinite(result.metrics[key]), key
     assert 0 <= result.metrics["test_within_1_std"] <= result.metrics["test_within_2_std"] <= 1

@@ -382,11 +382,11 @@ def finetune(
         "denoising_weight": denoising_weight,
         **trainer_kwargs,
     }
+    # Every member starts from the same, untrained backbone (made before member 0 trains its model in place), with
+    # its own readout initialisation from its own seed.
+    members = [model, *(new_like(model, weights="backbone", seed=seed + k) for k in range(1, int(ensemble)))]
     results = []
-    for k in range(int(ensemble)):
-        member = model
-        if k > 0:  # its own readout initialisation, from its own seed; the same backbone
-            member = new_like(model, weights="backbone", seed=seed + k)
+    for k, member in enumerate(members):
         head = _pretext_setup(source, denoising_weight)[0]  # each member trains its own, from the pretrained one
         member_dir = None if output_dir is None else Path(output_dir) / (f"member_{k}" if ensemble > 1 else "")
         run = {"test": test, "seed": seed + k, "output_dir": member_dir, "head": head, "sigma": sigma}
