@@ -80,8 +80,8 @@ def _public_api() -> str:
             f"{PACKAGE / '__init__.py'}: __all__ names {missing} that no 'from matgl_cdssl... import' binds"
         )
     blocks = []
-    for name in names:
-        blocks += [f"::: {where[name]}", "    options:", "      show_root_heading: true", "      heading_level: 2", ""]
+    for name in names:  # documented under the package's own name: the module pages hold the defining paths
+        blocks += [f"::: matgl_cdssl.{name}", "    options:", "      show_root_heading: true", "      heading_level: 2", ""]
     return "\n".join(blocks)
 
 
