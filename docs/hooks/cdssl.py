@@ -81,7 +81,13 @@ def _public_api() -> str:
         )
     blocks = []
     for name in names:  # documented under the package's own name: the module pages hold the defining paths
-        blocks += [f"::: matgl_cdssl.{name}", "    options:", "      show_root_heading: true", "      heading_level: 2", ""]
+        blocks += [
+            f"::: matgl_cdssl.{name}",
+            "    options:",
+            "      show_root_heading: true",
+            "      heading_level: 2",
+            "",
+        ]
     return "\n".join(blocks)
 
 
