@@ -53,20 +53,26 @@ def main() -> None:
         f"matgl {matgl_version()} ({get_backend().name}), torch {torch.__version__}, {torch.get_num_threads()} "
         f"thread(s); {args.model}; {args.n} crystals ({n_atoms} atoms); embed batch size {args.batch_size}"
     )
+    side_by_side(arms, args.n, args.rounds, "embed")
+
+
+def side_by_side(arms: dict, n: int, rounds: int, what: str, unit: str = "structures/s") -> dict[str, float]:
+    """Time two arms in alternating rounds (and orders) after a warm-up; print each round, the medians, the ratio."""
     for make in arms.values():  # warm-up
         make()
     rates: dict[str, list[float]] = {name: [] for name in arms}
-    for r in range(args.rounds):
+    for r in range(rounds):
         for name, make in arms.items() if r % 2 == 0 else reversed(arms.items()):
             start = time.perf_counter()
             make()
-            rates[name].append(args.n / (time.perf_counter() - start))
-            print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} structures/s")
+            rates[name].append(n / (time.perf_counter() - start))
+            print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} {unit}")
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, value in medians.items():
-        print(f"median {name}: {value:.1f} structures/s")
-    embed_rate, loop_rate = medians.values()
-    print(f"ratio embed / predict_structure loop: {embed_rate / loop_rate:.2f}x")
+        print(f"median {name}: {value:.1f} {unit}")
+    batched_rate, loop_rate = medians.values()
+    print(f"ratio {what} / predict_structure loop: {batched_rate / loop_rate:.2f}x")
+    return medians
 
 
 if __name__ == "__main__":

@@ -16,20 +16,13 @@ import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or aft
 
 # isort: split
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from embed_speed import predict_loop, side_by_side  # the same harness as embed's speed check
 
 from matgl_cdssl import predict
 from matgl_cdssl._backend import get_backend, matgl_version
-
-
-def predict_loop(model: torch.nn.Module, structures: list) -> np.ndarray:
-    model.eval()
-    with torch.inference_mode():
-        return np.array([float(model.predict_structure(s)) for s in structures])
 
 
 def main() -> None:
@@ -55,20 +48,7 @@ def main() -> None:
         f"matgl {matgl_version()} ({get_backend().name}), torch {torch.__version__}, {torch.get_num_threads()} "
         f"thread(s); {args.model}; {args.n} crystals ({n_atoms} atoms); predict batch size {args.batch_size}"
     )
-    for make in arms.values():  # warm-up
-        make()
-    rates: dict[str, list[float]] = {name: [] for name in arms}
-    for r in range(args.rounds):
-        for name, make in arms.items() if r % 2 == 0 else reversed(arms.items()):
-            start = time.perf_counter()
-            make()
-            rates[name].append(args.n / (time.perf_counter() - start))
-            print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} predictions/s")
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    for name, value in medians.items():
-        print(f"median {name}: {value:.1f} predictions/s")
-    batched_rate, loop_rate = medians.values()
-    print(f"ratio predict / predict_structure loop: {batched_rate / loop_rate:.2f}x")
+    side_by_side(arms, args.n, args.rounds, "predict", unit="predictions/s")
 
 
 if __name__ == "__main__":
