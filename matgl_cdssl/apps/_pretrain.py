@@ -97,7 +97,7 @@ def pretrain(
             start afresh (with a log message) when it does not: a killed run continues to the same ``max_epochs``.
             Needs ``output_dir``; ignored when ``ckpt_path`` is given.
         loader_kwargs: Passed to matgl's ``MGLDataLoader`` (e.g. ``num_workers``).
-        skip_invalid: Leave out invalid crystals, each logged with a warning and listed in ``cdssl.json``, instead
+        skip_invalid: Leave out invalid crystals, each logged with a warning and listed in ``skipped.csv``, instead
             of raising an error on the first.
         loggers: Lightning loggers of the per-epoch metrics: ``"csv"`` writes ``metrics.csv`` (merged across
             resumes), ``"tensorboard"`` writes TensorBoard event files to ``tensorboard/`` (needs the
