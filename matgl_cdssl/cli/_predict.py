@@ -25,8 +25,9 @@ def add_parser(sub: Any) -> None:
         help="predict a property for many crystals with a finetuned model or ensemble",
         description="Writes one row per input crystal, in input order: for a CSV input its own columns, otherwise an "
         "'id' column (the file, or file[entry]); then the prediction and, for an ensemble (cdssl finetune "
-        "--ensemble K), the uncertainty (the members' standard deviation, scaled on validation data) as 'uncertainty'. With --skip-invalid, a crystal that "
-        "cannot be read or converted gets an empty prediction and a 'reason'; no row is ever dropped.",
+        "--ensemble K), the 'uncertainty' (the members' standard deviation, scaled on validation data). With "
+        "--skip-invalid, a crystal that cannot be read or converted gets an empty prediction and a 'reason'; no row "
+        "is ever dropped.",
     )
     p.add_argument("model", help="a folder written by cdssl finetune (OUT/model: one model or an ensemble)")
     p.add_argument(
