@@ -1,0 +1,122 @@
+"""Does longer pretraining help downstream? Finetune checkpoints along the run on the sigma sweep's selection tasks.
+
+    python scripts/downstream_vs_epochs.py /work/runs/cdssl-megnet-mp-2026.12 --out docs/results/cdssl-megnet-mp-2026.12
+
+The selection tasks are those of ``scripts/sigma_sweep.py``: formation energy per atom and band gap of crystals of the
+90% pretraining split (in hash order, positions 6,000 to 6,399: 200 training and 200 validation labels), finetuned for
+80 epochs without early stopping; the metric is the best **validation** MAE (the hold-out pool, where every test set
+comes from, is never touched). Each checkpoint's backbone gets the same fresh readout (from the seed), so that only
+the pretraining differs. Checkpoints: the first release (``CDSSL-MEGNet-MP-2026.11``, 32 epochs), then every kept
+checkpoint of the continuation run (``checkpoints/every/epoch=<e>.ckpt``: 32 + e + 1 epochs in all). Finished
+evaluations are kept in ``downstream.jsonl``, so a rerun evaluates only new checkpoints; ``downstream.md`` and
+``downstream.png`` (downstream validation MAE and pretext validation loss against pretraining epochs) are redrawn.
+"""
+
+from __future__ import annotations
+
+# isort: split
+import argparse
+import json
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from matgl_cdssl._backend import get_backend
+from matgl_cdssl.analysis import read_metrics
+from matgl_cdssl.apps import finetune
+from matgl_cdssl.data import read_mp_split
+from matgl_cdssl.hub import load_model, new_like
+
+MP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
+FIRST_METRICS = Path(__file__).resolve().parents[1] / "docs" / "results" / "cdssl-megnet-mp" / "metrics.csv"
+TASKS = {"formation_energy_per_atom_eV": "formation energy", "band_gap_eV": "band gap"}
+FIRST_EPOCHS = 32
+
+
+def _checkpoints(run: Path) -> dict[int, Path | str]:
+    """Total pretraining epochs -> checkpoint (the first release by name)."""
+    found: dict[int, Path | str] = {FIRST_EPOCHS: "CDSSL-MEGNet-MP-2026.11"}
+    for path in sorted((run / "checkpoints" / "every").glob("epoch=*.ckpt")):
+        found[FIRST_EPOCHS + int(re.search(r"epoch=(\d+)", path.name).group(1)) + 1] = path
+    return found
+
+
+def _backbone(source: Path | str) -> torch.nn.Module:
+    if isinstance(source, str):
+        return load_model(source, fresh_readout=False)
+    state = torch.load(source, map_location="cpu", weights_only=False)["state_dict"]
+    model = get_backend().megnet_class()  # matgl's defaults, as the run's
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=MP)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--finetune-epochs", type=int, default=80)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "downstream.jsonl"
+    done = {r["key"] for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else set()
+
+    ids, structures = read_mp_split(args.data, "pretrain")
+    labels = pd.read_csv(args.data, usecols=["material_id", *TASKS]).set_index("material_id")
+    lab_structs, lab_ids = structures[6000:6400], ids[6000:6400]
+    for epochs, source in sorted(_checkpoints(args.run).items()):
+        for seed in args.seeds:
+            for task, title in TASKS.items():
+                key = f"{epochs}/{seed}/{task}"
+                if key in done:
+                    continue
+                y = labels.loc[lab_ids, task].to_numpy(dtype=float)
+                tic = time.perf_counter()
+                result = finetune(new_like(_backbone(source), weights="backbone", seed=seed), lab_structs[:200],
+                                  y[:200], val_structures=lab_structs[200:], val_targets=y[200:],
+                                  max_epochs=args.finetune_epochs, patience=None, seed=seed,
+                                  enable_progress_bar=False, enable_model_summary=False, skip_invalid=True)  # fmt: skip
+                record = {"key": key, "pretraining_epochs": epochs, "checkpoint": str(source), "seed": seed,
+                          "task": title, "val_MAE": result.metrics["best_val_MAE"],
+                          "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
+                with log.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(record, flush=True)
+    report(args.run, args.out)
+
+
+def report(run: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(list(map(json.loads, (out / "downstream.jsonl").read_text().splitlines())))
+    table = frame.pivot_table(index="pretraining_epochs", columns="task", values="val_MAE", aggfunc="mean")
+    lines = ["| pretraining epochs | " + " | ".join(f"{t} validation MAE" for t in table.columns) + " |"]
+    lines.append("|---:|" + "---:|" * len(table.columns))
+    lines += [f"| {e} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for e, row in table.iterrows()]
+    (out / "downstream.md").write_text("\n".join(lines) + "\n")
+    first, second = read_metrics(FIRST_METRICS), read_metrics(run / "metrics.csv")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, task in zip(axes[:2], table.columns, strict=True):
+        ax.plot(table.index, table[task], "o-")
+        ax.set(xlabel="pretraining epochs", ylabel=f"{task}: validation MAE (200 labels)", title=task)
+    pretext = np.concatenate([first["val_Total_Loss"].to_numpy(), second["val_Total_Loss"].to_numpy()])
+    axes[2].plot(np.arange(1, len(pretext) + 1), pretext, "o-", ms=3)
+    axes[2].axvline(FIRST_EPOCHS + 0.5, color="gray", lw=0.8, ls=":")
+    axes[2].set(xlabel="pretraining epochs", ylabel="pretext validation loss", yscale="log", title="pretext")
+    fig.suptitle("CDSSL-MEGNet-MP: downstream validation MAE and pretext loss along pretraining")
+    fig.tight_layout()
+    fig.savefig(out / "downstream.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
