@@ -22,7 +22,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -109,8 +108,9 @@ def report(run: Path, out: Path) -> None:
     for ax, task in zip(axes[:2], table.columns, strict=True):
         ax.plot(table.index, table[task], "o-")
         ax.set(xlabel="pretraining epochs", ylabel=f"{task}: validation MAE (200 labels)", title=task)
-    pretext = np.concatenate([first["val_Total_Loss"].to_numpy(), second["val_Total_Loss"].to_numpy()])
-    axes[2].plot(np.arange(1, len(pretext) + 1), pretext, "o-", ms=3)
+    axes[2].plot(first.index + 1, first["val_Total_Loss"], "o-", ms=3, label="2026.11 run")
+    axes[2].plot(second.index + 1 + FIRST_EPOCHS, second["val_Total_Loss"], "o-", ms=3, label="continuation")
+    axes[2].legend(frameon=False, fontsize=8)
     axes[2].axvline(FIRST_EPOCHS + 0.5, color="gray", lw=0.8, ls=":")
     axes[2].set(xlabel="pretraining epochs", ylabel="pretext validation loss", yscale="log", title="pretext")
     fig.suptitle("CDSSL-MEGNet-MP: downstream validation MAE and pretext loss along pretraining")
