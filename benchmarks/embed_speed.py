@@ -32,18 +32,21 @@ def predict_loop(model: torch.nn.Module, structures: list) -> np.ndarray:
         return np.array([float(model.predict_structure(s)) for s in structures])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def setup(description: str) -> tuple[argparse.Namespace, torch.nn.Module, list]:
+    """The command line shared by the speed checks: ``(args, model, structures)``, with torch's threads set."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="CDSSL-MEGNet-MP")
     parser.add_argument("--n", type=int, default=400, help="crystals from the bundled sample")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-
     torch.set_num_threads(args.threads)
-    model = matgl_cdssl.load_model(args.model)
-    structures = matgl_cdssl.load_sample(args.n).structures
+    return args, matgl_cdssl.load_model(args.model), matgl_cdssl.load_sample(args.n).structures
+
+
+def main() -> None:
+    args, model, structures = setup(__doc__.split("\n")[0])
     arms = {
         "embed (batched, no readout)": lambda: embed(model, structures, batch_size=args.batch_size),
         "predict_structure loop": lambda: predict_loop(model, structures),

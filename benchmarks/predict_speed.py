@@ -12,31 +12,18 @@ machine noise hits both; the script prints every round and the ratio of the medi
 
 from __future__ import annotations
 
-import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or after `import matgl`)
-
 # isort: split
-import argparse
 
 import numpy as np
 import torch
-from embed_speed import predict_loop, side_by_side  # the same harness as embed's speed check
+from embed_speed import predict_loop, setup, side_by_side  # the same harness as embed's speed check
 
 from matgl_cdssl import predict
 from matgl_cdssl._backend import get_backend, matgl_version
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="CDSSL-MEGNet-MP")
-    parser.add_argument("--n", type=int, default=400, help="crystals from the bundled sample")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-
-    torch.set_num_threads(args.threads)
-    model = matgl_cdssl.load_model(args.model)
-    structures = matgl_cdssl.load_sample(args.n).structures
+    args, model, structures = setup(__doc__.split("\n")[0])
     gap = np.abs(predict(model, structures, batch_size=args.batch_size) - predict_loop(model, structures)).max()
     print(f"largest difference between the arms' predictions: {gap:.2e}")
     arms = {

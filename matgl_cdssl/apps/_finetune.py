@@ -338,7 +338,8 @@ def finetune(
     L.seed_everything(seed, workers=True, verbose=False)
     if isinstance(model, (str, Path)):
         model = load_model(model)
-    sigma = _pretext_setup(source, denoising_weight)[1]  # fails early for a model without a pretext head
+    pretrained = _pretrained_folder(source) if denoising_weight else None  # fails early without a pretext head
+    sigma = float(read_config(pretrained)["sigma"]) if pretrained is not None else 0.3
     if state_attr is not None:
         set_state_width(model, np.asarray(state_attr).reshape(len(state_attr), -1).shape[1])
         for name, given in (("val_state_attr", val_state_attr), ("test_state_attr", test_state_attr)):
@@ -387,7 +388,7 @@ def finetune(
     members = [model, *(new_like(model, weights="backbone", seed=seed + k) for k in range(1, int(ensemble)))]
     results = []
     for k, member in enumerate(members):
-        head = _pretext_setup(source, denoising_weight)[0]  # each member trains its own, from the pretrained one
+        head = load_head(pretrained, member) if pretrained is not None else None  # each member its own copy
         member_dir = None if output_dir is None else Path(output_dir) / (f"member_{k}" if ensemble > 1 else "")
         run = {"test": test, "seed": seed + k, "output_dir": member_dir, "head": head, "sigma": sigma}
         results.append(fit(member, train, val, **run, **options))
@@ -396,10 +397,8 @@ def finetune(
     return EnsembleResult.evaluate(results, val, test_structures, test_targets, test_state_attr)
 
 
-def _pretext_setup(source: Any, denoising_weight: float) -> tuple[nn.Module | None, float]:
-    """``(head, sigma)`` of a pretrained CDSSL folder or name, for denoising during finetuning (None, 0.3 without)."""
-    if not denoising_weight:
-        return None, 0.3
+def _pretrained_folder(source: Any) -> Path:
+    """The CDSSL folder behind ``model`` (a registered name or a folder): its pretext head and sigma, for denoising."""
     folder = source_folder(source) if isinstance(source, (str, Path)) else None
     if folder is None or not (folder / "cdssl.json").is_file():
         raise ValueError(
@@ -407,8 +406,7 @@ def _pretext_setup(source: Any, denoising_weight: float) -> tuple[nn.Module | No
             "registered name (such as 'CDSSL-MEGNet-MP') or a folder written by pretrain(), not "
             f"{type(source).__name__ if not isinstance(source, (str, Path)) else repr(str(source))}"
         )
-    model = load_model(source, fresh_readout=False)
-    return load_head(folder, model), float(read_config(folder)["sigma"])
+    return folder
 
 
 def fit(

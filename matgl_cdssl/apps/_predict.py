@@ -39,6 +39,18 @@ class Predictions:
     reasons: dict[str, str]
 
 
+def _loaded(model: Any) -> Any:
+    """``model``, or the model or ensemble in the folder ``model`` names (a registered pretrained name is refused)."""
+    if not isinstance(model, (str, Path)):
+        return model
+    if str(model) in list_models():
+        raise ValueError(
+            f"{model!r} is pretrained weights, whose readout was never trained: finetune it first (finetune() or "
+            "`cdssl finetune`), then predict with the result or the folder it writes"
+        )
+    return load_model(model)  # an Ensemble for an ensemble folder, with its metadata (std_scale)
+
+
 def _members(model: Any) -> list[tuple[nn.Module, float, float]]:
     """``(network, scale, shift)`` per member: the property is ``network output * scale + shift``.
 
@@ -46,13 +58,7 @@ def _members(model: Any) -> list[tuple[nn.Module, float, float]]:
     a :class:`~matgl_cdssl.apps.FinetuneResult` (its normalised model with ``data_std`` and ``data_mean``), an
     :class:`~matgl_cdssl.apps.EnsembleResult`, an :class:`~matgl_cdssl.hub.Ensemble`, or a folder of either.
     """
-    if isinstance(model, (str, Path)):
-        if str(model) in list_models():
-            raise ValueError(
-                f"{model!r} is pretrained weights, whose readout was never trained: finetune it first (finetune() or "
-                "`cdssl finetune`), then predict with the result or the folder it writes"
-            )
-        model = load_model(model)
+    model = _loaded(model)
     if hasattr(model, "results") and hasattr(model, "ensemble"):  # EnsembleResult
         return [m for result in model.results for m in _members(result)]
     if hasattr(model, "data_mean") and hasattr(model, "model"):  # FinetuneResult
@@ -84,9 +90,8 @@ def predict_all(
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    model = _loaded(model)  # once: its members below, and the spread's scale
     members = _members(model)
-    if isinstance(model, (str, Path)):  # loaded once: the members above, and the spread's scale below
-        model = members[0][0] if len(members) == 1 else Ensemble([m for m, _, _ in members], _metadata(model))
     first = members[0][0]
     read_names, structs = read_structures(structures)
     names = [str(n) for n in (read_names if names is None else names)]
@@ -123,20 +128,6 @@ def _std_scale(model: Any) -> float:
     if hasattr(model, "std_scale"):  # EnsembleResult
         return float(model.std_scale)
     return float((getattr(model, "metadata", None) or {}).get("std_scale", 1.0))
-
-
-def _metadata(folder: str | Path) -> dict[str, Any]:
-    """The ``ensemble.json`` entries of an ensemble folder (empty for a single model's folder)."""
-    import json
-
-    from matgl_cdssl.hub import ENSEMBLE_FILE
-
-    file = Path(folder) / ENSEMBLE_FILE
-    return (
-        {k: v for k, v in json.loads(file.read_text()).items() if k not in ("format", "members")}
-        if file.is_file()
-        else {}
-    )
 
 
 def dataset_outputs(

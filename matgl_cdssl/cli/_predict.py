@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl.apps import predict, predict_all
 from matgl_cdssl.cli._options import add_option
-from matgl_cdssl.data import iter_structures
+from matgl_cdssl.data import csv_id_column, iter_structures
 
 if TYPE_CHECKING:
     import argparse
@@ -72,7 +72,7 @@ def _read(inputs: list[Path], args: argparse.Namespace) -> tuple[list[dict], lis
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
             if args.cif_column not in frame.columns:
                 raise ValueError(f"{path}: no {args.cif_column!r} column (columns: {list(frame.columns)})")
-            id_column = args.id_column or next((c for c in ("material_id", "id") if c in frame.columns), None)
+            id_column = csv_id_column(list(frame.columns), args.id_column)
             for number, row in enumerate(frame.to_dict("records")):
                 name = f"{path}[{row[id_column] if id_column else number}]"
                 try:

@@ -27,6 +27,7 @@ from matgl_cdssl.data._datasets import build_dataset, seeded_permutation, train_
 from matgl_cdssl.data._mp import hash_order, in_holdout_pool, read_mp_split, write_mp_split
 from matgl_cdssl.data._readers import (
     STRUCTURE_SUFFIXES,
+    csv_id_column,
     input_items,
     iter_structures,
     read_csv_structures,
@@ -46,6 +47,7 @@ __all__ = [
     "check_label_lengths",
     "check_values",
     "connectivity_problem",
+    "csv_id_column",
     "hash_order",
     "in_holdout_pool",
     "input_items",

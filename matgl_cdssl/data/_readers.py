@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STRUCTURE_SUFFIXES",
+    "csv_id_column",
     "input_items",
     "iter_csv_structures",
     "iter_json_structures",
@@ -109,6 +110,11 @@ def read_csv_structures(
     return [name for name, _ in pairs], [s for _, s in pairs]
 
 
+def csv_id_column(columns: Sequence[str], id_column: str | None = None) -> str | None:
+    """The column that names a CSV's rows: ``id_column``, else ``material_id`` or ``id`` (None: the row number)."""
+    return id_column or next((c for c in ("material_id", "id") if c in columns), None)
+
+
 def _open_text(path: Path) -> Any:
     return gzip.open(path, "rt", newline="") if path.name.endswith(".gz") else open(path, newline="")
 
@@ -128,7 +134,7 @@ def iter_csv_structures(
         columns = reader.fieldnames or []
         if cif_column not in columns:
             raise ValueError(f"{path}: no {cif_column!r} column (columns: {columns})")
-        id_column = id_column or next((c for c in ("material_id", "id") if c in columns), None)
+        id_column = csv_id_column(columns, id_column)
         for row_number, row in enumerate(reader):
             row_id = row[id_column] if id_column else str(row_number)
             if keep is not None and not keep(row_id):
