@@ -9,7 +9,8 @@ comes from, is never touched). Each checkpoint's backbone gets the same fresh re
 the pretraining differs. Checkpoints: the first release (``CDSSL-MEGNet-MP-2026.11``, 32 epochs), then every kept
 checkpoint of the continuation run (``checkpoints/every/epoch=<e>.ckpt``: 32 + e + 1 epochs in all). Finished
 evaluations are kept in ``downstream.jsonl``, so a rerun evaluates only new checkpoints; ``downstream.md`` and
-``downstream.png`` (downstream validation MAE and pretext validation loss against pretraining epochs) are redrawn.
+``downstream.png`` (downstream validation MAE, mean ± standard error over the seeds run, and the pretext validation
+loss against pretraining epochs) are redrawn. ``--seeds 1 2 --at 32 48 64`` adds seeds for some checkpoints only.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=MP)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--finetune-epochs", type=int, default=80)
+    parser.add_argument("--at", type=int, nargs="+", help="only these checkpoints (total pretraining epochs)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +73,8 @@ def main() -> None:
     labels = pd.read_csv(args.data, usecols=["material_id", *TASKS]).set_index("material_id")
     lab_structs, lab_ids = structures[6000:6400], ids[6000:6400]
     for epochs, source in sorted(_checkpoints(args.run).items()):
+        if args.at and epochs not in args.at:
+            continue
         for seed in args.seeds:
             for task, title in TASKS.items():
                 key = f"{epochs}/{seed}/{task}"
@@ -91,6 +95,10 @@ def main() -> None:
     report(args.run, args.out)
 
 
+def _pm(mean: float, sem: float) -> str:
+    return f"{mean:.4f}" if pd.isna(sem) else f"{mean:.4f} ± {sem:.4f}"
+
+
 def report(run: Path, out: Path) -> None:
     import matplotlib
 
@@ -98,15 +106,18 @@ def report(run: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     frame = pd.DataFrame(list(map(json.loads, (out / "downstream.jsonl").read_text().splitlines())))
-    table = frame.pivot_table(index="pretraining_epochs", columns="task", values="val_MAE", aggfunc="mean")
-    lines = ["| pretraining epochs | " + " | ".join(f"{t} validation MAE" for t in table.columns) + " |"]
-    lines.append("|---:|" + "---:|" * len(table.columns))
-    lines += [f"| {e} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for e, row in table.iterrows()]
+    stats = frame.groupby(["pretraining_epochs", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
+    tasks = list(stats["mean"].columns)
+    lines = ["| pretraining epochs | " + " | ".join(f"{t} validation MAE" for t in tasks) + " | seeds |"]
+    lines.append("|---:|" + "---:|" * len(tasks) + "---:|")
+    for e in stats.index:
+        cells = [_pm(stats["mean"].at[e, t], stats["sem"].at[e, t]) for t in tasks]
+        lines.append(f"| {e} | " + " | ".join(cells) + f" | {int(stats['count'].loc[e].min())} |")
     (out / "downstream.md").write_text("\n".join(lines) + "\n")
     first, second = read_metrics(FIRST_METRICS), read_metrics(run / "metrics.csv")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, task in zip(axes[:2], table.columns, strict=True):
-        ax.plot(table.index, table[task], "o-")
+    for ax, task in zip(axes[:2], tasks, strict=True):
+        ax.errorbar(stats.index, stats["mean"][task], yerr=stats["sem"][task].fillna(0), fmt="o-", capsize=3)
         ax.set(xlabel="pretraining epochs", ylabel=f"{task}: validation MAE (200 labels)", title=task)
     axes[2].plot(first.index + 1, first["val_Total_Loss"], "o-", ms=3, label="2026.11 run")
     axes[2].plot(second.index + 1 + FIRST_EPOCHS, second["val_Total_Loss"], "o-", ms=3, label="continuation")

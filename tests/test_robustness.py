@@ -189,6 +189,26 @@ def test_a_killed_run_resumes_and_reaches_the_same_epoch_count(tmp_path):
     assert sorted(set(epochs)) == list(range(6))  # every epoch logged, the ones before the kill kept
 
 
+def test_max_time_limits_each_resumed_piece_not_the_whole_run(tmp_path):
+    """A run resumed after a long first piece still trains for its own ``max_time`` (Lightning's timer would stop)."""
+    import pandas as pd
+
+    out, structures = tmp_path / "run", load_sample(16).structures
+    kwargs = {"max_epochs": 2, "batch_size": 8, "sigma": 0.1, "seed": 0, "output_dir": out,
+              "enable_progress_bar": False, "max_time": "00:00:30:00"}  # fmt: skip
+    pretrain(structures, **{**kwargs, "max_epochs": 1})
+    last = out / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert 0 < state["callbacks"]["Timer"]["time_elapsed"]["train"] < 1800
+    state["callbacks"]["Timer"]["time_elapsed"]["train"] = 7200.0  # as if the first piece had taken two hours
+    torch.save(state, last)
+    pretrain(structures, **kwargs, resume=True)
+    epochs = pd.read_csv(out / "metrics.csv")["epoch"].dropna().astype(int)
+    assert sorted(set(epochs)) == [0, 1]  # the second piece trained its epoch
+    after = torch.load(last, map_location="cpu", weights_only=False)["callbacks"]["Timer"]["time_elapsed"]["train"]
+    assert after > 7200.0  # the checkpoint still counts the whole run's time
+
+
 def test_resume_needs_an_output_folder(sample):
     with pytest.raises(ValueError, match="resume=True needs output_dir"):
         pretrain(sample.structures[:8], max_epochs=1, resume=True)

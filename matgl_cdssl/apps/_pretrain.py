@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import Subset
 
@@ -291,12 +291,39 @@ def _trainer(
     kwargs = dict(trainer_kwargs)
     kwargs.setdefault("logger", _make_loggers(loggers, root))
     kwargs["callbacks"] = [*kwargs["callbacks"], checkpoint]
+    if kwargs.get("max_time") is not None:
+        kwargs["callbacks"].append(PieceTimer(duration=kwargs.pop("max_time"), interval="step"))
     if val_grad_norm:  # a gradient on validation batches
         kwargs.setdefault("inference_mode", False)
     if _on_cpu(kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
         kwargs.setdefault("deterministic", True)
     kwargs.setdefault("default_root_dir", root)
     return L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **kwargs)
+
+
+class PieceTimer(Timer):
+    """Lightning's ``max_time`` timer, but for one piece of a resumed run.
+
+    Lightning's own timer restores the time spent before the checkpoint and counts it against the limit, so a run
+    resumed with ``max_time="00:00:20:00"`` after 80 minutes stops at once. This one starts each piece at zero; the
+    time it saves in checkpoints is still the whole run's (earlier pieces plus this one).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.earlier: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"  # reads the state that Lightning's own timer saved, and the other way round
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        elapsed = state["time_elapsed"]
+        return {"time_elapsed": {stage: t + self.earlier.get(stage, 0.0) for stage, t in elapsed.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier = dict(state_dict.get("time_elapsed", {}))  # kept for the next checkpoint, not for the limit
 
 
 def _fit(

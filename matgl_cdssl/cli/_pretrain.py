@@ -56,7 +56,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output folder: checkpoints/, metrics.csv, model/")
     for name, kwargs in _PRETRAIN_OPTIONS.items():
         add_option(p, pretrain, name, unset=True, **kwargs)
-    p.add_argument("--max-time", help="stop after this wall time, DD:HH:MM:SS (resume later with --resume)")
+    p.add_argument("--max-time", help="stop this piece after this wall time, DD:HH:MM:SS (continue with --resume)")
     p.add_argument(
         "--resume",
         nargs="?",
