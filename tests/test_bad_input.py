@@ -61,6 +61,13 @@ def test_pretrain_reports_bad_structure_by_index():
         matgl_cdssl.pretrain([GOOD, bad], max_epochs=1)
 
 
+def test_a_bad_max_time_is_refused_before_any_crystal_is_read(tmp_path):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="DD:HH:MM:SS"):  # the path does not exist: never read
+        matgl_cdssl.pretrain([str(tmp_path / "missing.cif")], max_epochs=1, max_time="02:30:00")
+
+
 def test_skip_invalid_keeps_the_good_and_lists_the_bad(megnet, caplog):
     cases = _bad_structures()
     inputs = [GOOD, cases["isolated atom"][0], GOOD, cases["overlapping atoms"][0], GOOD]

@@ -18,6 +18,14 @@ def test_parser_defaults_and_validation():
         build_parser().parse_args(["pretrain", "a.cif", "--out", "x", "--sigma", "0"])
 
 
+def test_max_time_is_checked_when_the_command_is_read(capsys):
+    args = build_parser().parse_args(["pretrain", "a.cif", "--out", "x", "--max-time", "00:02:30:00"])
+    assert args.max_time == "00:02:30:00"
+    with pytest.raises(SystemExit):  # HH:MM:SS: Lightning would refuse it only after the crystals were read
+        build_parser().parse_args(["pretrain", "a.cif", "--out", "x", "--max-time", "02:30:00"])
+    assert "expected DD:HH:MM:SS" in capsys.readouterr().err
+
+
 def test_pretrain_from_files(tmp_path, sample, capsys):
     files = []
     for i, s in enumerate(sample.structures[:20]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 
 import pandas as pd
 import pytest
@@ -104,6 +105,8 @@ def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sa
     assert from_file == structures
     stamp = written.stat().st_mtime_ns
     assert write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs").stat().st_mtime_ns == stamp  # not rewritten
+    os.utime(csv_of_sample, ns=(stamp + 10**9, stamp + 10**9))  # the same data, copied again later (a new date)
+    assert write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs").stat().st_mtime_ns == stamp  # still kept
 
     # A run configuration with a split reads it through that file, so a graph cache is hit by later runs.
     config = tmp_path / "run.yaml"

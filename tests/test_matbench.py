@@ -243,3 +243,36 @@ def test_run_matbench_on_a_shipped_task_offline(tmp_path):
     test_ids = matbench.metadata.mbv01_validation.splits["matbench_jdft2d"]["fold_0"]["test"]
     assert len(task.results["fold_0"]["data"]) == len(test_ids)  # every test crystal of matbench's fold predicted
     assert math.isfinite(task.results["fold_0"]["scores"]["mae"])
+
+
+def test_each_arm_chooses_its_learning_rate_on_the_first_folds_validation_data(injected):
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    run_matbench(benchmark=mb, output=None, folds=[0, 1], model="supervised", lr_grid=[1e-4, 3e-3],
+                 backbone_lr_scales=(1.0, 0.1), **TINY)  # fmt: skip
+    task = getattr(mb, TASK)
+    first, second = (task.results[task.folds_map[f]].parameters for f in (0, 1))
+    selection = {(r["lr"], r["backbone_lr"]): r["best_val_MAE"] for r in first["lr_selection"]}
+    assert set(selection) == {(1e-4, None), (1e-4, 1e-5), (3e-3, None), (3e-3, 3e-3 * 0.1)}  # 2 rates x 2 backbones
+    chosen = (first["lr"], first["backbone_lr"])
+    assert selection[chosen] == min(selection.values())  # the lowest validation MAE of fold 0 wins
+    assert first["best_val_MAE"] == selection[chosen]  # fold 0's run is the selection's run of the choice
+    assert (second["lr"], second["backbone_lr"]) == chosen  # every fold runs with the choice
+    assert len({round(v, 6) for v in selection.values()}) == 4  # the candidates really trained differently
+
+    # A later call (e.g. resuming with the remaining folds) keeps the recorded choice instead of choosing again.
+    run_matbench(benchmark=mb, output=None, folds=[2], model="supervised", lr_grid=[1e-4, 3e-3],
+                 backbone_lr_scales=(1.0, 0.1), **TINY)  # fmt: skip
+    third = task.results[task.folds_map[2]].parameters
+    assert (third["lr"], third["backbone_lr"]) == chosen
+    assert third["lr_selection"] == first["lr_selection"]
+
+
+def test_scratch_has_no_backbone_rate_to_choose_and_lr_grid_excludes_lr(injected):
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    run_matbench(benchmark=mb, output=None, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3],
+                 backbone_lr_scales=(1.0, 0.1), **TINY)  # fmt: skip
+    task = getattr(mb, TASK)
+    selection = task.results[task.folds_map[0]].parameters["lr_selection"]
+    assert [(r["lr"], r["backbone_lr"]) for r in selection] == [(1e-3, None), (3e-3, None)]
+    with pytest.raises(ValueError, match="either lr_grid"):
+        run_matbench(benchmark=mb, output=None, folds=[1], lr_grid=[1e-3], lr=1e-3, **TINY)

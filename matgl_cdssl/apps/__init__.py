@@ -14,6 +14,7 @@ from matgl_cdssl.apps._benchmark import (
     BenchmarkResult,
     BenchmarkSettings,
     TaskData,
+    arm_start,
     benchmark,
     load_task,
     report,
@@ -32,6 +33,7 @@ from matgl_cdssl.apps._finetune import (
 from matgl_cdssl.apps._matbench import DEFAULT_TASKS, load_results, run_matbench, supported_tasks, write_results
 from matgl_cdssl.apps._predict import Predictions, predict, predict_all
 from matgl_cdssl.apps._pretrain import LOGGERS, pretrain
+from matgl_cdssl.apps._tuning import Candidate, candidates, choose
 
 __all__ = [
     "DEFAULT_SUITE",
@@ -41,13 +43,17 @@ __all__ = [
     "TASKS",
     "BenchmarkResult",
     "BenchmarkSettings",
+    "Candidate",
     "EnsembleResult",
     "FinetuneResult",
     "Predictions",
     "PropertyModule",
     "TaskData",
+    "arm_start",
     "benchmark",
     "calibration",
+    "candidates",
+    "choose",
     "finetune",
     "fit",
     "load_results",

@@ -46,6 +46,7 @@ __all__ = [
     "BenchmarkResult",
     "BenchmarkSettings",
     "TaskData",
+    "arm_start",
     "benchmark",
     "load_task",
     "report",
@@ -279,30 +280,33 @@ def _weights_digest(model: nn.Module, *, weights: bool = True) -> str:
     return digest.hexdigest()
 
 
-def _arm_templates(arms: Sequence[str], model: str | Path | nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    """Each arm's starting point and what it takes from it (``new_like``'s ``weights``), and its name in the table.
+def _megnet(source: str | Path | nn.Module) -> nn.Module:
+    """The MEGNet of a name, a folder or a model (matgl's ``TransformedTargetModel`` unwrapped)."""
+    loaded = load_model(source, fresh_readout=False) if isinstance(source, (str, Path)) else source
+    return getattr(loaded, "model", loaded) if type(loaded).__name__ == "TransformedTargetModel" else loaded
 
-    ``"CDSSL"`` is ``model``; ``"scratch"`` the same architecture at random initialisation; ``"supervised"`` matgl's
-    supervised formation-energy MEGNet (:data:`SUPERVISED`); any other name or folder is loaded as a pretrained arm.
-    A pretrained arm keeps the backbone and gets a fresh readout from the run's seed, as the CDSSL arm does.
+
+def arm_start(arm: str | Path | nn.Module, model: str | Path | nn.Module = "CDSSL-MEGNet-MP") -> tuple[nn.Module, str]:
+    """An arm's starting point and what a run takes from it (:func:`~matgl_cdssl.hub.new_like`'s ``weights``).
+
+    ``"CDSSL"`` is ``model``; ``"scratch"`` ``model``'s architecture at random initialisation (``"none"``);
+    ``"supervised"`` matgl's supervised formation-energy MEGNet (:data:`SUPERVISED`, shipped); any other name, folder
+    or MEGNet is a pretrained arm. A pretrained arm keeps the backbone and gets a fresh readout from the run's seed
+    (``"backbone"``).
     """
-    from importlib.resources import files
+    if isinstance(arm, str) and arm == "CDSSL":
+        return _megnet(model), "backbone"
+    if isinstance(arm, str) and arm == "scratch":
+        return _megnet(model), "none"
+    if isinstance(arm, str) and arm == "supervised":
+        return _megnet(Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{SUPERVISED}")))), "backbone"
+    return _megnet(arm), "backbone"
 
-    def megnet(source: str | Path | nn.Module) -> nn.Module:
-        loaded = load_model(source, fresh_readout=False) if isinstance(source, (str, Path)) else source
-        return getattr(loaded, "model", loaded) if type(loaded).__name__ == "TransformedTargetModel" else loaded
 
-    cdssl = megnet(model)
-    out: dict[str, tuple[nn.Module, str]] = {}
-    for arm in dict.fromkeys(arms):
-        if arm == "CDSSL":
-            out[arm] = (cdssl, "backbone")
-        elif arm == "scratch":
-            out[arm] = (cdssl, "none")
-        elif arm == "supervised":
-            out[arm] = (megnet(Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{SUPERVISED}")))), "backbone")
-        else:
-            out[str(arm)] = (megnet(arm), "backbone")
+def _arm_templates(arms: Sequence[str], model: str | Path | nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Each arm's :func:`arm_start`, by its name in the table; every arm has the CDSSL model's elements and cutoff."""
+    cdssl = _megnet(model)
+    out = {str(arm): arm_start(arm, cdssl) for arm in dict.fromkeys(arms)}
     if "scratch" not in out:
         raise ValueError(f"arms={tuple(arms)!r} needs 'scratch': every arm is compared with it")
     for arm, (net, _) in out.items():

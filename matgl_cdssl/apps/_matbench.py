@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from matgl_cdssl._backend import BACKEND
+from matgl_cdssl.apps._benchmark import arm_start
 from matgl_cdssl.apps._finetune import finetune
 from matgl_cdssl.apps._predict import predict
+from matgl_cdssl.apps._tuning import Candidate, candidates, tune
 from matgl_cdssl.hub import new_like
 
 if TYPE_CHECKING:
@@ -160,6 +161,55 @@ def _with_ids(exc: ValueError, where: str, ids: Sequence[str]) -> ValueError:
     return ValueError(f"{where}: {message}")
 
 
+class _FoldRun:
+    """Finetune an arm on one fold of a matbench task; choose its learning rate on the first fold's validation data.
+
+    The first fold's run of the chosen candidate is the one the selection trained (same data, seed and rate): it is
+    kept and reused instead of being trained again.
+    """
+
+    def __init__(self, task: Any, template: nn.Module, kind: str, seed: int, finetune_kwargs: dict) -> None:
+        self.task, self.template, self.kind, self.seed, self.kwargs = task, template, kind, seed, finetune_kwargs
+        self.kept: dict[tuple[int, Candidate], tuple[Any, float]] = {}
+
+    def __call__(self, fold: int, candidate: Candidate) -> tuple[Any, float]:
+        """The fold's :class:`~matgl_cdssl.apps.FinetuneResult` and the seconds its training took."""
+        if (fold, candidate) in self.kept:
+            return self.kept.pop((fold, candidate))
+        inputs, outputs = self.task.get_train_and_val_data(fold)
+        start = time.perf_counter()
+        try:
+            result = finetune(new_like(self.template, weights=self.kind, seed=self.seed + fold), list(inputs),
+                              np.asarray(outputs, dtype=float), seed=self.seed + fold, lr=candidate.lr,
+                              backbone_lr=candidate.backbone_lr, **self.kwargs)  # fmt: skip
+        except ValueError as exc:
+            raise _with_ids(exc, f"{self.task.dataset_name} fold {fold}, training data", list(inputs.index)) from exc
+        return result, time.perf_counter() - start
+
+    def choose(self, grid: Sequence[Candidate]) -> tuple[Candidate, list[tuple[Candidate, list[float]]]]:
+        """The candidate to run every fold with, and each candidate's validation MAE (empty: nothing to choose)."""
+        task = self.task
+        earlier = [task.results[task.folds_map[f]].parameters for f in task.folds if task.is_recorded[f]]
+        if earlier and "lr" in earlier[0]:  # chosen when the first folds were recorded
+            found = [(Candidate(r["lr"], r["backbone_lr"]), [r["best_val_MAE"]]) for r in earlier[0]["lr_selection"]]
+            return Candidate(earlier[0]["lr"], earlier[0]["backbone_lr"]), found
+        if len(grid) == 1 or all(task.is_recorded.values()):
+            return grid[0], []
+        first = task.folds[0]
+
+        def score(candidate: Candidate) -> list[float]:
+            self.kept[first, candidate] = self(first, candidate)
+            return [self.kept[first, candidate][0].metrics["best_val_MAE"]]
+
+        choice, scores = tune(score, grid)
+        for candidate in grid:  # only the choice's run is reused
+            if candidate != choice:
+                self.kept.pop((first, candidate))
+        logger.info("%s: chose %s on fold %d's validation data (%s)", task.dataset_name, choice, first,
+                    ", ".join(f"{c}: {v[0]:.4g}" for c, v in scores.items()))  # fmt: skip
+        return choice, list(scores.items())
+
+
 def run_matbench(
     tasks: Sequence[str] | str | None = None,
     model: str | Path | nn.Module = "CDSSL-MEGNet-MP",
@@ -169,20 +219,25 @@ def run_matbench(
     seed: int = 0,
     predict_batch_size: int = 64,
     benchmark: MatbenchBenchmark | None = None,
+    lr_grid: Sequence[float] | None = None,
+    backbone_lr_scales: Sequence[float] = (1.0,),
     **finetune_kwargs: Any,
 ) -> MatbenchBenchmark:
     """Finetune ``model`` on every fold of matbench tasks and record its test predictions with matbench.
 
-    For each task and fold, a fresh copy of the model is finetuned with :func:`~matgl_cdssl.finetune` on the
-    fold's training data (``val_fraction`` of it held out for validation and early stopping; seed ``seed + fold``),
-    the fold's test crystals are predicted with :func:`~matgl_cdssl.predict`, and ``task.record`` stores the
-    predictions, which matbench scores (MAE, RMSE, ...). The results file is rewritten after every fold.
+    For each task and fold, a fresh copy of the model (a fresh readout from the fold's seed) is finetuned with
+    :func:`~matgl_cdssl.finetune` on the fold's training data (``val_fraction`` of it held out for validation and
+    early stopping; seed ``seed + fold``), the fold's test crystals are predicted with :func:`~matgl_cdssl.predict`,
+    and ``task.record`` stores the predictions, which matbench scores (MAE, RMSE, ...). The results file is rewritten
+    after every fold.
 
     Args:
         tasks: Matbench v0.1 task names (regression on structures, see :func:`supported_tasks`); default
             ``matbench_perovskites``, or every task of ``benchmark`` when one is given.
-        model: A registered name such as ``"CDSSL-MEGNet-MP"`` (loaded anew for each fold, readout freshly
-            initialised), a model folder, or a MEGNet (copied for each fold).
+        model: The arm (:func:`~matgl_cdssl.apps.arm_start`): a registered name such as ``"CDSSL-MEGNet-MP"``, a
+            model folder or a MEGNet (its backbone copied for each fold, with a fresh readout), ``"scratch"``
+            (``CDSSL-MEGNet-MP``'s architecture from random initialisation) or ``"supervised"`` (matgl's
+            formation-energy MEGNet).
         output: Results file (see :func:`write_results`); None writes nothing.
         folds: Run only these folds (0-4), e.g. ``[0]`` for a quick check. Folds already recorded are skipped.
             Matbench 0.6 reads back (``from_file``) only files with every fold of every task recorded.
@@ -190,6 +245,11 @@ def run_matbench(
         predict_batch_size: Crystals per batch when predicting the test set.
         benchmark: A ``MatbenchBenchmark`` to fill instead of a new ``MatbenchBenchmark(autoload=False,
             subset=tasks)``; its tasks' data are loaded with ``task.load()`` unless already loaded.
+        lr_grid: Learning rates to choose from, per task, before any fold is run: each candidate (times each of
+            ``backbone_lr_scales`` for a pretrained arm) is finetuned on the training data of the task's first fold,
+            and the one with the lowest best validation MAE (validation carved from that training data) is used for
+            every fold; the choice and every candidate's score go into the fold's ``params``. None: ``lr`` as given.
+        backbone_lr_scales: Backbone learning rate as a fraction of ``lr`` (1: the same) to choose from.
         **finetune_kwargs: Passed to :func:`~matgl_cdssl.finetune`: ``max_epochs``, ``patience``,
             ``batch_size``, ``lr``, ``loss``, ``val_fraction``, ``skip_invalid`` (training crystals only), and
             ``lightning.Trainer`` options.
@@ -217,6 +277,14 @@ def run_matbench(
     for key in ("val_structures", "val_targets", "test_structures", "test_targets"):
         if key in finetune_kwargs:
             raise ValueError(f"{key!r} comes from each matbench fold; it cannot be a finetune option of run_matbench")
+    lr, backbone_lr = finetune_kwargs.pop("lr", None), finetune_kwargs.pop("backbone_lr", None)
+    if lr_grid is not None and (lr is not None or backbone_lr is not None):
+        raise ValueError("give either lr_grid (choose the rate on validation) or lr/backbone_lr, not both")
+    template, kind = arm_start(model)
+    if lr_grid is None:
+        grid = [Candidate(1e-3 if lr is None else float(lr), backbone_lr)]
+    else:
+        grid = candidates(lr_grid, backbone_lr_scales, pretrained=kind != "none")
     if benchmark is None:
         from matbench.bench import MatbenchBenchmark
 
@@ -230,6 +298,7 @@ def run_matbench(
                 "matgl": _version("matgl"),
                 "backend": BACKEND,
                 **{f"finetune_{k}": v for k, v in _scalars(finetune_kwargs).items()},
+                **({"lr_grid": [str(c) for c in grid]} if len(grid) > 1 else {"finetune_lr": grid[0].lr}),
             }
         )
 
@@ -243,24 +312,16 @@ def run_matbench(
         if task.df is None and task.dataset_name in SHIPPED:
             task.df = shipped_frame(task.dataset_name)  # matbench's own rows and ids, shipped: no download
         task.load()
+        fold_run = _FoldRun(task, template, kind, seed, finetune_kwargs)
+        choice, scores = fold_run.choose(grid)
         for fold in chosen:
             if task.is_recorded[fold]:
                 logger.info("%s fold %d is already recorded; skipping it", task.dataset_name, fold)
                 continue
-            train_inputs, train_outputs = task.get_train_and_val_data(fold)
             test_inputs = task.get_test_data(fold, include_target=False)
             where = f"{task.dataset_name} fold {fold}"
-            start = time.perf_counter()
-            try:
-                result = finetune(
-                    new_like(model) if isinstance(model, torch.nn.Module) else model,
-                    list(train_inputs),
-                    np.asarray(train_outputs, dtype=float),
-                    seed=seed + fold,
-                    **finetune_kwargs,
-                )
-            except ValueError as exc:
-                raise _with_ids(exc, f"{where}, training data", list(train_inputs.index)) from exc
+            result, fit_s = fold_run(fold, choice)
+            start = time.perf_counter()  # the seconds recorded: training plus predicting
             try:
                 predictions = predict(result, list(test_inputs), batch_size=predict_batch_size)
             except ValueError as exc:
@@ -274,9 +335,12 @@ def run_matbench(
                 )
             params = {
                 "seed": seed + fold,
+                "lr": choice.lr,
+                "backbone_lr": choice.backbone_lr,
+                "lr_selection": [{"lr": c.lr, "backbone_lr": c.backbone_lr, "best_val_MAE": v[0]} for c, v in scores],
                 "data_mean": float(result.data_mean),
                 "data_std": float(result.data_std),
-                "seconds": round(time.perf_counter() - start, 1),
+                "seconds": round(time.perf_counter() - start + fit_s, 1),
                 **{k: float(v) for k, v in result.metrics.items()},
             }
             task.record(fold, predictions, params=params)

@@ -136,6 +136,8 @@ def pretrain(
     ckpt_path = _resume_from(ckpt_path, resume, output_dir)
     loggers = _check_loggers(loggers) if "logger" not in trainer_kwargs else ()
     trainer_kwargs = {**trainer_kwargs, "callbacks": list(trainer_kwargs.get("callbacks") or [])}  # the caller's stay
+    if trainer_kwargs.get("max_time") is not None:  # checked (DD:HH:MM:SS) before minutes of reading crystals
+        trainer_kwargs["callbacks"].append(PieceTimer(duration=trainer_kwargs.pop("max_time"), interval="step"))
     start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
 
@@ -291,8 +293,6 @@ def _trainer(
     kwargs = dict(trainer_kwargs)
     kwargs.setdefault("logger", _make_loggers(loggers, root))
     kwargs["callbacks"] = [*kwargs["callbacks"], checkpoint]
-    if kwargs.get("max_time") is not None:
-        kwargs["callbacks"].append(PieceTimer(duration=kwargs.pop("max_time"), interval="step"))
     if val_grad_norm:  # a gradient on validation batches
         kwargs.setdefault("inference_mode", False)
     if _on_cpu(kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run

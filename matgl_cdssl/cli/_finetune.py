@@ -128,7 +128,23 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--task", nargs="+", default=list(DEFAULT_TASKS), metavar="NAME", help="matbench v0.1 task(s)")
     add_option(p, run_matbench, "output", flag="--out", type=Path, help="results file")
-    add_option(p, run_matbench, "model", help="registered name or model folder")
+    add_option(p, run_matbench, "model", help="registered name, model folder, scratch or supervised")
+    p.add_argument(
+        "--lr-grid",
+        type=positive_float,
+        nargs="+",
+        metavar="LR",
+        help="choose the learning rate per task on the first fold's validation data (instead of --lr)",
+    )
+    add_option(
+        p,
+        run_matbench,
+        "backbone_lr_scales",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="with --lr-grid: backbone rate as a fraction of lr, to choose from (pretrained arms)",
+    )
     p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
     add_option(p, run_matbench, "predict_batch_size", type=int, help="crystals per batch when predicting")
     add_finetune_arguments(p)  # --seed: fold k uses seed + k
@@ -229,13 +245,18 @@ def matbench_command(args: argparse.Namespace) -> int:
     Side Effects:
         Writes the results file ``args.out`` after every fold.
     """
+    options = finetune_options(args)
+    if args.lr_grid:
+        options.pop("lr"), options.pop("backbone_lr")
     mb = run_matbench(
         args.task,
         model=args.model,
         output=args.output,
         folds=args.folds,
         predict_batch_size=args.predict_batch_size,
-        **finetune_options(args),
+        lr_grid=args.lr_grid,
+        backbone_lr_scales=args.backbone_lr_scales,
+        **options,
     )
     for task in mb.tasks:
         recorded = [fold for fold, done in task.is_recorded.items() if done]

@@ -15,6 +15,7 @@ __all__ = [
     "add_option",
     "add_trainer_options",
     "devices",
+    "duration",
     "parameter_default",
     "positive_float",
     "sigma",
@@ -31,6 +32,15 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive; got {text}")
     return value
+
+
+def duration(text: str) -> str:
+    """An argparse type: a wall time as Lightning's ``max_time`` takes it, DD:HH:MM:SS."""
+    import re
+
+    if not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", text):
+        raise argparse.ArgumentTypeError(f"expected DD:HH:MM:SS (00:02:00:00 is two hours); got {text!r}")
+    return text
 
 
 def sigma(text: str) -> float:

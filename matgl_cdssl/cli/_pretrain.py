@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl.apps import LOGGERS, pretrain
-from matgl_cdssl.cli._options import add_option, add_trainer_options, positive_float, sigma
+from matgl_cdssl.cli._options import add_option, add_trainer_options, duration, positive_float, sigma
 from matgl_cdssl.data import load_sample, write_mp_split
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output folder: checkpoints/, metrics.csv, model/")
     for name, kwargs in _PRETRAIN_OPTIONS.items():
         add_option(p, pretrain, name, unset=True, **kwargs)
-    p.add_argument("--max-time", help="stop this piece after this wall time, DD:HH:MM:SS (continue with --resume)")
+    p.add_argument(
+        "--max-time", type=duration, help="stop this piece after this wall time, DD:HH:MM:SS (continue with --resume)"
+    )
     p.add_argument(
         "--resume",
         nargs="?",

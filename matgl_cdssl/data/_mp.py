@@ -66,7 +66,9 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
 
     The rows are copied as text (no CIF is parsed), so that ``pretrain`` can read the split from disk one crystal at
     a time, as it does any CSV, and a graph cache keyed on the file (path, size, modification time) is hit by later
-    runs. The file is written once: it is rewritten only when ``path`` is newer than it.
+    runs. The file is written once: it is rewritten only when ``path`` is newer than it and its content changed (a
+    SHA-256 of ``path`` is kept beside the split, so a copy of the same data with a new date leaves the split, and the
+    graph cache built on it, alone).
 
     Args:
         path: ``mp_multi.csv.gz``.
@@ -79,7 +81,12 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
     want_holdout = _wants_holdout(split)
     path, folder = Path(path), Path(folder)
     dest = folder / f"{path.name.split('.')[0]}_{split}.csv.gz"
+    source = dest.with_name(f"{dest.name}.source-sha256")
     if dest.is_file() and dest.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+        if not source.is_file():
+            source.write_text(_sha256(path))
+        return dest
+    if dest.is_file() and source.is_file() and source.read_text() == _sha256(path):
         return dest
     csv.field_size_limit(2**31 - 1)
     with gzip.open(path, "rt", newline="") as f:
@@ -94,4 +101,13 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     partial.replace(dest)
+    source.write_text(_sha256(path))
     return dest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
