@@ -13,7 +13,8 @@ from matgl_cdssl.apps import TASKS, BenchmarkSettings, TaskData, benchmark, load
 from matgl_cdssl.apps._benchmark import QUICK, _read_json_gz, _splits, summarise
 from matgl_cdssl.data import in_holdout_pool, load_sample
 
-TINY = BenchmarkSettings(sample_budget=40, max_epochs=2, min_val=8, max_val=8, batch_size=8)
+TINY = BenchmarkSettings(lr_grid=(3e-3,), backbone_lr_scales=(1.0,), max_epochs=2, patience=2, min_val=8, max_val=8,
+                         batch_size=8)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,8 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
     for _, pair in runs.groupby(["task", "n_train", "seed"]):
         assert len(pair) == 2
         assert pair[["n_val", "n_test", "max_epochs"]].nunique().eq(1).all()
-    assert (runs.loc[runs["n_train"] == 10, "max_epochs"] == TINY.epochs(10)).all()
+    assert (runs["max_epochs"] == TINY.max_epochs).all()
+    assert (runs["lr"] == 3e-3).all()
     for key in ("runs_csv", "table_md", "figure_png"):
         assert result.paths[key].is_file()
     assert len(pd.read_csv(result.paths["runs_csv"])) == 8
@@ -123,7 +125,7 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
     assert len(redone.runs) == 8
     # Other settings are other runs, not cache hits.
     other = benchmark(pretrained_dir, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=out,
-                      settings=BenchmarkSettings(**{**TINY.__dict__, "lr": 1e-2}), progress=False)  # fmt: skip
+                      settings=BenchmarkSettings(**{**TINY.__dict__, "lr_grid": (1e-2,)}), progress=False)  # fmt: skip
     assert len(other.runs) == 2
     assert len((out / "runs.jsonl").read_text().splitlines()) == 10
 
@@ -131,7 +133,8 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
 def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(megnet, own_task, tmp_path):
     from matgl_cdssl.hub import new_like
 
-    settings = BenchmarkSettings(sample_budget=10, max_epochs=1, min_val=4, max_val=8, batch_size=8)
+    settings = BenchmarkSettings(lr_grid=(1e-3,), backbone_lr_scales=(1.0,), max_epochs=1, min_val=4, max_val=8,
+                                 batch_size=8)  # fmt: skip
     out = tmp_path / "bench"
 
     def records(model, sizes):
@@ -209,7 +212,61 @@ def test_summary_counts_wins_and_standard_errors():
 def test_quick_suite_is_small():
     settings = QUICK["settings"]
     assert len(QUICK["tasks"]) * len(QUICK["sizes"]) * len(QUICK["seeds"]) <= 4
-    assert max(settings.epochs(n) * n for n in QUICK["sizes"]) <= 2_500
+    assert max(settings.max_epochs * n for n in QUICK["sizes"]) <= 10_000
+    assert len(settings.lr_grid) == len(settings.backbone_lr_scales) == 1  # nothing to choose: no tuning runs
+
+
+def test_default_suite_and_learning_curves():
+    from matgl_cdssl.apps import DEFAULT_SUITE
+    from matgl_cdssl.apps._benchmark import _task_sizes
+
+    assert DEFAULT_SUITE == ("mp_formation_energy", "mp_band_gap", "perov_heat_ref", "matbench_jdft2d",
+                             "matbench_phonons")  # fmt: skip
+    settings = BenchmarkSettings()
+    # "full": every crystal outside the test set (127 of 636) and the validation set (a quarter of the training set)
+    jdft2d = _task_sizes(load_task("matbench_jdft2d"), None, settings)
+    assert jdft2d == [50, 100, 250, 407]
+    assert 407 + settings.n_val(407) <= 636 - 127 < 408 + settings.n_val(408)
+    assert _task_sizes(load_task("matbench_phonons"), None, settings)[:-1] == [50, 100, 250, 500]
+    assert _task_sizes(load_task("mp_band_gap"), None, settings) == [50, 100, 250, 1000]
+    with pytest.raises(ValueError, match="'mp_band_gap': a training size is a positive number or 'full'"):
+        _task_sizes(load_task("mp_band_gap"), ["all"], settings)
+
+
+def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir, own_task, tmp_path):
+    settings = BenchmarkSettings(lr_grid=(1e-4, 1e-2), backbone_lr_scales=(1.0, 0.1), tune_sizes=(10, 20),
+                                 max_epochs=3, patience=2, min_val=8, max_val=8, batch_size=8)  # fmt: skip
+    out = tmp_path / "bench"
+    result = benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
+                       settings=settings, progress=False, check_convergence=True)  # fmt: skip
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    tuning = [r for r in records if r["seed"] == 0 and r["max_epochs"] == 3]
+    # 2 sizes x (4 candidates for CDSSL, 2 for scratch: no backbone to spare) at the first seed
+    assert sorted((r["arm"], r["lr"], r["backbone_lr"] or 0) for r in tuning if r["n_train"] == 10) == [
+        ("CDSSL", 1e-4, 0), ("CDSSL", 1e-4, 1e-5), ("CDSSL", 1e-2, 0), ("CDSSL", 1e-2, 1e-3),
+        ("scratch", 1e-4, 0), ("scratch", 1e-2, 0)]  # fmt: skip
+    for arm in ("CDSSL", "scratch"):
+        scores = {}
+        for r in tuning:
+            if r["arm"] == arm:
+                scores.setdefault((r["lr"], r["backbone_lr"]), []).append(r["best_val_MAE"])
+        best = min(scores, key=lambda c: math.prod(scores[c]))  # the lowest geometric mean over the tuning sizes
+        used = result.runs[result.runs["arm"] == arm]
+        assert set(zip(used["lr"], used["backbone_lr"].where(used["backbone_lr"].notna(), None), strict=True)) == {best}
+    assert "Learning rates chosen on validation data" in result.table
+    assert result.table.count("**") == 2 * 2  # one chosen candidate per arm, in bold
+    # The convergence check: the two largest sizes, first seed, every arm, at twice the epoch cap and patience.
+    doubled = [r for r in records if r["max_epochs"] == 6]
+    assert sorted((r["n_train"], r["arm"], r["patience"]) for r in doubled) == [
+        (10, "CDSSL", 4), (10, "scratch", 4), (20, "CDSSL", 4), (20, "scratch", 4)]  # fmt: skip
+    table = result.paths["convergence_md"].read_text()
+    assert "| my_band_gap | 20 | CDSSL |" in table
+    assert "the 3% criterion" in table
+    # A rerun trains nothing (the runs of the chosen rates at the tuning sizes are the benchmark's own runs).
+    n = len(records)
+    benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=settings,
+              progress=False, check_convergence=True)  # fmt: skip
+    assert len((out / "runs.jsonl").read_text().splitlines()) == n == 12 + 2 * 2 * 2 - 2 * 2 + 4
 
 
 def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
@@ -221,7 +278,7 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     ).to_csv(csv, index=False)
     out = tmp_path / "b"
     code = main(["benchmark", "--model", str(pretrained_dir), "--data", str(csv), "--target", "gap", "--sizes", "10",
-                 "--seeds", "0", "--sample-budget", "20", "--max-epochs", "2", "--batch-size", "8", "--out", str(out),
+                 "--seeds", "0", "--lr-grid", "0.003", "--max-epochs", "2", "--batch-size", "8", "--out", str(out),
                  "--no-progress-bar"])  # fmt: skip
     assert code == 0
     assert "CDSSL wins" in capsys.readouterr().out

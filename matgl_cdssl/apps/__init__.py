@@ -8,8 +8,8 @@ checkpoints and logging to Lightning's Trainer.
 from __future__ import annotations
 
 from matgl_cdssl.apps._benchmark import (
+    CURVE,
     DEFAULT_SUITE,
-    SIZES,
     TASKS,
     BenchmarkResult,
     BenchmarkSettings,
@@ -36,10 +36,10 @@ from matgl_cdssl.apps._pretrain import LOGGERS, pretrain
 from matgl_cdssl.apps._tuning import Candidate, candidates, choose
 
 __all__ = [
+    "CURVE",
     "DEFAULT_SUITE",
     "DEFAULT_TASKS",
     "LOGGERS",
-    "SIZES",
     "TASKS",
     "BenchmarkResult",
     "BenchmarkSettings",

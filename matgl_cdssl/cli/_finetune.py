@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.apps import (
     DEFAULT_SUITE,
     DEFAULT_TASKS,
-    SIZES,
     TASKS,
     BenchmarkSettings,
     TaskData,
@@ -22,9 +22,6 @@ from matgl_cdssl.apps import (
 )
 from matgl_cdssl.cli._options import add_option, add_trainer_options, positive_float, trainer_options
 from matgl_cdssl.data import read_labelled_csv
-
-if TYPE_CHECKING:
-    import argparse
 
 __all__ = ["add_finetune_arguments", "add_parser", "finetune_options"]
 
@@ -71,6 +68,21 @@ def finetune_options(args: argparse.Namespace) -> dict:
     return {**options, "enable_progress_bar": not args.no_progress_bar, **trainer_options(args)}
 
 
+def _size(text: str) -> int | str:
+    """An argparse type: a training size, or ``full``."""
+    if text == "full":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a training size is a positive whole number or 'full'; got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a training size is a positive whole number or 'full'; got {text!r}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     """Add ``cdssl finetune``, ``cdssl benchmark`` and ``cdssl matbench``."""
     p = sub.add_parser(
@@ -108,15 +120,24 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--target", help="column of --data with the property")
     p.add_argument("--test-data", type=Path, help="a separate test CSV for --data (default: drawn per seed)")
     p.add_argument("--n-test", type=int, help="test crystals per seed for --data (default: min(500, 20%%))")
-    add_option(p, benchmark, "sizes", type=int, nargs="+", help="training sizes")
+    add_option(p, benchmark, "sizes", type=_size, nargs="+", help="training sizes, or full (default: each task's own)")
     add_option(p, benchmark, "seeds", type=int, nargs="+", help="seeds: one split and initialisation each")
     add_option(p, benchmark, "arms", nargs="+", help="CDSSL, scratch, supervised (matgl's Eform MEGNet), or a folder")
     add_option(p, benchmark, "skip_invalid", help="leave out crystals that the checks reject, and list them")
     settings = BenchmarkSettings()
-    for name, kind in (("lr", positive_float), ("backbone_lr", float), ("batch_size", int), ("max_epochs", int)):
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(default: {getattr(settings, name)})")
-    p.add_argument("--sample-budget", type=int, help="training crystals seen per run (sets the epochs)")
+    for name, kind, nargs, what in (
+        ("lr_grid", positive_float, "+", "learning rates each arm chooses from, on validation data"),
+        ("backbone_lr_scales", positive_float, "+", "backbone rate / lr, to choose from (pretrained arms)"),
+        ("tune_sizes", int, "+", "training sizes at which the rates are chosen (first seed)"),
+        ("max_epochs", int, None, "epoch cap of a run"),
+        ("patience", int, None, "early stopping: epochs without a better validation MAE"),
+        ("batch_size", int, None, ""),
+    ):
+        default = getattr(settings, name)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs=nargs, help=f"{what} (default: {shown})".strip())
     p.add_argument("--freeze-backbone", action="store_true", help="train only the pretrained arm's readout")
+    add_option(p, benchmark, "check_convergence", help="rerun the two largest sizes at twice the budget")
     add_trainer_options(p)
     p.set_defaults(func=benchmark_command)
 
@@ -221,13 +242,15 @@ def benchmark_command(args: argparse.Namespace) -> int:
         tasks = None
     known = {f.name for f in fields(BenchmarkSettings)}
     changes = {k: getattr(args, k) for k in known if getattr(args, k, None) not in (None, False)}
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     result = benchmark(
         args.model,
         tasks=tasks,
-        sizes=args.sizes or SIZES,
+        sizes=args.sizes,
         seeds=args.seeds,
         arms=args.arms,
         skip_invalid=args.skip_invalid,
+        check_convergence=args.check_convergence,
         output_dir=args.output_dir,
         settings=replace(BenchmarkSettings(), **changes),
         quick=args.quick,
