@@ -5,8 +5,12 @@
 
 Copies the run's model folder into ``matgl_cdssl/pretrained/<name>/`` (a versioned name, ``CDSSL-MEGNet-MP-YYYY.MM``)
 together with the hold-out id list, computes the sha256 of every file, and writes ``card.json`` and the ``README.md``
-model card generated from it. Also copies the run's metrics CSV to ``docs/results/cdssl-megnet-mp/`` and draws the
-training curves there.
+model card generated from it. Also copies the run's metrics CSV to the release's results folder (``--results``,
+default ``docs/results/<name in lower case>/``) and draws the training curves there.
+
+``--checkpoint`` ships another epoch than the run's best pretext epoch (say the one that is best downstream): its
+backbone and pretext head replace those of the run's model folder. ``--continues NAME`` marks a run that continued
+release NAME: the card counts NAME's epochs and wall time too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import yaml
 FAMILY = "CDSSL-MEGNet-MP"
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "matgl_cdssl" / "pretrained"
-RESULTS = ROOT / "docs" / "results" / "cdssl-megnet-mp"
 SHIPPED = ("model.pt", "state.pt", "model.json", "cdssl.json", "cdssl_head.pt", "skipped.csv")
 
 
@@ -141,8 +144,20 @@ def card_markdown(card: dict) -> str:
             f"{', '.join(f'{x:.4f}' for x in s['scratch']['runs'])} |",
             f"| {card['name']} | {s['CDSSL']['mean_test_MAE']:.4f} ± {s['CDSSL']['std_test_MAE']:.4f} | "
             f"{', '.join(f'{x:.4f}' for x in s['CDSSL']['runs'])} |",
+        ]
+        old = m.get("previous_downstream")
+        if old:
+            o = old["summary"]["CDSSL"]
+            lines.append(f"| {old['name']} (previous release, same splits) | {o['mean_test_MAE']:.4f} ± "
+                         f"{o['std_test_MAE']:.4f} | {', '.join(f'{x:.4f}' for x in o['runs'])} |")  # fmt: skip
+        lines += [
             "",
-            f"Relative change of the mean test MAE: {100 * s['relative_change']:+.1f}%.",
+            f"Relative change of the mean test MAE against scratch: {100 * s['relative_change']:+.1f}%"
+            + (
+                f"; against {old['name']}: {100 * (s['CDSSL']['mean_test_MAE'] / o['mean_test_MAE'] - 1):+.1f}%."
+                if old
+                else "."
+            ),
             "",
         ]
     lines += [
@@ -164,6 +179,28 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def from_checkpoint(model_dir: Path, checkpoint: Path, out: Path) -> Path:
+    """The run's model folder with the backbone and pretext head of ``checkpoint`` (and its epoch count)."""
+    import torch
+
+    from matgl_cdssl.hub import load_head, load_model, read_config, read_skipped, save_pretrained
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = load_model(model_dir, fresh_readout=False)
+    head = load_head(model_dir, model)
+    for prefix, module in (("model.", model), ("head.", head)):
+        module.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+        )
+    config = {**read_config(model_dir), "epochs": int(state["epoch"]) + 1, "checkpoint": checkpoint.name,
+              "total_wall_time_s": float(state.get("cdssl_elapsed_s", 0.0))}  # fmt: skip
+    for key in ("format_version", "matgl_cdssl_version", "backend", "matgl_version", "aggregation", "n_skipped",
+                "skipped_file", "best_score", "best_epoch_metric"):  # fmt: skip
+        config.pop(key, None)
+    skipped = [(row["name"], row["reason"]) for row in read_skipped(model_dir)]
+    return save_pretrained(model, out, head=head, config=config, skipped=skipped)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
@@ -172,22 +209,38 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--downstream", type=Path)
     parser.add_argument("--hardware", default="2 CPU cores (shared development machine)")
+    parser.add_argument("--checkpoint", type=Path, help="ship this Lightning checkpoint of the run instead")
+    parser.add_argument("--continues", help="the release whose weights the run started from")
+    parser.add_argument("--results", type=Path, help="results folder (default docs/results/<name in lower case>)")
     args = parser.parse_args()
 
     config = yaml.safe_load(args.config.read_text())
-    cdssl = json.loads((args.run / "model" / "cdssl.json").read_text())
     DEST = PRETRAINED / args.name
     DEST.mkdir(parents=True, exist_ok=True)
-    shipped = [name for name in SHIPPED if (args.run / "model" / name).is_file()]  # skipped.csv only if any
+    source = args.run / "model"
+    if args.checkpoint is not None:
+        source = from_checkpoint(source, args.checkpoint, DEST.with_name(f".{args.name}.tmp"))
+    cdssl = json.loads((source / "cdssl.json").read_text())
+    shipped = [name for name in SHIPPED if (source / name).is_file()]  # skipped.csv only if any
     for name in shipped:
-        shutil.copy(args.run / "model" / name, DEST / name)
+        shutil.copy(source / name, DEST / name)
+    if args.checkpoint is not None:
+        shutil.rmtree(source)
     shutil.copy(ROOT / "configs" / "mp_holdout_ids.txt", DEST / "holdout_ids.txt")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = args.results or ROOT / "docs" / "results" / args.name.lower()
+    results.mkdir(parents=True, exist_ok=True)
     metrics = pd.read_csv(args.run / "metrics.csv")
-    metrics.to_csv(RESULTS / "metrics.csv", index=False)
-    plot_curves(metrics, RESULTS / "curves.png")
+    metrics.to_csv(results / "metrics.csv", index=False)
+    plot_curves(metrics, results / "curves.png")
     val = metrics.dropna(subset=["val_MAE"])
-    best = val.loc[val["val_Total_Loss"].idxmin()]
+    if args.checkpoint is not None:  # the shipped epoch's pretext metrics, not the run's best
+        val = val[val["epoch"] <= cdssl["epochs"] - 1]
+        best = val.loc[val["epoch"].idxmax()]
+    else:
+        best = val.loc[val["val_Total_Loss"].idxmin()]
+    before = {"epochs": 0, "wall_time_h": 0.0}
+    if args.continues:
+        before = json.loads((PRETRAINED / args.continues / "card.json").read_text())["training"]
     opts = config["pretrain"]
     card = {
         "name": args.name,
@@ -224,8 +277,11 @@ def main() -> None:
             },
         },
         "training": {
-            "epochs": int(val["epoch"].max()) + 1,
-            "wall_time_h": float(cdssl.get("total_wall_time_s", cdssl.get("wall_time_s", 0))) / 3600,
+            "epochs": before["epochs"] + (cdssl["epochs"] if args.checkpoint else int(val["epoch"].max()) + 1),
+            "wall_time_h": before["wall_time_h"]
+            + float(cdssl.get("total_wall_time_s", cdssl.get("wall_time_s", 0))) / 3600,
+            **({"continues": args.continues, "epochs_before": before["epochs"]} if args.continues else {}),
+            **({"checkpoint": args.checkpoint.name} if args.checkpoint else {}),
             "hardware": args.hardware,
             "n_structures": cdssl["n_structures"],
             "n_train": cdssl["n_train"],
@@ -244,6 +300,10 @@ def main() -> None:
     }
     if args.downstream and args.downstream.is_file():
         card["metrics"]["downstream"] = json.loads(args.downstream.read_text())
+    if args.continues:  # the previous release's hold-out check, beside this one's in the card
+        previous = json.loads((PRETRAINED / args.continues / "card.json").read_text())["metrics"].get("downstream")
+        if previous:
+            card["metrics"]["previous_downstream"] = {"name": args.continues, "summary": previous["summary"]}
     (DEST / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (DEST / "README.md").write_text(card_markdown(card))
     print(f"packaged {args.name} into {DEST}")
