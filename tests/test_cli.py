@@ -76,3 +76,35 @@ def test_pretrain_needs_files_or_sample_and_out(tmp_path, capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     assert "backend" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", ["cdssl-megnet-mp.yaml", "cdssl-megnet-mp-2026.12.yaml"])
+def test_the_production_configs_run_as_shipped_with_a_tiny_budget(config, tmp_path, caplog):
+    """The release runs' own configuration files, on 24 crystals for an epoch, then resumed for one more.
+
+    The device command is the same with ``--accelerator gpu`` (and the graph cache built here, reused there): this
+    checks everything but the device. Only the data (``--sample``), the budget and the output are overridden.
+    """
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    common = ["pretrain", "--config", str(path), "--sample", "24", "--out", str(tmp_path / "run"), "--graph-cache",
+              str(tmp_path / "cache"), "--accelerator", "cpu", "--batch-size", "8", "--no-progress-bar"]  # fmt: skip
+    import logging
+
+    import torch
+
+    caplog.set_level(logging.INFO, logger="matgl_cdssl")
+    pieces = [*common, "--max-epochs", "1000", "--max-time", "00:00:00:02"]  # 3,000 steps: far more than 2 s
+    assert main(pieces) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert "(miss)" in caplog.text
+    caplog.clear()
+    assert main([*pieces, "--resume"]) == 0  # the next piece: 2 more seconds, whatever the first piece took
+    assert "(hit)" in caplog.text  # the graph cache built by the first piece is reused
+    second = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert first < second < 3000
+    config_json = json.loads((tmp_path / "run" / "model" / "cdssl.json").read_text())
+    assert config_json["epochs"] < 1000
+    assert config_json["sigma"] == 0.3
