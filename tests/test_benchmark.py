@@ -13,6 +13,7 @@ from matgl_cdssl.apps import TASKS, BenchmarkSettings, TaskData, benchmark, load
 from matgl_cdssl.apps._benchmark import QUICK, _read_json_gz, _splits, summarise
 from matgl_cdssl.data import in_holdout_pool, load_sample
 
+TWO = ("CDSSL", "scratch")  # most tests compare two arms; the default adds supervised transfer
 TINY = BenchmarkSettings(lr_grid=(3e-3,), backbone_lr_scales=(1.0,), max_epochs=2, patience=2, min_val=8, max_val=8,
                          batch_size=8)  # fmt: skip
 
@@ -89,7 +90,14 @@ def test_sizes_that_do_not_fit_raise_naming_the_task(own_task):
 def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir, own_task, tmp_path):
     out = tmp_path / "bench"
     result = benchmark(
-        pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=TINY, progress=False
+        pretrained_dir,
+        arms=TWO,
+        tasks=[own_task],
+        sizes=(10, 20),
+        seeds=(0, 1),
+        output_dir=out,
+        settings=TINY,
+        progress=False,
     )
     runs = result.runs
     assert len(runs) == 2 * 2 * 2
@@ -110,21 +118,20 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
 
     # Resume: a rerun trains nothing and reports the same numbers.
     lines = (out / "runs.jsonl").read_text().splitlines()
-    again = benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=TINY,
-                      progress=False)  # fmt: skip
+    same = {"arms": TWO, "tasks": [own_task], "sizes": (10, 20), "seeds": (0, 1), "output_dir": out, "settings": TINY}
+    again = benchmark(pretrained_dir, **same, progress=False)
     assert (out / "runs.jsonl").read_text().splitlines() == lines
     pd.testing.assert_frame_equal(again.runs, runs)
     # An interrupted run (one record missing) redoes only that run, and gets the same result (seeded).
     (out / "runs.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    redone = benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=TINY,
-                       progress=False)  # fmt: skip
+    redone = benchmark(pretrained_dir, **same, progress=False)
     assert len((out / "runs.jsonl").read_text().splitlines()) == 8
     last = json.loads(lines[-1])
     new = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
     assert new["test_MAE"] == pytest.approx(last["test_MAE"], rel=1e-5)
     assert len(redone.runs) == 8
     # Other settings are other runs, not cache hits.
-    other = benchmark(pretrained_dir, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=out,
+    other = benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=out,
                       settings=BenchmarkSettings(**{**TINY.__dict__, "lr_grid": (1e-2,)}), progress=False)  # fmt: skip
     assert len(other.runs) == 2
     assert len((out / "runs.jsonl").read_text().splitlines()) == 10
@@ -138,7 +145,16 @@ def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(meg
     out = tmp_path / "bench"
 
     def records(model, sizes):
-        benchmark(model, tasks=[own_task], sizes=sizes, seeds=(0,), output_dir=out, settings=settings, progress=False)
+        benchmark(
+            model,
+            arms=TWO,
+            tasks=[own_task],
+            sizes=sizes,
+            seeds=(0,),
+            output_dir=out,
+            settings=settings,
+            progress=False,
+        )
         return len((out / "runs.jsonl").read_text().splitlines())
 
     assert records(megnet, (10, 20)) == 4
@@ -237,7 +253,7 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
     settings = BenchmarkSettings(lr_grid=(1e-4, 1e-2), backbone_lr_scales=(1.0, 0.1), tune_sizes=(10, 20),
                                  max_epochs=3, patience=2, min_val=8, max_val=8, batch_size=8)  # fmt: skip
     out = tmp_path / "bench"
-    result = benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
+    result = benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
                        settings=settings, progress=False, check_convergence=True)  # fmt: skip
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     tuning = [r for r in records if r["seed"] == 0 and r["max_epochs"] == 3]
@@ -264,8 +280,8 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
     assert "the 3% criterion" in table
     # A rerun trains nothing (the runs of the chosen rates at the tuning sizes are the benchmark's own runs).
     n = len(records)
-    benchmark(pretrained_dir, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out, settings=settings,
-              progress=False, check_convergence=True)  # fmt: skip
+    benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
+              settings=settings, progress=False, check_convergence=True)  # fmt: skip
     assert len((out / "runs.jsonl").read_text().splitlines()) == n == 12 + 2 * 2 * 2 - 2 * 2 + 4
 
 
@@ -278,8 +294,8 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     ).to_csv(csv, index=False)
     out = tmp_path / "b"
     code = main(["benchmark", "--model", str(pretrained_dir), "--data", str(csv), "--target", "gap", "--sizes", "10",
-                 "--seeds", "0", "--lr-grid", "0.003", "--max-epochs", "2", "--batch-size", "8", "--out", str(out),
-                 "--no-progress-bar"])  # fmt: skip
+                 "--seeds", "0", "--arms", "CDSSL", "scratch", "--lr-grid", "0.003", "--max-epochs", "2",
+                 "--batch-size", "8", "--out", str(out), "--no-progress-bar"])  # fmt: skip
     assert code == 0
     assert "CDSSL wins" in capsys.readouterr().out
     runs = pd.read_csv(out / "runs.csv")
@@ -289,7 +305,7 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_quick_suite_end_to_end(tmp_path, capsys):
-    """``cdssl benchmark --quick``: the shipped data, CDSSL-MEGNet-MP, both arms, all outputs (a few minutes)."""
+    """``cdssl benchmark --quick``: the shipped data, CDSSL-MEGNet-MP, the three default arms, all outputs."""
     from matgl_cdssl.cli import main
 
     out = tmp_path / "quick"
@@ -297,7 +313,8 @@ def test_cli_quick_suite_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "CDSSL wins" in printed
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == len(QUICK["tasks"]) * len(QUICK["sizes"]) * len(QUICK["seeds"]) * 2
+    assert len(runs) == len(QUICK["tasks"]) * len(QUICK["sizes"]) * len(QUICK["seeds"]) * 3
+    assert set(runs["arm"]) == {"CDSSL", "scratch", "supervised"}
     assert set(runs["task"]) == set(QUICK["tasks"])
     assert (runs["n_test"] == QUICK["n_test"]).all()
     assert (out / "results.png").stat().st_size > 10_000

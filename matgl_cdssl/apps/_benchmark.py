@@ -1,14 +1,17 @@
 """SSL vs scratch: finetune a pretrained MEGNet and the same MEGNet from random initialisation, side by side.
 
-Each configuration (task, training size, seed) trains two arms with the same split, hyperparameters and budget:
+Each configuration (task, training size, seed) trains every arm on the same split, with the same selection rule for
+its learning rate and the same budget:
 
 - ``CDSSL``: the pretrained model (``CDSSL-MEGNet-MP`` or any folder), its readout freshly initialised from the seed;
-- ``scratch``: the same architecture, initialised from the seed.
+- ``scratch``: the same architecture, initialised from the seed;
+- ``supervised``: transfer from matgl's supervised formation-energy MEGNet (its backbone, a fresh readout).
 
-The built-in suite (:data:`TASKS`) ships its data in ``matgl_cdssl/benchmark_data`` (see its ``ATTRIBUTION.md``):
+The built-in tasks (:data:`TASKS`) ship their data in ``matgl_cdssl/benchmark_data`` (see its ``ATTRIBUTION.md``):
 Materials Project formation energy, band gap and total magnetisation per atom, trained on crystals of the
 pretraining split (whose labels pretraining never used) and tested on the hold-out pool, which pretraining never
-saw; and perovskite heat of formation and indirect gap (Castelli et al.), with a test set fixed per seed.
+saw; perovskite heat of formation and indirect gap (Castelli et al.) and matbench's jdft2d and phonons, with a test
+set fixed per seed. :data:`DEFAULT_SUITE` leaves out the two zero-dominated tasks (magnetisation, indirect gap).
 Finished runs are cached in ``OUTPUT_DIR/runs.jsonl``, so an interrupted benchmark resumes where it stopped.
 """
 
@@ -56,8 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-ARMS = ("CDSSL", "scratch")
-"""The default arms: the pretrained model (``model``) and the same architecture from scratch."""
+ARMS = ("CDSSL", "scratch", "supervised")
+"""The default arms: the pretrained model (``model``), the same architecture from scratch, and transfer from matgl's
+supervised formation-energy MEGNet (:data:`SUPERVISED`)."""
 
 #: matgl's supervised formation-energy MEGNet, shipped for the ``"supervised"`` arm (see benchmark_data/ATTRIBUTION.md).
 SUPERVISED = "MEGNet-MP-2018.6.1-Eform"
