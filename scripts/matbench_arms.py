@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matgl_cdssl.apps import load_results, run_matbench
+from matgl_cdssl.apps import load_results, resume_results, run_matbench
 
 #: Matbench v0.1 leaderboard figures (mean test MAE over the 5 folds) that the issue compares with.
 LEADERBOARD = {
@@ -54,15 +54,16 @@ def main() -> None:
         for arm in args.arms:
             path = args.out / f"{task}-{arm}.json.gz"
             if path.is_file():
-                mb = load_results(path)
+                try:
+                    mb = load_results(path)
+                except Exception:
+                    if args.report_only:
+                        continue
+                    mb = _run(task, arm, path, args, resume_results(path))
             elif args.report_only:
                 continue
             else:
-                model = "CDSSL-MEGNet-MP" if arm == "CDSSL" else arm
-                quiet = {"enable_progress_bar": False, "enable_model_summary": False, "skip_invalid": True}
-                mb = run_matbench(task, model=model, output=path, lr_grid=args.lr_grid,
-                                  backbone_lr_scales=args.backbone_lr_scales, max_epochs=args.max_epochs,
-                                  patience=args.patience, **quiet)  # fmt: skip
+                mb = _run(task, arm, path, args, None)
             t = getattr(mb, task)
             results = [t.results[t.folds_map[f]] for f in t.folds]
             maes = np.array([r.scores.mae for r in results])
@@ -71,6 +72,13 @@ def main() -> None:
                                "epochs": [int(r.parameters["best_epoch"]) for r in results]}  # fmt: skip
     (args.out / "matbench.md").write_text(_table(rows, args))
     print((args.out / "matbench.md").read_text())
+
+
+def _run(task: str, arm: str, path: Path, args: argparse.Namespace, benchmark) -> object:
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "skip_invalid": True}
+    return run_matbench(task, model="CDSSL-MEGNet-MP" if arm == "CDSSL" else arm, output=path, lr_grid=args.lr_grid,
+                        backbone_lr_scales=args.backbone_lr_scales, max_epochs=args.max_epochs,
+                        patience=args.patience, benchmark=benchmark, **quiet)  # fmt: skip
 
 
 def _table(rows: dict, args: argparse.Namespace) -> str:

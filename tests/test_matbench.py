@@ -276,3 +276,24 @@ def test_scratch_has_no_backbone_rate_to_choose_and_lr_grid_excludes_lr(injected
     assert [(r["lr"], r["backbone_lr"]) for r in selection] == [(1e-3, None), (3e-3, None)]
     with pytest.raises(ValueError, match="either lr_grid"):
         run_matbench(benchmark=mb, output=None, folds=[1], lr_grid=[1e-3], lr=1e-3, **TINY)
+
+
+def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_path):
+    from matgl_cdssl.apps import resume_results
+
+    path = tmp_path / "results.json.gz"
+    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    with pytest.raises(ValueError, match="unless all folds recorded"):  # matbench 0.6 refuses a partial file
+        load_results(path)
+    resumed = resume_results(path)
+    task = getattr(resumed, TASK)
+    assert [f for f in task.folds if task.is_recorded[f]] == [0]
+    with gzip.open(path, "rt") as f:
+        saved = json.load(f)["tasks"][TASK]["results"]["fold_0"]
+    assert dict(task.results["fold_0"]["data"]) == pytest.approx(saved["data"])  # the same predictions, re-recorded
+    chosen = saved["parameters"]["lr"]
+    run_matbench(TASK, output=path, benchmark=resumed, model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    done = load_results(path)  # every fold now: matbench reads it back
+    task = getattr(done, TASK)
+    assert all(task.is_recorded.values())
+    assert {task.results[task.folds_map[f]].parameters["lr"] for f in task.folds} == {chosen}  # not chosen again

@@ -30,7 +30,14 @@ from matgl_cdssl.apps._finetune import (
     set_state_width,
     split_parameters,
 )
-from matgl_cdssl.apps._matbench import DEFAULT_TASKS, load_results, run_matbench, supported_tasks, write_results
+from matgl_cdssl.apps._matbench import (
+    DEFAULT_TASKS,
+    load_results,
+    resume_results,
+    run_matbench,
+    supported_tasks,
+    write_results,
+)
 from matgl_cdssl.apps._predict import Predictions, predict, predict_all
 from matgl_cdssl.apps._pretrain import LOGGERS, pretrain
 from matgl_cdssl.apps._tuning import Candidate, candidates, choose
@@ -63,6 +70,7 @@ __all__ = [
     "predict_all",
     "pretrain",
     "report",
+    "resume_results",
     "run_matbench",
     "set_state_width",
     "split_parameters",

@@ -803,7 +803,8 @@ def _markdown(summary: pd.DataFrame) -> str:
                 if versus and summary["leakage"].any()
                 else ""
             )
-            + (f" Other arms: {', '.join(others)}." if others else ""),
+            + (f" Other arms: {', '.join(a for a in others if a != 'supervised')}."
+               if any(a != "supervised" for a in others) else ""),  # fmt: skip
         ]
     return "\n".join(lines) + "\n"
 

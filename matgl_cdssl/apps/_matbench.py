@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_TASKS",
     "SHIPPED",
     "load_results",
+    "resume_results",
     "run_matbench",
     "shipped_frame",
     "supported_tasks",
@@ -141,6 +142,42 @@ def load_results(path: str | Path) -> MatbenchBenchmark:
     opener = gzip.open if gzipped else open
     with opener(path, "rt", encoding="utf-8") as f:
         return MatbenchBenchmark.from_dict(json.load(f))
+
+
+def resume_results(path: str | Path) -> MatbenchBenchmark:
+    """The folds recorded in the results file of an unfinished run, in a benchmark to continue with.
+
+    matbench 0.6 reads back only files with every fold recorded (:func:`load_results`). This rebuilds a
+    ``MatbenchBenchmark`` with the file's metadata and, through matbench's own ``task.record``, each fold the file
+    holds (its predictions and parameters); ``run_matbench(benchmark=...)`` then runs the remaining folds and keeps
+    the learning rate those folds chose. The tasks' data are loaded (shipped tasks offline).
+
+    Example (a run stopped after fold 0)::
+
+        mb = run_matbench(["matbench_jdft2d"], benchmark=resume_results("r.json.gz"), output="r.json.gz")
+    """
+    from matbench.bench import MatbenchBenchmark
+
+    path = Path(path)
+    with path.open("rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        saved = json.load(f)
+    names = list(saved["tasks"])
+    benchmark = MatbenchBenchmark(autoload=False, subset=names)
+    if saved.get("user_metadata"):
+        benchmark.add_metadata(saved["user_metadata"])
+    for task in benchmark.tasks:
+        if task.df is None and task.dataset_name in SHIPPED:
+            task.df = shipped_frame(task.dataset_name)
+        task.load()
+        for fold in task.folds:
+            result = saved["tasks"][task.dataset_name]["results"].get(task.folds_map[fold], {})
+            if not result.get("data"):
+                continue
+            ids = task.get_test_data(fold, include_target=False).index
+            task.record(fold, [result["data"][i] for i in ids], params=result.get("parameters") or {})
+    return benchmark
 
 
 def _version(package: str) -> str:
