@@ -755,7 +755,7 @@ LEARNED = 0.95
 def _markdown(summary: pd.DataFrame) -> str:
     trivial = "median_MAE" in summary
     arms = _arm_order([c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")])
-    others = [a for a in arms if a not in ("CDSSL", "scratch")]
+    others = [a for a in arms if a not in ("CDSSL", "scratch", "supervised")]
     versus = "CDSSL_vs_supervised" in summary
     header = ["task", "n_train", "seeds", *(f"{a} test MAE" for a in arms)]
     header += [f"{a} vs scratch" for a in arms if a != "scratch"] + (["CDSSL vs supervised"] if versus else [])
@@ -803,8 +803,7 @@ def _markdown(summary: pd.DataFrame) -> str:
                 if versus and summary["leakage"].any()
                 else ""
             )
-            + (f" Other arms: {', '.join(a for a in others if a != 'supervised')}."
-               if any(a != "supervised" for a in others) else ""),  # fmt: skip
+            + (f" Other arms: {', '.join(others)}." if others else ""),
         ]
     return "\n".join(lines) + "\n"
 
