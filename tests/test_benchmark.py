@@ -187,6 +187,11 @@ def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own
     assert "against supervised transfer" in result.table
     assert "1 invalid crystal(s) left out" in result.table
     assert "my_band_gap[30] has atom(s)" in result.table
+    alone = benchmark(pretrained_dir, arms=("scratch",), tasks=[task], sizes=(10,), seeds=(0,), settings=TINY,
+                      output_dir=tmp_path / "d", progress=False, skip_invalid=True)  # fmt: skip
+    assert len(alone.runs) == 1  # trained and listed, with nothing to compare it with
+    assert "No configuration to compare" in alone.table
+    assert "figure_png" not in alone.paths
     with pytest.raises(ValueError, match="needs 'scratch'"):
         benchmark(pretrained_dir, arms=("CDSSL",), tasks=[task], sizes=(10,), output_dir=tmp_path / "c")
 

@@ -657,7 +657,8 @@ def report(
         paths["convergence_md"].write_text(_convergence_markdown(convergence))
     paths["table_md"].write_text(table)
     try:
-        paths["figure_png"] = _plot(summary, output_dir / "results.png")
+        if len(summary):  # a benchmark of scratch alone compares nothing: no figure
+            paths["figure_png"] = _plot(summary, output_dir / "results.png")
     except ImportError:
         logger.warning("matplotlib is not installed: no results.png (pip install matplotlib)")
     return BenchmarkResult(frame, table, paths)
@@ -753,6 +754,8 @@ LEARNED = 0.95
 
 
 def _markdown(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "No configuration to compare: every comparison needs scratch and at least one other arm (runs.csv).\n"
     trivial = "median_MAE" in summary
     arms = _arm_order([c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")])
     others = [a for a in arms if a not in ("CDSSL", "scratch", "supervised")]
