@@ -117,7 +117,12 @@ def report(run: Path, out: Path) -> None:
     first, second = read_metrics(FIRST_METRICS), read_metrics(run / "metrics.csv")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, task in zip(axes[:2], tasks, strict=True):
-        ax.errorbar(stats.index, stats["mean"][task], yerr=stats["sem"][task].fillna(0), fmt="o-", capsize=3)
+        many = stats["count"][task] >= 3
+        ax.plot(stats.index, stats["mean"][task], "-", color="lightgray", zorder=0)
+        ax.plot(stats.index[~many], stats["mean"][task][~many], "o", mfc="white", color="tab:blue", label="1 seed")
+        ax.errorbar(stats.index[many], stats["mean"][task][many], yerr=stats["sem"][task][many], fmt="o", capsize=3,
+                    color="tab:blue", label="3 seeds, mean ± s.e.")  # fmt: skip
+        ax.legend(frameon=False, fontsize=8)
         ax.set(xlabel="pretraining epochs", ylabel=f"{task}: validation MAE (200 labels)", title=task)
     axes[2].plot(first.index + 1, first["val_Total_Loss"], "o-", ms=3, label="2026.11 run")
     axes[2].plot(second.index + 1 + FIRST_EPOCHS, second["val_Total_Loss"], "o-", ms=3, label="continuation")
