@@ -460,13 +460,24 @@ def benchmark(
                   else (), convergence=convergence)  # fmt: skip
 
 
+@dataclass
 class _Runner:
-    """Train the runs of a plan that the cache does not hold, each with its candidate's rate and its budget."""
+    """Train the runs of a plan that the cache does not hold, each with its candidate's rate and its budget.
 
-    def __init__(self, loaded, splits, curves, seeds, templates, done, cache, model_name, progress, trainer_kwargs):
-        self.splits, self.templates, self.done, self.cache = splits, templates, done, cache
-        self.model_name, self.progress, self.trainer_kwargs = model_name, progress, trainer_kwargs
-        self.loaded, self.curves, self.seeds, self.graphs = loaded, curves, seeds, {}
+    Every crystal that a task's runs need is checked and converted once, before the task's first run.
+    """
+
+    loaded: Sequence[TaskData]
+    splits: dict[tuple[str, int], dict[str, Any]]
+    curves: dict[str, list[int]]
+    seeds: Sequence[int]
+    templates: dict[str, tuple[nn.Module, str]]
+    done: dict[tuple, dict]
+    cache: Path
+    model_name: str
+    progress: bool
+    trainer_kwargs: dict[str, Any]
+    graphs: dict[str, tuple[_Graphs, _Graphs]] = field(default_factory=dict)
 
     def __call__(self, plan: list[dict], desc: str) -> None:
         from tqdm.auto import tqdm
@@ -474,7 +485,7 @@ class _Runner:
         todo = list({_run_key(p): p for p in plan if _run_key(p) not in self.done}.values())
         logger.info("%s: %d runs, %d cached, %d to do", desc, len(plan), len(plan) - len(todo), len(todo))
         reference = self.templates["scratch"][0]
-        for t in self.loaded:  # every crystal a run needs is checked and converted before any training starts
+        for t in self.loaded:
             if t.name not in self.graphs and any(p["task"] is t for p in todo):
                 self.graphs[t.name] = _task_graphs(t, [self.splits[t.name, s] for s in self.seeds], self.curves[t.name],
                                                    reference)  # fmt: skip
