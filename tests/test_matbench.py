@@ -297,3 +297,19 @@ def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_
     task = getattr(done, TASK)
     assert all(task.is_recorded.values())
     assert {task.results[task.folds_map[f]].parameters["lr"] for f in task.folds} == {chosen}  # not chosen again
+
+
+def test_a_test_crystal_without_edges_gets_the_training_median_when_asked(tmp_path):
+    """matbench_phonons' fold 4 holds mb-phonons-0037, whose atoms are all more than 4 Å apart: no graph edge."""
+    kwargs = {"folds": [4], "model": "scratch", "skip_invalid": True, **TINY, "max_epochs": 1}
+    with pytest.raises(ValueError, match=r"fold 4, test data .*: mb-phonons-0037 has no edge at all"):
+        run_matbench("matbench_phonons", output=None, **kwargs)
+    mb = run_matbench("matbench_phonons", output=None, unpredictable="median", **kwargs)
+    task = mb.matbench_phonons
+    result = task.results["fold_4"]
+    assert list(result.parameters["unpredictable"]) == ["mb-phonons-0037"]
+    _, train_y = task.get_train_and_val_data(4)
+    assert result.data["mb-phonons-0037"] == pytest.approx(float(np.median(train_y)))
+    assert np.isfinite(list(result.data.values())).all()
+    with pytest.raises(ValueError, match="unpredictable must be 'raise' or 'median'"):
+        run_matbench("matbench_phonons", output=None, unpredictable="zero", **kwargs)

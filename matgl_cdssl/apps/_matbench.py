@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import numpy as np
 from matgl_cdssl._backend import BACKEND
 from matgl_cdssl.apps._benchmark import arm_start
 from matgl_cdssl.apps._finetune import finetune
-from matgl_cdssl.apps._predict import predict
+from matgl_cdssl.apps._predict import predict_all
 from matgl_cdssl.apps._tuning import Candidate, candidates, tune
 from matgl_cdssl.hub import new_like
 
@@ -258,6 +259,7 @@ def run_matbench(
     benchmark: MatbenchBenchmark | None = None,
     lr_grid: Sequence[float] | None = None,
     backbone_lr_scales: Sequence[float] = (1.0,),
+    unpredictable: str = "raise",
     **finetune_kwargs: Any,
 ) -> MatbenchBenchmark:
     """Finetune ``model`` on every fold of matbench tasks and record its test predictions with matbench.
@@ -287,6 +289,10 @@ def run_matbench(
             and the one with the lowest best validation MAE (validation carved from that training data) is used for
             every fold; the choice and every candidate's score go into the fold's ``params``. None: ``lr`` as given.
         backbone_lr_scales: Backbone learning rate as a fraction of ``lr`` (1: the same) to choose from.
+        unpredictable: What to do with a test crystal the model cannot take (no two atoms within its cutoff, so no
+            edge: matbench_phonons has such crystals at 4 Å), since matbench needs a prediction for every one:
+            ``"raise"`` (the default, naming it) or ``"median"``: predict the fold's training targets' median for it
+            (the trivial model of the MAE), listing its id in the fold's ``parameters["unpredictable"]``.
         **finetune_kwargs: Passed to :func:`~matgl_cdssl.finetune`: ``max_epochs``, ``patience``,
             ``batch_size``, ``lr``, ``loss``, ``val_fraction``, ``skip_invalid`` (training crystals only), and
             ``lightning.Trainer`` options.
@@ -314,6 +320,8 @@ def run_matbench(
     for key in ("val_structures", "val_targets", "test_structures", "test_targets"):
         if key in finetune_kwargs:
             raise ValueError(f"{key!r} comes from each matbench fold; it cannot be a finetune option of run_matbench")
+    if unpredictable not in ("raise", "median"):
+        raise ValueError(f"unpredictable must be 'raise' or 'median'; got {unpredictable!r}")
     lr, backbone_lr = finetune_kwargs.pop("lr", None), finetune_kwargs.pop("backbone_lr", None)
     if lr_grid is not None and (lr is not None or backbone_lr is not None):
         raise ValueError("give either lr_grid (choose the rate on validation) or lr/backbone_lr, not both")
@@ -359,12 +367,20 @@ def run_matbench(
             where = f"{task.dataset_name} fold {fold}"
             result, fit_s = fold_run(fold, choice)
             start = time.perf_counter()  # the seconds recorded: training plus predicting
+            ids = list(test_inputs.index)
             try:
-                predictions = predict(result, list(test_inputs), batch_size=predict_batch_size)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="predict: ")
+                    found = predict_all(result, list(test_inputs), batch_size=predict_batch_size, names=ids,
+                                        skip_invalid=unpredictable == "median")  # fmt: skip
             except ValueError as exc:
-                raise _with_ids(
-                    exc, f"{where}, test data (every test crystal needs a prediction)", list(test_inputs.index)
-                ) from exc
+                raise _with_ids(exc, f"{where}, test data (every test crystal needs a prediction)", ids) from exc
+            predictions, fallback = found.mean, [i for i in ids if i in found.reasons]
+            if fallback:
+                median = float(np.median(np.asarray(task.get_train_and_val_data(fold)[1], dtype=float)))
+                predictions = np.where([i in found.reasons for i in ids], median, predictions)
+                logger.warning("%s: %d test crystal(s) the model cannot take get the training median %.4g: %s",
+                               where, len(fallback), median, {i: found.reasons[i] for i in fallback})  # fmt: skip
             bad = np.flatnonzero(~np.isfinite(predictions))
             if bad.size:
                 raise ValueError(
@@ -375,6 +391,7 @@ def run_matbench(
                 "lr": choice.lr,
                 "backbone_lr": choice.backbone_lr,
                 "lr_selection": [{"lr": c.lr, "backbone_lr": c.backbone_lr, "best_val_MAE": v[0]} for c, v in scores],
+                "unpredictable": fallback,
                 "data_mean": float(result.data_mean),
                 "data_std": float(result.data_std),
                 "seconds": round(time.perf_counter() - start + fit_s, 1),

@@ -168,6 +168,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
     add_option(p, run_matbench, "predict_batch_size", type=int, help="crystals per batch when predicting")
+    add_option(p, run_matbench, "unpredictable", choices=("raise", "median"),
+               help="a test crystal with no edge within the cutoff: raise, or predict the training median")
     add_finetune_arguments(p)  # --seed: fold k uses seed + k
     p.set_defaults(func=matbench_command)
 
@@ -279,6 +281,7 @@ def matbench_command(args: argparse.Namespace) -> int:
         predict_batch_size=args.predict_batch_size,
         lr_grid=args.lr_grid,
         backbone_lr_scales=args.backbone_lr_scales,
+        unpredictable=args.unpredictable,
         **options,
     )
     for task in mb.tasks:
