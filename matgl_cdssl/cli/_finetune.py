@@ -168,8 +168,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
     add_option(p, run_matbench, "predict_batch_size", type=int, help="crystals per batch when predicting")
-    add_option(p, run_matbench, "unpredictable", choices=("raise", "median"),
-               help="a test crystal with no edge within the cutoff: raise, or predict the training median")
+    add_option(
+        p,
+        run_matbench,
+        "unpredictable",
+        choices=("raise", "median"),
+        help="a test crystal with no edge within the cutoff: raise, or predict the training median",
+    )
     add_finetune_arguments(p)  # --seed: fold k uses seed + k
     p.set_defaults(func=matbench_command)
 
