@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,8 +156,6 @@ class BenchmarkSettings:
 
     def doubled(self) -> BenchmarkSettings:
         """Twice the budget: the epoch cap and the patience."""
-        from dataclasses import replace
-
         return replace(self, max_epochs=2 * self.max_epochs, patience=2 * self.patience)
 
 
@@ -428,14 +426,18 @@ def benchmark(
     tuning = [
         run(t, seeds[0], n, arm, c) for t in loaded for arm in templates for c in grids[arm] for n in tune_at[t.name]
     ]
-    if any(len(g) > 1 for g in grids.values()):
+    tuned = any(len(g) > 1 for g in grids.values())  # with one rate per arm there is nothing to choose
+    if tuned:
         execute(tuning, "choosing learning rates")
-    chosen = {}
-    for t in loaded:
-        for arm in templates:
-            scores = {c: [done[_run_key(run(t, seeds[0], n, arm, c))]["best_val_MAE"] for n in tune_at[t.name]]
-                      for c in grids[arm]} if len(grids[arm]) > 1 else {grids[arm][0]: [1.0]}  # fmt: skip
-            chosen[t.name, arm] = choose(scores)
+
+    def val_maes(t: TaskData, arm: str, c: Candidate) -> list[float]:
+        return [done[_run_key(run(t, seeds[0], n, arm, c))]["best_val_MAE"] for n in tune_at[t.name]]
+
+    chosen = {
+        (t.name, arm): grid[0] if len(grid) == 1 else choose({c: val_maes(t, arm, c) for c in grid})
+        for t in loaded
+        for arm, grid in grids.items()
+    }
     plan = [
         run(t, seed, n, arm, chosen[t.name, arm])
         for t in loaded
@@ -456,8 +458,7 @@ def benchmark(
     runs = [{**done[_run_key(p)], "median_MAE": trivial[p["task"].name, p["seed"]][p["n_train"]]} for p in plan]
     selection = [{**done[_run_key(p)], "chosen": p["candidate"] == chosen[p["task"].name, p["arm"]]} for p in tuning]
     convergence = [(done[_run_key(base)], done[_run_key(twice)]) for base, twice in pairs]
-    return report(runs, output_dir, left_out=left_out, selection=selection if len(tuning) > len(loaded) * len(templates)
-                  else (), convergence=convergence)  # fmt: skip
+    return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence)
 
 
 @dataclass
@@ -566,7 +567,6 @@ def _task_sizes(task: TaskData, sizes: Sequence[int | str] | None, settings: Ben
 
 def _valid_part(task: TaskData, model: nn.Module, left_out: list[tuple[str, str, str]]) -> TaskData:
     """``task`` without the crystals that the checks reject, each recorded in ``left_out`` as (task, name, reason)."""
-    from dataclasses import replace
 
     def keep(structures: Sequence[Any], targets: Sequence[float], where: str) -> tuple[list, list]:
         names = [f"{where}[{i}]" for i in range(len(structures))]
@@ -677,7 +677,9 @@ def report(
 
 def _selection_markdown(frame: pd.DataFrame) -> str:
     """Each (task, arm): the validation MAE of every candidate rate at the tuning sizes, the chosen one in bold."""
-    frame = frame.assign(rate=[f"{lr:g}" + ("" if _isna(b) else f" / {b:g}") for lr, b in
+    import pandas as pd
+
+    frame = frame.assign(rate=[f"{lr:g}" + ("" if pd.isna(b) else f" / {b:g}") for lr, b in
                                zip(frame["lr"], frame["backbone_lr"], strict=True)])  # fmt: skip
     lines = ["Learning rates chosen on validation data (first seed; rate / backbone rate: validation MAE at each "
              "tuning size; chosen in bold, the lowest geometric mean):", "",
@@ -708,10 +710,6 @@ def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
               f"{base['max_epochs']} epochs; twice the budget doubles both. Largest change: {100 * worst:.1f}% "
               f"({'below' if worst < 0.03 else 'NOT below'} the 3% criterion)."]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def _isna(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _arm_order(arms: Sequence[str]) -> list[str]:

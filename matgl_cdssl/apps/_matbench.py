@@ -137,12 +137,23 @@ def load_results(path: str | Path) -> MatbenchBenchmark:
     """
     from matbench.bench import MatbenchBenchmark
 
+    return MatbenchBenchmark.from_dict(_read_json(path))
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    """A results file's JSON, gzip-compressed or not."""
     path = Path(path)
     with path.open("rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
     with opener(path, "rt", encoding="utf-8") as f:
-        return MatbenchBenchmark.from_dict(json.load(f))
+        return json.load(f)
+
+
+def _load(task: Any) -> None:
+    """Load a task's data: the shipped rows for a shipped task (no download), else matbench's own download."""
+    if task.df is None and task.dataset_name in SHIPPED:
+        task.df = shipped_frame(task.dataset_name)  # matbench's own rows and ids, shipped
+    task.load()
 
 
 def resume_results(path: str | Path) -> MatbenchBenchmark:
@@ -159,19 +170,12 @@ def resume_results(path: str | Path) -> MatbenchBenchmark:
     """
     from matbench.bench import MatbenchBenchmark
 
-    path = Path(path)
-    with path.open("rb") as f:
-        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        saved = json.load(f)
-    names = list(saved["tasks"])
-    benchmark = MatbenchBenchmark(autoload=False, subset=names)
+    saved = _read_json(path)
+    benchmark = MatbenchBenchmark(autoload=False, subset=list(saved["tasks"]))
     if saved.get("user_metadata"):
         benchmark.add_metadata(saved["user_metadata"])
     for task in benchmark.tasks:
-        if task.df is None and task.dataset_name in SHIPPED:
-            task.df = shipped_frame(task.dataset_name)
-        task.load()
+        _load(task)
         for fold in task.folds:
             result = saved["tasks"][task.dataset_name]["results"].get(task.folds_map[fold], {})
             if not result.get("data"):
@@ -354,9 +358,7 @@ def run_matbench(
         unknown = [f for f in chosen if f not in task.folds]
         if unknown:
             raise ValueError(f"{task.dataset_name}: no fold(s) {unknown}; its folds are {list(task.folds)}")
-        if task.df is None and task.dataset_name in SHIPPED:
-            task.df = shipped_frame(task.dataset_name)  # matbench's own rows and ids, shipped: no download
-        task.load()
+        _load(task)
         fold_run = _FoldRun(task, template, kind, seed, finetune_kwargs)
         choice, scores = fold_run.choose(grid)
         for fold in chosen:
@@ -378,7 +380,7 @@ def run_matbench(
             predictions, fallback = found.mean, [i for i in ids if i in found.reasons]
             if fallback:
                 median = float(np.median(np.asarray(task.get_train_and_val_data(fold)[1], dtype=float)))
-                predictions = np.where([i in found.reasons for i in ids], median, predictions)
+                predictions = np.where(np.isin(ids, fallback), median, predictions)
                 logger.warning("%s: %d test crystal(s) the model cannot take get the training median %.4g: %s",
                                where, len(fallback), median, {i: found.reasons[i] for i in fallback})  # fmt: skip
             bad = np.flatnonzero(~np.isfinite(predictions))
