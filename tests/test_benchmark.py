@@ -276,10 +276,10 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
         assert set(zip(used["lr"], used["backbone_lr"].where(used["backbone_lr"].notna(), None), strict=True)) == {best}
     assert "Learning rates chosen on validation data" in result.table
     assert result.table.count("**") == 2 * 2  # one chosen candidate per arm, in bold
-    # The convergence check: the two largest sizes, first seed, every arm, at twice the epoch cap and patience.
+    # The convergence check: the two largest sizes, first seed, every arm, at twice the epoch cap and both patiences.
     doubled = [r for r in records if r["max_epochs"] == 6]
-    assert sorted((r["n_train"], r["arm"], r["patience"]) for r in doubled) == [
-        (10, "CDSSL", 4), (10, "scratch", 4), (20, "CDSSL", 4), (20, "scratch", 4)]  # fmt: skip
+    assert sorted((r["n_train"], r["arm"], r["patience"], r["lr_patience"]) for r in doubled) == [
+        (10, "CDSSL", 4, 40), (10, "scratch", 4, 40), (20, "CDSSL", 4, 40), (20, "scratch", 4, 40)]  # fmt: skip
     table = result.paths["convergence_md"].read_text()
     assert "| my_band_gap | 20 | CDSSL |" in table
     assert "the 3% criterion" in table
@@ -300,12 +300,13 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     out = tmp_path / "b"
     code = main(["benchmark", "--model", str(pretrained_dir), "--data", str(csv), "--target", "gap", "--sizes", "10",
                  "--seeds", "0", "--arms", "CDSSL", "scratch", "--lr-grid", "0.003", "--max-epochs", "2",
-                 "--batch-size", "8", "--out", str(out), "--no-progress-bar"])  # fmt: skip
+                 "--lr-patience", "0", "--batch-size", "8", "--out", str(out), "--no-progress-bar"])  # fmt: skip
     assert code == 0
     assert "CDSSL wins" in capsys.readouterr().out
     runs = pd.read_csv(out / "runs.csv")
     assert list(runs["arm"]) == ["CDSSL", "scratch"]
     assert (runs["n_test"] == 16).all()
+    assert runs["lr_patience"].isna().all()  # --lr-patience 0: matgl's cosine decay, not the plateau schedule
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from matgl_cdssl.apps import finetune
 
@@ -188,28 +189,30 @@ def test_cli_finetune_names_a_bad_target_row(tmp_path, sample, capsys):
     assert "d.csv[1]: column 'y' holds '', not a finite number" in capsys.readouterr().err
 
 
-def test_finetuning_learning_rate_steps_once_per_epoch(backend, sample, tmp_path):
-    """Each parameter group's logged rate is matgl's cosine of that epoch (matgl 2.2.x would step it twice)."""
+def _fit_logging(backend, sample, root, **kwargs):
+    """finetune a fresh MEGNet on 24 crystals with a CSV log of the epochs; the log as a frame."""
     import pandas as pd
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
-    y = sample.labels["band_gap_eV"][:24]
+    torch.manual_seed(0)  # the same fresh MEGNet every time
     finetune(
         backend.megnet_class(),
         sample.structures[:24],
-        y,
+        sample.labels["band_gap_eV"][:24],
         val_fraction=0.25,
-        max_epochs=4,
-        patience=None,
-        lr=2e-3,
-        backbone_lr=5e-4,
         batch_size=9,
-        logger=CSVLogger(tmp_path, name="", version=""),
+        logger=CSVLogger(root, name="", version=""),
         callbacks=[LearningRateMonitor(logging_interval="epoch")],
         enable_progress_bar=False,
+        **kwargs,
     )
-    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    return pd.read_csv(root / "metrics.csv")
+
+
+def test_finetuning_learning_rate_steps_once_per_epoch(backend, sample, tmp_path):
+    """Each parameter group's logged rate is matgl's cosine of that epoch (matgl 2.2.x would step it twice)."""
+    metrics = _fit_logging(backend, sample, tmp_path, max_epochs=4, patience=None, lr=2e-3, backbone_lr=5e-4)
     columns = sorted(c for c in metrics.columns if c.startswith("lr-"))
     assert len(columns) == 2  # readout and backbone
     cosine = np.array([0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
@@ -218,3 +221,13 @@ def test_finetuning_learning_rate_steps_once_per_epoch(backend, sample, tmp_path
     assert {round(float(v[0]), 9) for v in logged.values()} == {2e-3, 5e-4}
     for values in logged.values():
         np.testing.assert_allclose(values, values[0] * cosine, rtol=1e-6)
+
+
+def test_plateau_schedule_halves_every_rate_when_validation_stalls(backend, sample, tmp_path):
+    """With lr_patience=1 and rates too small to improve validation, every group's rate halves every second epoch."""
+    metrics = _fit_logging(backend, sample, tmp_path, max_epochs=6, patience=None, lr_patience=1, lr=2e-6,
+                           backbone_lr=5e-7)  # fmt: skip
+    logged = {c: metrics[c].dropna().to_numpy() for c in metrics.columns if c.startswith("lr-")}
+    assert len(logged) == 2  # readout and backbone
+    for values in logged.values():  # epochs 0-2 at the start rate; the stall is seen after epochs 2 and 4
+        np.testing.assert_allclose(values / values[0], [1, 1, 1, 0.5, 0.5, 0.25], rtol=1e-6)

@@ -27,6 +27,7 @@ from matgl_cdssl.apps._finetune import (
     finetune,
     fit,
     optimizer_for,
+    plateau_schedule,
     set_state_width,
     split_parameters,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "load_results",
     "load_task",
     "optimizer_for",
+    "plateau_schedule",
     "predict",
     "predict_all",
     "pretrain",

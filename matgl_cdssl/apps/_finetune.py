@@ -35,6 +35,7 @@ __all__ = [
     "finetune",
     "fit",
     "optimizer_for",
+    "plateau_schedule",
     "set_state_width",
     "split_parameters",
 ]
@@ -187,6 +188,13 @@ class PropertyModule(OncePerEpochSchedule, ModelLightningModule):
         self.head = head if self.denoising_weight else None
         self.noise = GaussianPositionNoise(sigma, generator=torch.Generator().manual_seed(int(seed)))
 
+    def configure_optimizers(self) -> Any:
+        """Matgl's optimiser and scheduler; a plateau schedule (:func:`plateau_schedule`) watches ``val_MAE``."""
+        optimizers, schedulers = super().configure_optimizers()
+        if isinstance(schedulers[0], torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return {"optimizer": optimizers[0], "lr_scheduler": {"scheduler": schedulers[0], "monitor": "val_MAE"}}
+        return optimizers, schedulers
+
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """Matgl's training step, plus the weighted pretext loss when denoising."""
         loss = super().training_step(batch, batch_idx)
@@ -248,6 +256,13 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int, alpha: float 
     )
 
 
+def plateau_schedule(optimizer: torch.optim.Optimizer, patience: int, factor: float = 0.5) -> Any:
+    """Every rate times ``factor`` after ``patience`` epochs without a better validation MAE (``ReduceLROnPlateau``)."""
+    if int(patience) < 1:
+        raise ValueError(f"lr_patience must be a positive number of epochs; got {patience!r}")
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=int(patience))
+
+
 def finetune(
     model: nn.Module | str | Path,
     structures: Sequence[Any],
@@ -264,6 +279,7 @@ def finetune(
     loss: str = "l1_loss",
     max_epochs: int = 200,
     patience: int | None = 50,
+    lr_patience: int | None = None,
     batch_size: int = 16,
     lr: float = 1e-3,
     backbone_lr: float | None = None,
@@ -279,7 +295,9 @@ def finetune(
 
     Targets are normalised with the training mean and standard deviation (matgl's ``data_mean``/``data_std``);
     the epoch with the lowest validation MAE is restored at the end (early stopping after ``patience`` epochs
-    without improvement). The optimiser is Adam with matgl's cosine decay over ``max_epochs``.
+    without improvement). The optimiser is Adam with matgl's cosine decay over ``max_epochs``, or, with
+    ``lr_patience``, with its rates halved whenever the validation MAE has not improved for ``lr_patience`` epochs
+    (a schedule that does not depend on the epoch cap, so that a longer budget continues the same run).
 
     Args:
         model: A MEGNet, a registered name such as ``"CDSSL-MEGNet-MP"`` (its readout freshly initialised from
@@ -300,6 +318,8 @@ def finetune(
         loss: matgl's loss name: ``"l1_loss"``, ``"mse_loss"``, ``"huber_loss"`` or ``"smooth_l1_loss"``.
         max_epochs: Maximum epochs.
         patience: Early-stopping patience in epochs (None: no early stopping).
+        lr_patience: Halve the learning rates after this many epochs without a better validation MAE (torch's
+            ``ReduceLROnPlateau``) instead of the cosine decay over ``max_epochs`` (None, the default).
         batch_size: Crystals per batch.
         lr: Learning rate of the readout, and of the backbone unless ``backbone_lr`` is given.
         backbone_lr: Learning rate of the backbone (embedding, encoders and message-passing blocks).
@@ -376,6 +396,7 @@ def finetune(
         "loss": loss,
         "max_epochs": max_epochs,
         "patience": patience,
+        "lr_patience": lr_patience,
         "batch_size": batch_size,
         "lr": lr,
         "backbone_lr": backbone_lr,
@@ -418,6 +439,7 @@ def fit(
     loss: str = "l1_loss",
     max_epochs: int = 200,
     patience: int | None = 50,
+    lr_patience: int | None = None,
     batch_size: int = 16,
     lr: float = 1e-3,
     backbone_lr: float | None = None,
@@ -446,7 +468,9 @@ def fit(
         loss=loss,
         lr=lr,
         optimizer=optimizer,
-        scheduler=cosine_schedule(optimizer, max_epochs),
+        scheduler=cosine_schedule(optimizer, max_epochs)
+        if lr_patience is None
+        else plateau_schedule(optimizer, lr_patience),
         head=head,
         sigma=sigma,
         denoising_weight=denoising_weight,

@@ -32,6 +32,7 @@ _FINETUNE_OPTIONS: dict[str, dict[str, Any]] = {
     "loss": {"choices": ("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss")},
     "max_epochs": {"type": int},
     "patience": {"type": int, "help": "early-stopping patience in epochs (0: none)"},
+    "lr_patience": {"type": int, "help": "halve the rates after this many epochs without improvement (no cosine)"},
     "batch_size": {"type": int},
     "lr": {"type": positive_float, "help": "learning rate (readout, and backbone)"},
     "backbone_lr": {"type": float, "help": "learning rate of the backbone"},
@@ -65,6 +66,7 @@ def finetune_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`~matgl_cdssl.finetune` from :func:`add_finetune_arguments`' options."""
     options = {name: getattr(args, name) for name in _FINETUNE_OPTIONS}
     options["patience"] = options["patience"] or None
+    options["lr_patience"] = options["lr_patience"] or None
     return {**options, "enable_progress_bar": not args.no_progress_bar, **trainer_options(args)}
 
 
@@ -131,6 +133,7 @@ def add_parser(sub: Any) -> None:
         ("tune_sizes", int, "+", "training sizes at which the rates are chosen (first seed)"),
         ("max_epochs", int, None, "epoch cap of a run"),
         ("patience", int, None, "early stopping: epochs without a better validation MAE"),
+        ("lr_patience", int, None, "halve the rates after this many epochs without improvement; 0: cosine"),
         ("batch_size", int, None, ""),
     ):
         default = getattr(settings, name)
@@ -250,6 +253,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
     known = {f.name for f in fields(BenchmarkSettings)}
     changes = {k: getattr(args, k) for k in known if getattr(args, k, None) not in (None, False)}
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    if args.lr_patience == 0:  # 0 asks for the cosine schedule
+        changes["lr_patience"] = None
     result = benchmark(
         args.model,
         tasks=tasks,
