@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 
-def _means(folder: Path, arm: str) -> pd.DataFrame:
+def _means(folder: Path) -> pd.DataFrame:
+    """Mean test and best validation MAE over the seeds, per (arm, task, unit, n_train), of a folder's runs.csv."""
     runs = pd.read_csv(folder / "runs.csv")
-    runs = runs[runs["arm"] == arm]
-    return runs.groupby(["task", "unit", "n_train"])[["test_MAE", "best_val_MAE"]].mean()
+    return runs.groupby(["arm", "task", "unit", "n_train"])[["test_MAE", "best_val_MAE"]].mean()
 
 
 def main() -> None:
@@ -34,10 +34,13 @@ def main() -> None:
     args = parser.parse_args()
 
     frames = {}
-    for arm in ("CDSSL", "scratch"):
-        for k, folder in ((1, args.first), (2, args.second)):
-            means = _means(folder, arm)
-            frames[f"{arm}_test_{k}"], frames[f"{arm}_val_{k}"] = means["test_MAE"], means["best_val_MAE"]
+    for k, folder in ((1, args.first), (2, args.second)):
+        means = _means(folder)
+        for arm in ("CDSSL", "scratch"):
+            frames[f"{arm}_test_{k}"], frames[f"{arm}_val_{k}"] = (
+                means.loc[arm, "test_MAE"],
+                means.loc[arm, "best_val_MAE"],
+            )
     table = pd.DataFrame(frames).dropna()
     names = (args.first.name, args.second.name)
     lines = [f"| task | n_train | CDSSL ({names[0]}) | CDSSL ({names[1]}) | scratch ({names[0]}) | "

@@ -461,6 +461,9 @@ def fit(
     y = np.array([float(next(iter(item[3].values()))) for item in train])
     head = head if denoising_weight else None
     optimizer = optimizer_for(model, lr=lr, backbone_lr=backbone_lr, freeze_backbone=freeze_backbone, head=head)
+    schedule = (
+        cosine_schedule(optimizer, max_epochs) if lr_patience is None else plateau_schedule(optimizer, lr_patience)
+    )
     module = PropertyModule(
         model=model,
         data_mean=float(y.mean()),
@@ -468,9 +471,7 @@ def fit(
         loss=loss,
         lr=lr,
         optimizer=optimizer,
-        scheduler=cosine_schedule(optimizer, max_epochs)
-        if lr_patience is None
-        else plateau_schedule(optimizer, lr_patience),
+        scheduler=schedule,
         head=head,
         sigma=sigma,
         denoising_weight=denoising_weight,
