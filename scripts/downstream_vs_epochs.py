@@ -11,6 +11,10 @@ checkpoint of the continuation run (``checkpoints/every/epoch=<e>.ckpt``: 32 + e
 evaluations are kept in ``downstream.jsonl``, so a rerun evaluates only new checkpoints; ``downstream.md`` and
 ``downstream.png`` (downstream validation MAE, mean ± standard error over the seeds run, and the pretext validation
 loss against pretraining epochs) are redrawn. ``--seeds 1 2 --at 32 48 64`` adds seeds for some checkpoints only.
+
+``--average 76 80 84 88 92`` evaluates, instead of the checkpoints, the uniform average of those checkpoints'
+weights (stochastic weight averaging over the end of the run, Izmailov et al. 2018), recorded as ``average 76-92``
+and drawn as a star at its last epoch.
 """
 
 from __future__ import annotations
@@ -46,12 +50,18 @@ def _checkpoints(run: Path) -> dict[int, Path | str]:
     return found
 
 
-def _backbone(source: Path | str) -> torch.nn.Module:
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def _backbone(source: Path | str | tuple[Path, ...]) -> torch.nn.Module:
+    """The model of a registered name, of a checkpoint, or the uniform average of several checkpoints' weights."""
     if isinstance(source, str):
         return load_model(source, fresh_readout=False)
-    state = torch.load(source, map_location="cpu", weights_only=False)["state_dict"]
+    states = [_weights(path) for path in (source if isinstance(source, tuple) else (source,))]
     model = get_backend().megnet_class()  # matgl's defaults, as the run's
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict({k: torch.stack([state[k].float() for state in states]).mean(0) for k in states[0]})
     return model
 
 
@@ -63,6 +73,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--finetune-epochs", type=int, default=80)
     parser.add_argument("--at", type=int, nargs="+", help="only these checkpoints (total pretraining epochs)")
+    parser.add_argument("--average", type=int, nargs="+", help="the average of these checkpoints' weights")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -72,12 +83,15 @@ def main() -> None:
     ids, structures = read_mp_split(args.data, "pretrain")
     labels = pd.read_csv(args.data, usecols=["material_id", *TASKS]).set_index("material_id")
     lab_structs, lab_ids = structures[6000:6400], ids[6000:6400]
-    for epochs, source in sorted(_checkpoints(args.run).items()):
-        if args.at and epochs not in args.at:
-            continue
+    checkpoints = _checkpoints(args.run)
+    chosen = [(e, None, source) for e, source in sorted(checkpoints.items()) if not args.at or e in args.at]
+    if args.average:
+        name = f"average {min(args.average)}-{max(args.average)}"
+        chosen = [(max(args.average), name, tuple(checkpoints[e] for e in sorted(args.average)))]
+    for epochs, name, source in chosen:
         for seed in args.seeds:
             for task, title in TASKS.items():
-                key = f"{epochs}/{seed}/{task}"
+                key = f"{name or epochs}/{seed}/{task}"
                 if key in done:
                     continue
                 y = labels.loc[lab_ids, task].to_numpy(dtype=float)
@@ -86,7 +100,7 @@ def main() -> None:
                                   y[:200], val_structures=lab_structs[200:], val_targets=y[200:],
                                   max_epochs=args.finetune_epochs, patience=None, seed=seed,
                                   enable_progress_bar=False, enable_model_summary=False, skip_invalid=True)  # fmt: skip
-                record = {"key": key, "pretraining_epochs": epochs, "checkpoint": str(source), "seed": seed,
+                record = {"key": key, "pretraining_epochs": epochs, "checkpoint": name or str(source), "seed": seed,
                           "task": title, "val_MAE": result.metrics["best_val_MAE"],
                           "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
                 with log.open("a") as f:
@@ -99,6 +113,10 @@ def _pm(mean: float, sem: float) -> str:
     return f"{mean:.4f}" if pd.isna(sem) else f"{mean:.4f} ± {sem:.4f}"
 
 
+def _stats(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    return frame.groupby([by, "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
+
+
 def report(run: Path, out: Path) -> None:
     import matplotlib
 
@@ -106,13 +124,15 @@ def report(run: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     frame = pd.DataFrame(list(map(json.loads, (out / "downstream.jsonl").read_text().splitlines())))
-    stats = frame.groupby(["pretraining_epochs", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
+    averaged = frame["checkpoint"].str.startswith("average")
+    stats = _stats(frame[~averaged], "pretraining_epochs")
     tasks = list(stats["mean"].columns)
     lines = ["| pretraining epochs | " + " | ".join(f"{t} validation MAE" for t in tasks) + " | seeds |"]
     lines.append("|---:|" + "---:|" * len(tasks) + "---:|")
-    for e in stats.index:
-        cells = [_pm(stats["mean"].at[e, t], stats["sem"].at[e, t]) for t in tasks]
-        lines.append(f"| {e} | " + " | ".join(cells) + f" | {int(stats['count'].loc[e].min())} |")
+    for table in (stats, _stats(frame[averaged], "checkpoint")):
+        for e in table.index:
+            cells = [_pm(table["mean"].at[e, t], table["sem"].at[e, t]) for t in tasks]
+            lines.append(f"| {e} | " + " | ".join(cells) + f" | {int(table['count'].loc[e].min())} |")
     (out / "downstream.md").write_text("\n".join(lines) + "\n")
     first, second = read_metrics(FIRST_METRICS), read_metrics(run / "metrics.csv")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -122,6 +142,9 @@ def report(run: Path, out: Path) -> None:
         ax.plot(stats.index[~many], stats["mean"][task][~many], "o", mfc="white", color="tab:blue", label="1 seed")
         ax.errorbar(stats.index[many], stats["mean"][task][many], yerr=stats["sem"][task][many], fmt="o", capsize=3,
                     color="tab:blue", label="3 seeds, mean ± s.e.")  # fmt: skip
+        for _, rows in frame[averaged & (frame["task"] == task)].groupby("checkpoint"):
+            ax.errorbar(rows["pretraining_epochs"].iloc[0], rows["val_MAE"].mean(), yerr=rows["val_MAE"].sem(),
+                        fmt="*", ms=11, capsize=3, color="tab:red", label=rows["checkpoint"].iloc[0])  # fmt: skip
         ax.legend(frameon=False, fontsize=8)
         ax.set(xlabel="pretraining epochs", ylabel=f"{task}: validation MAE (200 labels)", title=task)
     axes[2].plot(first.index + 1, first["val_Total_Loss"], "o-", ms=3, label="2026.11 run")

@@ -165,10 +165,12 @@ def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(meg
     assert records(new_like(megnet, weights="none", seed=123), (10,)) == 7
 
 
-def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own_task, tmp_path):
+def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own_task, tmp_path, monkeypatch):
     from dataclasses import replace
 
     from pymatgen.core import Lattice, Structure
+
+    from matgl_cdssl.apps import _benchmark as benchmark_module
 
     far = Structure(Lattice.cubic(10.0), ["Cu"], [[0, 0, 0]])  # no neighbour within 4 Å
     structures = [*own_task.structures[:30], far, *own_task.structures[30:]]
@@ -187,8 +189,17 @@ def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own
     assert "against supervised transfer" in result.table
     assert "1 invalid crystal(s) left out" in result.table
     assert "my_band_gap[30] has atom(s)" in result.table
+    converted = []  # crystals per graph conversion, counted around the real build_dataset
+    real_build = benchmark_module.build_dataset
+
+    def counted(structures, **kwargs):
+        converted.append(len(structures))
+        return real_build(structures, **kwargs)
+
+    monkeypatch.setattr(benchmark_module, "build_dataset", counted)
     alone = benchmark(pretrained_dir, arms=("scratch",), tasks=[task], sizes=(10,), seeds=(0,), settings=TINY,
                       output_dir=tmp_path / "d", progress=False, skip_invalid=True)  # fmt: skip
+    assert converted == [len(task.structures)]  # checked and converted once, not once more for the runs
     assert len(alone.runs) == 1  # trained and listed, with nothing to compare it with
     assert "No configuration to compare" in alone.table
     assert "figure_png" not in alone.paths
@@ -288,6 +299,16 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
     benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
               settings=settings, progress=False, check_convergence=True)  # fmt: skip
     assert len((out / "runs.jsonl").read_text().splitlines()) == n == 12 + 2 * 2 * 2 - 2 * 2 + 4
+    # With two seeds the check adds the second seed's four runs and judges the mean over the seeds.
+    result = benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
+                       settings=settings, progress=False, check_convergence=2)  # fmt: skip
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(records) == n + 4
+    twice = [r["test_MAE"] for r in records if r["max_epochs"] == 6 and r["n_train"] == 20 and r["arm"] == "CDSSL"]
+    table = result.paths["convergence_md"].read_text()
+    base = result.runs[(result.runs["n_train"] == 20) & (result.runs["arm"] == "CDSSL")]["test_MAE"].mean()
+    assert f"| my_band_gap | 20 | CDSSL | **mean of 2** | {base:.4f} | {np.mean(twice):.4f} |" in table
+    assert "; of a mean over seeds: " in table
 
 
 def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):

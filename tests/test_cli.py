@@ -26,6 +26,37 @@ def test_max_time_is_checked_when_the_command_is_read(capsys):
     assert "expected DD:HH:MM:SS" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["benchmark", "--patience", "0"], "--patience: must be at least 1; got 0"),  # not silently the default
+        (["benchmark", "--max-epochs", "-5"], "--max-epochs: must be at least 1; got -5"),
+        (["benchmark", "--lr-patience", "-1"], "--lr-patience: must be at least 0; got -1"),
+        (["benchmark", "--sizes", "0"], "a training size is a positive whole number or 'full'; got '0'"),
+        (["finetune", "--patience", "2.5"], "--patience: '2.5' is not a whole number"),
+    ],
+)
+def test_whole_number_options_are_checked_when_the_command_is_read(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_settings_take_the_options_given_and_default_the_others():
+    from matgl_cdssl.apps import BenchmarkSettings
+    from matgl_cdssl.cli._finetune import benchmark_settings
+
+    def settings(*argv: str) -> BenchmarkSettings:
+        return benchmark_settings(build_parser().parse_args(["benchmark", *argv]))
+
+    assert settings() == BenchmarkSettings()
+    assert settings("--patience", "7", "--lr-grid", "0.01", "--freeze-backbone") == BenchmarkSettings(
+        patience=7, lr_grid=(0.01,), freeze_backbone=True
+    )
+    assert settings("--lr-patience", "0").lr_patience is None  # 0: matgl's cosine decay
+    assert settings("--lr-patience", "5").lr_patience == 5
+
+
 def test_pretrain_from_files(tmp_path, sample, capsys):
     files = []
     for i, s in enumerate(sample.structures[:20]):

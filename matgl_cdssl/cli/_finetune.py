@@ -20,20 +20,30 @@ from matgl_cdssl.apps import (
     finetune,
     run_matbench,
 )
-from matgl_cdssl.cli._options import add_option, add_trainer_options, positive_float, trainer_options
+from matgl_cdssl.cli._options import (
+    add_option,
+    add_trainer_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    trainer_options,
+)
 from matgl_cdssl.data import read_labelled_csv
 
-__all__ = ["add_finetune_arguments", "add_parser", "finetune_options"]
+__all__ = ["add_finetune_arguments", "add_parser", "benchmark_settings", "finetune_options"]
 
 #: The options of :func:`~matgl_cdssl.finetune` that ``cdssl finetune`` and ``cdssl matbench`` take (defaults from
 #: its signature).
 _FINETUNE_OPTIONS: dict[str, dict[str, Any]] = {
     "val_fraction": {"type": float, "help": "held out for validation (no --val given)"},
     "loss": {"choices": ("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss")},
-    "max_epochs": {"type": int},
-    "patience": {"type": int, "help": "early-stopping patience in epochs (0: none)"},
-    "lr_patience": {"type": int, "help": "halve the rates after this many epochs without improvement (no cosine)"},
-    "batch_size": {"type": int},
+    "max_epochs": {"type": positive_int},
+    "patience": {"type": non_negative_int, "help": "early-stopping patience in epochs (0: none)"},
+    "lr_patience": {
+        "type": non_negative_int,
+        "help": "halve the rates after this many epochs without improvement (0: matgl's cosine decay)",
+    },
+    "batch_size": {"type": positive_int},
     "lr": {"type": positive_float, "help": "learning rate (readout, and backbone)"},
     "backbone_lr": {"type": float, "help": "learning rate of the backbone"},
     "freeze_backbone": {"help": "train only the readout"},
@@ -75,14 +85,10 @@ def _size(text: str) -> int | str:
     if text == "full":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"a training size is a positive whole number or 'full'; got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a training size is a positive whole number or 'full'; got {text!r}")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        message = f"a training size is a positive whole number or 'full'; got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def add_parser(sub: Any) -> None:
@@ -130,17 +136,18 @@ def add_parser(sub: Any) -> None:
     for name, kind, nargs, what in (
         ("lr_grid", positive_float, "+", "learning rates each arm chooses from, on validation data"),
         ("backbone_lr_scales", positive_float, "+", "backbone rate / lr, to choose from (pretrained arms)"),
-        ("tune_sizes", int, "+", "training sizes at which the rates are chosen (first seed)"),
-        ("max_epochs", int, None, "epoch cap of a run"),
-        ("patience", int, None, "early stopping: epochs without a better validation MAE"),
-        ("lr_patience", int, None, "halve the rates after this many epochs without improvement; 0: cosine"),
-        ("batch_size", int, None, ""),
+        ("tune_sizes", positive_int, "+", "training sizes at which the rates are chosen (first seed)"),
+        ("max_epochs", positive_int, None, "epoch cap of a run"),
+        ("patience", positive_int, None, "early stopping: epochs without a better validation MAE"),
+        ("lr_patience", non_negative_int, None, "halve the rates after N epochs without improvement; 0: cosine"),
+        ("batch_size", positive_int, None, ""),
     ):
         default = getattr(settings, name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs=nargs, help=f"{what} (default: {shown})".strip())
     p.add_argument("--freeze-backbone", action="store_true", help="train only the pretrained arm's readout")
-    add_option(p, benchmark, "check_convergence", help="rerun the two largest sizes at twice the budget")
+    p.add_argument("--check-convergence", nargs="?", const=1, default=0, type=positive_int, metavar="SEEDS",
+                   help="rerun the two largest sizes at twice the budget, with the first SEEDS seeds (1)")  # fmt: skip
     add_trainer_options(p)
     p.set_defaults(func=benchmark_command)
 
@@ -230,6 +237,15 @@ def finetune_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def benchmark_settings(args: argparse.Namespace) -> BenchmarkSettings:
+    """:class:`~matgl_cdssl.apps.BenchmarkSettings` with the options given on the command line; the others default."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(BenchmarkSettings)}
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    if args.lr_patience == 0:  # 0 asks for matgl's cosine schedule
+        changes["lr_patience"] = None
+    return replace(BenchmarkSettings(), **changes)
+
+
 def benchmark_command(args: argparse.Namespace) -> int:
     """Run ``cdssl benchmark``.
 
@@ -250,11 +266,6 @@ def benchmark_command(args: argparse.Namespace) -> int:
         tasks.append(TaskData(args.target, structures, y, test_s, test_y, n_test=n_test))
     elif args.tasks is None:
         tasks = None
-    known = {f.name for f in fields(BenchmarkSettings)}
-    changes = {k: getattr(args, k) for k in known if getattr(args, k, None) not in (None, False)}
-    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
-    if args.lr_patience == 0:  # 0 asks for the cosine schedule
-        changes["lr_patience"] = None
     result = benchmark(
         args.model,
         tasks=tasks,
@@ -264,7 +275,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid,
         check_convergence=args.check_convergence,
         output_dir=args.output_dir,
-        settings=replace(BenchmarkSettings(), **changes),
+        settings=benchmark_settings(args),
         quick=args.quick,
         progress=not args.no_progress_bar,
         **trainer_options(args),

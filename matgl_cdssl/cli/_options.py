@@ -16,8 +16,10 @@ __all__ = [
     "add_trainer_options",
     "devices",
     "duration",
+    "non_negative_int",
     "parameter_default",
     "positive_float",
+    "positive_int",
     "sigma",
     "trainer_options",
 ]
@@ -32,6 +34,26 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive; got {text}")
     return value
+
+
+def _whole(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number greater than zero."""
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number, zero or more."""
+    return _whole(text, 0)
 
 
 def duration(text: str) -> str:
