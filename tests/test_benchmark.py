@@ -309,6 +309,10 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
     base = result.runs[(result.runs["n_train"] == 20) & (result.runs["arm"] == "CDSSL")]["test_MAE"].mean()
     assert f"| my_band_gap | 20 | CDSSL | **mean of 2** | {base:.4f} | {np.mean(twice):.4f} |" in table
     assert "; of a mean over seeds: " in table
+    scratch = [r["test_MAE"] for r in records if r["max_epochs"] == 6 and r["n_train"] == 20 and r["arm"] == "scratch"]
+    verdict = next(line for line in table.splitlines() if line.startswith("| my_band_gap | 20 | CDSSL | ") and
+                   line.count("|") == 6)  # fmt: skip
+    assert verdict.endswith(f"| {100 * (np.mean(twice) / np.mean(scratch) - 1):+.1f}% |")  # both at twice the budget
 
 
 def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
