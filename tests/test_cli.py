@@ -55,6 +55,7 @@ def test_benchmark_settings_take_the_options_given_and_default_the_others():
     )
     assert settings("--lr-patience", "0").lr_patience is None  # 0: matgl's cosine decay
     assert settings("--lr-patience", "5").lr_patience == 5
+    assert settings("--min-val", "150").n_val(250) == 150  # a larger validation set than n_train // 4 = 62
 
 
 def test_pretrain_from_files(tmp_path, sample, capsys):

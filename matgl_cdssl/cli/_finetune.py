@@ -141,6 +141,8 @@ def add_parser(sub: Any) -> None:
         ("patience", positive_int, None, "early stopping: epochs without a better validation MAE"),
         ("lr_patience", non_negative_int, None, "halve the rates after N epochs without improvement; 0: cosine"),
         ("batch_size", positive_int, None, ""),
+        ("min_val", positive_int, None, "validation crystals of a run: n_train // 4, at least this many"),
+        ("max_val", positive_int, None, "and at most this many"),
     ):
         default = getattr(settings, name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
