@@ -84,10 +84,11 @@ def main() -> None:
     labels = pd.read_csv(args.data, usecols=["material_id", *TASKS]).set_index("material_id")
     lab_structs, lab_ids = structures[6000:6400], ids[6000:6400]
     checkpoints = _checkpoints(args.run)
-    chosen = [(e, None, source) for e, source in sorted(checkpoints.items()) if not args.at or e in args.at]
     if args.average:
         name = f"average {min(args.average)}-{max(args.average)}"
         chosen = [(max(args.average), name, tuple(checkpoints[e] for e in sorted(args.average)))]
+    else:
+        chosen = [(e, None, source) for e, source in sorted(checkpoints.items()) if not args.at or e in args.at]
     for epochs, name, source in chosen:
         for seed in args.seeds:
             for task, title in TASKS.items():

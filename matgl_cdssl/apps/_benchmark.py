@@ -255,20 +255,22 @@ def _splits(task: TaskData, sizes: Sequence[int], seed: int, settings: Benchmark
     }
 
 
+@dataclass
 class _Graphs:
-    """Crystals of one task converted to graphs once, and the labelled subsets the runs train on."""
+    """Crystals of one task converted to graphs once, and the labelled subsets the runs train on.
 
-    def __init__(self, structures: Sequence[Any], targets: Sequence[float], needed: set[int], model: nn.Module, name):
-        picked = sorted(needed)
-        values = check_values(np.asarray(targets, dtype=object)[picked], "target", [f"{name}[{i}]" for i in picked])
-        self.dataset, _, _ = build_dataset(
-            [structures[i] for i in picked],
-            element_types=model.element_types,
-            cutoff=model.cutoff,
-            labels={"target": values.tolist()},
-            names=[f"{name}[{i}]" for i in picked],  # the task's own index, not the position among those picked
-        )
-        self.index = {i: k for k, i in enumerate(picked)}
+    ``index`` maps a crystal's index in the task to its position in ``dataset``.
+    """
+
+    dataset: Any
+    index: dict[int, int]
+
+    @classmethod
+    def of(cls, structures: Sequence[Any], targets: Sequence[float], needed: set[int], model: nn.Module,
+           name: str) -> _Graphs:  # fmt: skip
+        """The ``needed`` crystals (indices into ``structures``); an invalid one raises, naming it."""
+        dataset, kept, _ = _convert(structures, targets, sorted(needed), model, name, skip_invalid=False)
+        return cls(dataset, {i: k for k, i in enumerate(kept)})
 
     @classmethod
     def valid(
@@ -279,21 +281,36 @@ class _Graphs:
         ``graphs`` is indexed by the position among the ``kept`` crystals (their indices into ``structures``), so
         that it serves the task without the ``skipped`` ones, ``(name, reason)`` each.
         """
-        names = [f"{name}[{i}]" for i in range(len(structures))]
-        values = check_values(np.asarray(targets, dtype=object), "target", names)
-        graphs = cls.__new__(cls)
-        graphs.dataset, _, skipped = build_dataset(structures, element_types=model.element_types, cutoff=model.cutoff,
-                                                   labels={"target": values.tolist()}, skip_invalid=True, names=names,
-                                                   log_skips=False)  # fmt: skip
-        rejected = {crystal for crystal, _ in skipped}  # build_dataset names every converted crystal, connected or not
-        kept = [i for i, crystal in enumerate(names) if crystal not in rejected]
-        graphs.index = {k: k for k in range(len(kept))}  # the dataset holds the kept crystals, in order
-        return graphs, kept, skipped
+        dataset, kept, skipped = _convert(structures, targets, range(len(structures)), model, name, skip_invalid=True)
+        return cls(dataset, {k: k for k in range(len(kept))}), kept, skipped
 
     def subset(self, indices: Sequence[int]) -> Any:
         from torch.utils.data import Subset
 
         return Subset(self.dataset, [self.index[int(i)] for i in indices])
+
+
+def _convert(
+    structures: Sequence[Any],
+    targets: Sequence[float],
+    picked: Sequence[int],
+    model: nn.Module,
+    name: str,
+    *,
+    skip_invalid: bool,
+) -> tuple[Any, list[int], list[tuple[str, str]]]:
+    """Check the ``picked`` crystals' targets and convert the crystals: ``(dataset, kept, skipped)``.
+
+    Each crystal is named by its index in the task (``name[i]``), not by its position among those picked; ``kept``
+    are the indices of those in the dataset, in order.
+    """
+    names = [f"{name}[{i}]" for i in picked]
+    values = check_values(np.asarray(targets, dtype=object)[list(picked)], "target", names)
+    dataset, _, skipped = build_dataset([structures[i] for i in picked], element_types=model.element_types,
+                                        cutoff=model.cutoff, labels={"target": values.tolist()}, names=names,
+                                        skip_invalid=skip_invalid, log_skips=False)  # fmt: skip
+    rejected = {crystal for crystal, _ in skipped}  # build_dataset names every converted crystal, connected or not
+    return dataset, [i for i, crystal in zip(picked, names, strict=True) if crystal not in rejected], skipped
 
 
 def _fingerprint(
@@ -664,10 +681,10 @@ def _task_graphs(
         for n in sizes:
             needed |= {int(i) for i in split["train"][n]} | {int(i) for i in split["val"][n]}
         (needed_test if task.test_structures is not None else needed).update(int(i) for i in split["test"])
-    pool = _Graphs(task.structures, task.targets, needed, model, task.name)
+    pool = _Graphs.of(task.structures, task.targets, needed, model, task.name)
     if task.test_structures is None:
         return pool, pool
-    return pool, _Graphs(task.test_structures, task.test_targets, needed_test, model, f"{task.name} (test)")
+    return pool, _Graphs.of(task.test_structures, task.test_targets, needed_test, model, f"{task.name} (test)")
 
 
 def report(
@@ -742,6 +759,8 @@ def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for base, twice in pairs:
         groups.setdefault((base["task"], base["n_train"], base["arm"]), []).append((base, twice))
+    means = {key: [float(np.mean([pair[k]["test_MAE"] for pair in group])) for k in (0, 1)]
+             for key, group in groups.items()}  # fmt: skip
     worst = {"run": 0.0, "mean": 0.0}
     for (task, n, arm), group in groups.items():
         for base, twice in group:
@@ -751,7 +770,7 @@ def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
                          f"{twice['test_MAE']:.4f} | {100 * change:+.1f}% | {base['best_epoch']} / "
                          f"{base['epochs_run']} | {twice['best_epoch']} / {twice['epochs_run']} |")  # fmt: skip
         if len(group) > 1:
-            mean, mean_twice = (float(np.mean([pair[k]["test_MAE"] for pair in group])) for k in (0, 1))
+            mean, mean_twice = means[task, n, arm]
             worst["mean"] = max(worst["mean"], abs(mean_twice / mean - 1))
             lines.append(f"| {task} | {n} | {arm} | **mean of {len(group)}** | {mean:.4f} | {mean_twice:.4f} | "
                          f"**{100 * (mean_twice / mean - 1):+.1f}%** | | |")  # fmt: skip
@@ -764,16 +783,17 @@ def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
               f"{base['max_epochs']} epochs, {schedule}; twice the budget doubles {doubles}. Largest change of a "
               f"single run: {100 * worst['run']:.1f}%" + (f"; of a mean over seeds: {100 * worst['mean']:.1f}%"
               if judged == "mean" else "") + f" ({verdict} the 3% criterion)."]  # fmt: skip
-    return "\n".join(lines + _verdict_at_twice_the_budget(groups)) + "\n"
+    return "\n".join(lines + _verdict_at_twice_the_budget(means)) + "\n"
 
 
-def _verdict_at_twice_the_budget(groups: dict[tuple, list[tuple[dict, dict]]]) -> list[str]:
-    """Each arm against scratch at the chosen budget and with both at twice the budget (same seeds)."""
-    mean = {key: [float(np.mean([pair[k]["test_MAE"] for pair in group])) for k in (0, 1)]
-            for key, group in groups.items()}  # fmt: skip
+def _verdict_at_twice_the_budget(means: dict[tuple, list[float]]) -> list[str]:
+    """Each arm against scratch at the chosen budget and with both at twice the budget.
+
+    ``means``: the mean test MAE over the seeds checked, at each budget, per (task, n_train, arm).
+    """
     rows = []
-    for (task, n, arm), (base, twice) in mean.items():
-        scratch = mean.get((task, n, "scratch"))
+    for (task, n, arm), (base, twice) in means.items():
+        scratch = means.get((task, n, "scratch"))
         if arm != "scratch" and scratch is not None:
             rows.append(f"| {task} | {n} | {arm} | {100 * (base / scratch[0] - 1):+.1f}% | "
                         f"{100 * (twice / scratch[1] - 1):+.1f}% |")  # fmt: skip
