@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -137,6 +138,20 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
     assert len((out / "runs.jsonl").read_text().splitlines()) == 10
 
 
+def test_each_task_can_have_its_own_sizes(megnet, own_task, tmp_path):
+    other = TaskData("my_gap_2", own_task.structures, own_task.targets, n_test=12, sizes=(10, 20))
+    settings = replace(TINY, max_epochs=1)
+    result = benchmark(megnet, arms=("scratch",), tasks=[own_task, other], sizes={"my_band_gap": (10,)}, seeds=(0,),
+                       output_dir=tmp_path / "b", settings=settings, progress=False)  # fmt: skip
+    assert sorted(map(tuple, result.runs[["task", "n_train"]].to_numpy())) == [
+        ("my_band_gap", 10), ("my_gap_2", 10), ("my_gap_2", 20)]  # fmt: skip
+    # A name that is not run is refused before anything is loaded or trained (a typo would run the wrong curve).
+    with pytest.raises(ValueError, match=r"sizes are given for \['matbench_phonon'\], which are not among"):
+        benchmark(megnet, tasks=[own_task, "matbench_phonons"], sizes={"matbench_phonon": (50,)},
+                  output_dir=tmp_path / "c")  # fmt: skip
+    assert not (tmp_path / "c").exists()
+
+
 def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(megnet, own_task, tmp_path):
     from matgl_cdssl.hub import new_like
 
@@ -166,8 +181,6 @@ def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(meg
 
 
 def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own_task, tmp_path, monkeypatch):
-    from dataclasses import replace
-
     from pymatgen.core import Lattice, Structure
 
     from matgl_cdssl.apps import _benchmark as benchmark_module

@@ -33,6 +33,8 @@ def test_max_time_is_checked_when_the_command_is_read(capsys):
         (["benchmark", "--max-epochs", "-5"], "--max-epochs: must be at least 1; got -5"),
         (["benchmark", "--lr-patience", "-1"], "--lr-patience: must be at least 0; got -1"),
         (["benchmark", "--sizes", "0"], "a training size is a positive whole number or 'full'; got '0'"),
+        (["benchmark", "--task-sizes", "matbench_phonons"], "expected TASK=SIZE,SIZE,..."),
+        (["benchmark", "--task-sizes", "matbench_phonons=50,0"], "a training size is a positive whole number"),
         (["finetune", "--patience", "2.5"], "--patience: '2.5' is not a whole number"),
     ],
 )
@@ -56,6 +58,23 @@ def test_benchmark_settings_take_the_options_given_and_default_the_others():
     assert settings("--lr-patience", "0").lr_patience is None  # 0: matgl's cosine decay
     assert settings("--lr-patience", "5").lr_patience == 5
     assert settings("--min-val", "150").n_val(250) == 150  # a larger validation set than n_train // 4 = 62
+
+
+def test_task_sizes_override_sizes_for_their_task():
+    from matgl_cdssl.apps import DEFAULT_SUITE
+    from matgl_cdssl.cli._finetune import _sizes
+
+    def sizes(*argv: str, tasks: list | None = None) -> list | dict | None:
+        return _sizes(build_parser().parse_args(["benchmark", *argv]), tasks)
+
+    assert sizes("--sizes", "50", "full") == [50, "full"]
+    assert sizes() is None  # each task's own curve
+    mapping = sizes("--sizes", "50", "100", "--task-sizes", "matbench_phonons=50,500")
+    assert list(mapping) == list(DEFAULT_SUITE)
+    assert mapping["matbench_phonons"] == (50, 500)
+    assert all(mapping[t] == [50, 100] for t in DEFAULT_SUITE if t != "matbench_phonons")
+    # Without --sizes, the other tasks keep their own curves; a user's task (--data) is named by its target.
+    assert sizes("--task-sizes", "gap=10,full", tasks=["perov_heat_ref"]) == {"gap": (10, "full")}
 
 
 def test_pretrain_from_files(tmp_path, sample, capsys):

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
@@ -392,7 +393,7 @@ def benchmark(
     *,
     arms: Sequence[str] = ARMS,
     tasks: Sequence[str | TaskData] | None = None,
-    sizes: Sequence[int | str] | None = None,
+    sizes: Sequence[int | str] | Mapping[str, Sequence[int | str]] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     output_dir: str | Path = "cdssl-benchmark",
     settings: BenchmarkSettings | None = None,
@@ -412,8 +413,9 @@ def benchmark(
             model folder of another pretrained MEGNet.
         tasks: Built-in task names (:data:`TASKS`; :data:`DEFAULT_SUITE` by default) and/or your own
             :class:`TaskData`.
-        sizes: Training-set sizes for every task (``"full"``: all crystals outside the test and validation sets);
-            None: each task's own learning curve (``TaskData.sizes``, else :data:`CURVE`).
+        sizes: Training-set sizes for every task (``"full"``: all crystals outside the test and validation sets),
+            or a mapping from task names to their own sizes (a task it does not name keeps its own curve); None:
+            each task's own learning curve (``TaskData.sizes``, else :data:`CURVE`).
         seeds: One split and one initialisation per seed (the first also chooses each arm's learning rate).
         output_dir: Where ``runs.jsonl`` (the cache), ``runs.csv``, ``results.md`` and ``results.png`` go.
         settings: The selection rule and the budget (:class:`BenchmarkSettings`), the same for every arm.
@@ -433,12 +435,17 @@ def benchmark(
         A :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: an unknown task, a task with too few crystals for the sizes, or non-finite targets.
+        ValueError: an unknown task, a task with too few crystals for the sizes, sizes for a task that is not run,
+            or non-finite targets.
     """
     if quick:
         tasks, sizes, seeds, settings = QUICK["tasks"], QUICK["sizes"], QUICK["seeds"], QUICK["settings"]
     settings = settings or BenchmarkSettings()
-    loaded = [load_task(t) if isinstance(t, str) else t for t in (tasks if tasks is not None else DEFAULT_SUITE)]
+    tasks = tasks if tasks is not None else DEFAULT_SUITE
+    names = [t if isinstance(t, str) else t.name for t in tasks]
+    if isinstance(sizes, Mapping) and (unknown := sorted(set(sizes) - set(names))):
+        raise ValueError(f"sizes are given for {unknown}, which are not among the tasks run: {names}")
+    loaded = [load_task(t) if isinstance(t, str) else t for t in tasks]
     templates = _arm_templates(arms, model)
     reference = templates["scratch"][0]  # every arm has its element types and cutoff (checked)
     left_out: list[tuple[str, str, str]] = []
@@ -604,8 +611,12 @@ class _Runner:
         self.done[_run_key(record)] = record
 
 
-def _task_sizes(task: TaskData, sizes: Sequence[int | str] | None, settings: BenchmarkSettings) -> list[int]:
+def _task_sizes(
+    task: TaskData, sizes: Sequence[int | str] | Mapping[str, Sequence[int | str]] | None, settings: BenchmarkSettings
+) -> list[int]:
     """A task's training sizes, sorted, ``"full"`` resolved: the most that leave its test and validation sets."""
+    if isinstance(sizes, Mapping):
+        sizes = sizes.get(task.name)
     wanted = sizes if sizes is not None else (task.sizes or CURVE)
     rest = len(task.structures) - (task.n_test if task.test_structures is None else 0)
     full = rest

@@ -91,6 +91,15 @@ def _size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(message) from None
 
 
+def _task_sizes(text: str) -> tuple[str, tuple[int | str, ...]]:
+    """An argparse type: ``TASK=N,N,...``, one task's own training sizes."""
+    task, sep, sizes = text.partition("=")
+    if not sep or not task or not sizes:
+        message = f"expected TASK=SIZE,SIZE,... (for example matbench_phonons=50,500); got {text!r}"
+        raise argparse.ArgumentTypeError(message)
+    return task, tuple(_size(n) for n in sizes.split(","))
+
+
 def add_parser(sub: Any) -> None:
     """Add ``cdssl finetune``, ``cdssl benchmark`` and ``cdssl matbench``."""
     p = sub.add_parser(
@@ -129,6 +138,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--test-data", type=Path, help="a separate test CSV for --data (default: drawn per seed)")
     p.add_argument("--n-test", type=int, help="test crystals per seed for --data (default: min(500, 20%%))")
     add_option(p, benchmark, "sizes", type=_size, nargs="+", help="training sizes, or full (default: each task's own)")
+    p.add_argument("--task-sizes", type=_task_sizes, nargs="+", default=(), metavar="TASK=SIZES",
+                   help="one task's own sizes instead of --sizes, e.g. matbench_phonons=50,100,250,500")  # fmt: skip
     add_option(p, benchmark, "seeds", type=int, nargs="+", help="seeds: one split and initialisation each")
     add_option(p, benchmark, "arms", nargs="+", help="CDSSL, scratch, supervised (matgl's Eform MEGNet), or a folder")
     add_option(p, benchmark, "skip_invalid", help="leave out crystals that the checks reject, and list them")
@@ -271,7 +282,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
     result = benchmark(
         args.model,
         tasks=tasks,
-        sizes=args.sizes,
+        sizes=_sizes(args, tasks),
         seeds=args.seeds,
         arms=args.arms,
         skip_invalid=args.skip_invalid,
@@ -285,6 +296,15 @@ def benchmark_command(args: argparse.Namespace) -> int:
     print(result.table)
     print("wrote " + ", ".join(str(p) for p in result.paths.values()))
     return 0
+
+
+def _sizes(args: argparse.Namespace, tasks: list | None) -> list | dict | None:
+    """``--sizes`` for every task, or with ``--task-sizes`` a mapping from task names to their sizes."""
+    if not args.task_sizes:
+        return args.sizes
+    names = [t if isinstance(t, str) else t.name for t in (DEFAULT_SUITE if tasks is None else tasks)]
+    base = {} if args.sizes is None else dict.fromkeys(names, args.sizes)
+    return {**base, **dict(args.task_sizes)}
 
 
 def matbench_command(args: argparse.Namespace) -> int:
