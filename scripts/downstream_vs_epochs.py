@@ -15,6 +15,9 @@ loss against pretraining epochs) are redrawn. ``--seeds 1 2 --at 32 48 64`` adds
 ``--average 76 80 84 88 92`` evaluates, instead of the checkpoints, the uniform average of those checkpoints'
 weights (stochastic weight averaging over the end of the run, Izmailov et al. 2018), recorded as ``average 76-92``
 and drawn as a star at its last epoch.
+
+``--continues 0``: a run of its own from random weights (``checkpoints/every/epoch=<e>.ckpt``: e + 1 epochs; the first
+release is not among its checkpoints), such as the sigma-at-length run of ``configs/cdssl-megnet-mp-sigma-0.5.yaml``.
 """
 
 from __future__ import annotations
@@ -42,11 +45,11 @@ TASKS = {"formation_energy_per_atom_eV": "formation energy", "band_gap_eV": "ban
 FIRST_EPOCHS = 32
 
 
-def _checkpoints(run: Path) -> dict[int, Path | str]:
-    """Total pretraining epochs -> checkpoint (the first release by name)."""
-    found: dict[int, Path | str] = {FIRST_EPOCHS: "CDSSL-MEGNet-MP-2026.11"}
+def _checkpoints(run: Path, continues: int) -> dict[int, Path | str]:
+    """Total pretraining epochs -> checkpoint (the first release by name, when the run continues it)."""
+    found: dict[int, Path | str] = {FIRST_EPOCHS: "CDSSL-MEGNet-MP-2026.11"} if continues else {}
     for path in sorted((run / "checkpoints" / "every").glob("epoch=*.ckpt")):
-        found[FIRST_EPOCHS + int(re.search(r"epoch=(\d+)", path.name).group(1)) + 1] = path
+        found[continues + int(re.search(r"epoch=(\d+)", path.name).group(1)) + 1] = path
     return found
 
 
@@ -74,6 +77,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=80)
     parser.add_argument("--at", type=int, nargs="+", help="only these checkpoints (total pretraining epochs)")
     parser.add_argument("--average", type=int, nargs="+", help="the average of these checkpoints' weights")
+    parser.add_argument("--continues", type=int, default=FIRST_EPOCHS, choices=(0, FIRST_EPOCHS),
+                        help="epochs before the run's: 32 (it continues the first release) or 0")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +88,7 @@ def main() -> None:
     ids, structures = read_mp_split(args.data, "pretrain")
     labels = pd.read_csv(args.data, usecols=["material_id", *TASKS]).set_index("material_id")
     lab_structs, lab_ids = structures[6000:6400], ids[6000:6400]
-    checkpoints = _checkpoints(args.run)
+    checkpoints = _checkpoints(args.run, args.continues)
     if args.average:
         name = f"average {min(args.average)}-{max(args.average)}"
         chosen = [(max(args.average), name, tuple(checkpoints[e] for e in sorted(args.average)))]
@@ -107,7 +112,7 @@ def main() -> None:
                 with log.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 print(record, flush=True)
-    report(args.run, args.out)
+    report(args.run, args.out, args.continues)
 
 
 def _pm(mean: float, sem: float) -> str:
@@ -118,7 +123,7 @@ def _stats(frame: pd.DataFrame, by: str) -> pd.DataFrame:
     return frame.groupby([by, "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
 
 
-def report(run: Path, out: Path) -> None:
+def report(run: Path, out: Path, continues: int = FIRST_EPOCHS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +140,7 @@ def report(run: Path, out: Path) -> None:
             cells = [_pm(table["mean"].at[e, t], table["sem"].at[e, t]) for t in tasks]
             lines.append(f"| {e} | " + " | ".join(cells) + f" | {int(table['count'].loc[e].min())} |")
     (out / "downstream.md").write_text("\n".join(lines) + "\n")
-    first, second = read_metrics(FIRST_METRICS), read_metrics(run / "metrics.csv")
+    run_metrics = read_metrics(run / "metrics.csv")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, task in zip(axes[:2], tasks, strict=True):
         many = stats["count"][task] >= 3
@@ -148,12 +153,16 @@ def report(run: Path, out: Path) -> None:
                         fmt="*", ms=11, capsize=3, color="tab:red", label=rows["checkpoint"].iloc[0])  # fmt: skip
         ax.legend(frameon=False, fontsize=8)
         ax.set(xlabel="pretraining epochs", ylabel=f"{task}: validation MAE (200 labels)", title=task)
-    axes[2].plot(first.index + 1, first["val_Total_Loss"], "o-", ms=3, label="2026.11 run")
-    axes[2].plot(second.index + 1 + FIRST_EPOCHS, second["val_Total_Loss"], "o-", ms=3, label="continuation")
+    if continues:
+        first = read_metrics(FIRST_METRICS)
+        axes[2].plot(first.index + 1, first["val_Total_Loss"], "o-", ms=3, label="2026.11 run")
+        axes[2].axvline(continues + 0.5, color="gray", lw=0.8, ls=":")
+    axes[2].plot(run_metrics.index + 1 + continues, run_metrics["val_Total_Loss"], "o-", ms=3,
+                 label="continuation" if continues else run.name)  # fmt: skip
     axes[2].legend(frameon=False, fontsize=8)
-    axes[2].axvline(FIRST_EPOCHS + 0.5, color="gray", lw=0.8, ls=":")
     axes[2].set(xlabel="pretraining epochs", ylabel="pretext validation loss", yscale="log", title="pretext")
-    fig.suptitle("CDSSL-MEGNet-MP: downstream validation MAE and pretext loss along pretraining")
+    fig.suptitle(f"{'CDSSL-MEGNet-MP' if continues else run.name}: downstream validation MAE and pretext loss along "
+                 "pretraining")  # fmt: skip
     fig.tight_layout()
     fig.savefig(out / "downstream.png", dpi=110)
 

@@ -93,8 +93,9 @@ def test_cli_pretrains_from_a_folder_through_the_graph_cache(tmp_path, sample, c
     assert names[6] == f"{folder / 'more.jsonl'}[0]"
 
 
-def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sample):
+def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sample, caplog):
     import json
+    import logging
 
     from matgl_cdssl.data import read_mp_split, write_mp_split
 
@@ -107,6 +108,8 @@ def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sa
     assert write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs").stat().st_mtime_ns == stamp  # not rewritten
     os.utime(csv_of_sample, ns=(stamp + 10**9, stamp + 10**9))  # the same data, copied again later (a new date)
     assert write_mp_split(csv_of_sample, "holdout", tmp_path / "inputs").stat().st_mtime_ns == stamp  # still kept
+    # The same source gives the same bytes in another folder (no file name or time in the gzip header).
+    assert write_mp_split(csv_of_sample, "holdout", tmp_path / "elsewhere").read_bytes() == written.read_bytes()
 
     # A run configuration with a split reads it through that file, so a graph cache is hit by later runs.
     config = tmp_path / "run.yaml"
@@ -123,6 +126,11 @@ def test_mp_split_is_written_once_and_read_from_disk(tmp_path, csv_of_sample, sa
     assert (tmp_path / "run" / "inputs" / written.name).is_file()
     assert (tmp_path / "graphs").is_dir()  # relative to the configuration file
     assert json.loads((tmp_path / "run" / "model" / "cdssl.json").read_text())["n_structures"] == 12
+    # Another run (another output folder, so another copy of the split) is given the graphs of the first.
+    caplog.set_level(logging.INFO, logger="matgl_cdssl")
+    config.write_text(config.read_text().replace("out: run", "out: run2"))
+    assert main(["pretrain", "--config", str(config), "--no-progress-bar"]) == 0
+    assert "crystals (hit)" in caplog.text
 
 
 def test_config_rejects_unknown_options(tmp_path):

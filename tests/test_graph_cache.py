@@ -118,6 +118,27 @@ def test_files_hit_until_one_changes(crystals, megnet, tmp_path):
     assert not cached_dataset(paths, **_args(megnet, cache, None)).hit
 
 
+def test_a_copy_elsewhere_hits_and_its_crystals_are_named_by_the_copy(crystals, megnet, tmp_path):
+    structures, _ = crystals
+    lonely = Structure(Lattice.cubic(3 * megnet.cutoff), ["Na"], [[0, 0, 0]])
+    first, second = tmp_path / "a" / "mine.csv", tmp_path / "b" / "mine.csv"
+    first.parent.mkdir()
+    rows = [f'x{i},"{s.to(fmt="cif")}"' for i, s in enumerate([*structures[:3], lonely])]
+    first.write_text("material_id,cif\n" + "\n".join(rows) + "\n")
+    cache = tmp_path / "cache"
+    built = cached_dataset(first, **_args(megnet, cache, None), skip_invalid=True)
+    assert not built.hit
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    first.unlink()  # the names must not point at it any more
+    again = cached_dataset(second, **_args(megnet, cache, None), skip_invalid=True)
+    assert again.hit
+    assert again.folder == built.folder
+    assert again.names == [f"{second}[x{i}]" for i in range(3)]
+    assert [name for name, _ in again.skipped] == [f"{second}[x3]"]
+    assert "no neighbour" in again.skipped[0][1]
+
+
 def test_invalid_crystal_is_named_and_nothing_is_cached(crystals, megnet, tmp_path):
     structures, _ = crystals
     overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])
@@ -182,7 +203,14 @@ def test_fingerprints_and_keys(crystals, tmp_path):
     before = fingerprint_structures([path])
     assert fingerprint_structures([str(path)]) == before
     os.utime(path, ns=(1, 1))
-    assert fingerprint_structures([path]) != before
+    assert fingerprint_structures([path]) == before  # the content is the same
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "first.cif"
+    copy.write_bytes(path.read_bytes())
+    assert fingerprint_structures([copy]) == before  # the same file in another folder
+    assert fingerprint_structures([copy.rename(tmp_path / "copy" / "second.cif")]) != before  # another name
+    path.write_text(path.read_text().replace("_cell_length_a", "_cell_length_a ", 1))
+    assert fingerprint_structures([path]) != before  # another content
     with pytest.raises(FileNotFoundError, match=r"missing\.cif"):
         fingerprint_structures([tmp_path / "missing.cif"])
     with pytest.raises(ValueError, match=r"structures\[1\] is a int"):

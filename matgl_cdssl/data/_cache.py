@@ -7,8 +7,8 @@ crystals, labels, cutoff and element list (and the same backend and matgl versio
 The key (:func:`cache_key`) is a short SHA-256 of everything the graphs depend on:
 
 * the crystals (:func:`fingerprint_structures`): lattice, species and fractional coordinates rounded to 1e-6 for
-  pymatgen ``Structure`` and ASE ``Atoms``; for file paths the resolved path, size and modification time (the file
-  is not read on a hit, so a file edited in place with its size and mtime restored would go unnoticed);
+  pymatgen ``Structure`` and ASE ``Atoms``; for a file its name and the SHA-256 of its bytes (not its folder, so a
+  copy elsewhere hits the same cache, and the crystals' names are then given the copy's path);
 * the labels stored with the graphs (:func:`fingerprint_labels`);
 * the element types (in order: they fix each atom's ``node_type``), the cutoff, the backend and the matgl version.
 
@@ -55,7 +55,7 @@ import numpy as np
 
 from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl.data._checks import check_label_lengths, connectivity_problem, structure_problem
-from matgl_cdssl.data._readers import input_items, iter_structures, structure_files
+from matgl_cdssl.data._readers import file_sha256, input_files, input_items, iter_structures
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -99,8 +99,8 @@ def fingerprint_structures(structures: Any) -> str:
 
     Returns:
         The hex digest. It covers, per crystal, the lattice matrix, the species and the fractional coordinates
-        rounded to 1e-6; for a file, its resolved path, size and modification time (its content is not read); for a
-        folder, that of each structure file in it.
+        rounded to 1e-6; for a file, its name (without the folder) and the SHA-256 of its bytes; for a folder, that
+        of each structure file in it.
 
     Raises:
         ValueError: an item of another type, naming it (``structures[i]``).
@@ -112,12 +112,8 @@ def fingerprint_structures(structures: Any) -> str:
     digest = hashlib.sha256()
     for i, item in enumerate(input_items(structures)):
         if isinstance(item, (str, Path)):
-            path = Path(item).resolve()
-            if not path.exists():
-                raise FileNotFoundError(f"{item}: no such file")
-            for file in structure_files(path) if path.is_dir() else [path]:
-                stat = file.stat()
-                digest.update(f"file:{file}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            for file in input_files(item):
+                digest.update(f"file:{file.name}:{file_sha256(file)};".encode())
         elif isinstance(item, IStructure):
             digest.update(f"structure:{len(item)}:".encode())
             digest.update(_rounded(item.lattice.matrix))
@@ -414,9 +410,10 @@ def cached_dataset(
     if not hasattr(structures, "__len__"):  # a one-shot iterator: the key and the conversion both go through it
         structures = list(structures)
     folder = cache_folder(structures, element_types=element_types, cutoff=cutoff, cache_dir=cache_dir, labels=labels)
+    files = [str(f) for f in input_files(structures)]
 
     def write(staging: Path) -> dict[str, Any]:
-        return _convert_into(
+        info = _convert_into(
             staging,
             structures,
             element_types=element_types,
@@ -425,15 +422,38 @@ def cached_dataset(
             shard_size=shard_size,
             skip_invalid=skip_invalid,
         )
+        return {**info, "files": files}
 
     dataset, hit = _publish(folder, folder.name, write)
-    names = json.loads((folder / _NAMES).read_text())
-    skipped = [tuple(pair) for pair in json.loads((folder / _SKIPPED).read_text())]
+    rename = _renamer(json.loads((folder / MARKER).read_text()).get("files", []), files)
+    names = [rename(name) for name in json.loads((folder / _NAMES).read_text())]
+    skipped = [(rename(name), problem) for name, problem in json.loads((folder / _SKIPPED).read_text())]
     if skipped and not skip_invalid:
         name, problem = skipped[0]
         raise ValueError(f"{name} {problem} (found when the graph cache {folder} was built with skip_invalid)")
     logger.info("%s %d graphs in %s", "Loaded" if hit else "Converted and cached", len(dataset), folder)
     return CachedGraphs(dataset, hit, folder, names, skipped)
+
+
+def _renamer(recorded: Sequence[str], files: Sequence[str]) -> Callable[[str], str]:
+    """Names of crystals read from the ``recorded`` files, spelled with the same files' paths now (``files``).
+
+    A crystal's name is its file's path, or the path and ``[id]`` (a CSV row, a JSON entry): the part before one of
+    its ``[`` is looked up among the recorded paths.
+    """
+    if len(recorded) != len(files):  # a cache written before the files were recorded
+        return lambda name: name
+    moved = {old: new for old, new in zip(recorded, files, strict=True) if old != new}
+
+    def rename(name: str) -> str:
+        if name in moved:
+            return moved[name]
+        for cut in (i for i, c in enumerate(name) if c == "["):
+            if name[:cut] in moved:
+                return moved[name[:cut]] + name[cut:]
+        return name
+
+    return rename
 
 
 def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_size: int = 1000) -> dict[str, Any]:

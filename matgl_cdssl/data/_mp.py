@@ -11,11 +11,12 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matgl_cdssl.data._readers import read_csv_structures
+from matgl_cdssl.data._readers import file_sha256, read_csv_structures
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -65,10 +66,10 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
     """Write one split of the Materials Project CSV to a CSV of its own, in hash order, and return its path.
 
     The rows are copied as text (no CIF is parsed), so that ``pretrain`` can read the split from disk one crystal at
-    a time, as it does any CSV, and a graph cache keyed on the file (path, size, modification time) is hit by later
-    runs. The file is written once: it is rewritten only when ``path`` is newer than it and its content changed (a
-    SHA-256 of ``path`` is kept beside the split, so a copy of the same data with a new date leaves the split, and the
-    graph cache built on it, alone).
+    a time, as it does any CSV, and a graph cache (keyed on the file's content) is hit by later runs in any folder:
+    the file's bytes depend on the source alone. The file is written once: it is rewritten only when ``path`` is newer
+    than it and its content changed (a SHA-256 of ``path`` is kept beside the split, so a copy of the same data with
+    a new date leaves the split alone).
 
     Args:
         path: ``mp_multi.csv.gz``.
@@ -84,9 +85,9 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
     source = dest.with_name(f"{dest.name}.source-sha256")
     if dest.is_file() and dest.stat().st_mtime_ns >= path.stat().st_mtime_ns:
         if not source.is_file():
-            source.write_text(_sha256(path))
+            source.write_text(file_sha256(path))
         return dest
-    if dest.is_file() and source.is_file() and source.read_text() == _sha256(path):
+    if dest.is_file() and source.is_file() and source.read_text() == file_sha256(path):
         return dest
     csv.field_size_limit(2**31 - 1)
     with gzip.open(path, "rt", newline="") as f:
@@ -96,18 +97,13 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
     rows.sort(key=lambda row: hash_order(row["material_id"]))
     folder.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    with gzip.open(partial, "wt", newline="") as f:
+    # No name or time in the gzip header: the same source gives the same bytes, wherever and whenever it is written,
+    # so a graph cache (keyed on the file's content) built from one run's split is hit by the next run's.
+    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0) as packed, \
+            io.TextIOWrapper(packed, newline="") as f:  # fmt: skip
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     partial.replace(dest)
-    source.write_text(_sha256(path))
+    source.write_text(file_sha256(path))
     return dest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -9,6 +9,7 @@ entries. Every crystal gets a name (``structures[3]``, the file path, ``path[id]
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -226,6 +227,31 @@ def structure_files(folder: Path) -> list[Path]:
     if not found:
         raise ValueError(f"{folder}: a folder with no structure files (looked for {', '.join(STRUCTURE_SUFFIXES)})")
     return found
+
+
+def input_files(structures: Any) -> list[Path]:
+    """The files among the input's items, spelled as its crystals' names spell them (a folder: its structure files).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    found: list[Path] = []
+    for item in input_items(structures):
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if not path.exists():
+                raise FileNotFoundError(f"{item}: no such file")
+            found.extend(structure_files(path) if path.is_dir() else [path])
+    return found
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in blocks of 1 MiB."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _iter_file(path: Path) -> Iterator[tuple[str, Structure]]:
