@@ -145,8 +145,12 @@ def test_each_task_can_have_its_own_sizes(megnet, own_task, tmp_path):
                        output_dir=tmp_path / "b", settings=settings, progress=False)  # fmt: skip
     assert sorted(map(tuple, result.runs[["task", "n_train"]].to_numpy())) == [
         ("my_band_gap", 10), ("my_gap_2", 10), ("my_gap_2", 20)]  # fmt: skip
-    # A name that is not run is refused before anything is loaded or trained (a typo would run the wrong curve).
-    with pytest.raises(ValueError, match=r"sizes are given for \['matbench_phonon'\], which are not among"):
+    # A built-in task that is not run is ignored (one mapping serves several calls) ...
+    again = benchmark(megnet, arms=("scratch",), tasks=[own_task], sizes={"my_band_gap": (10,), "matbench_phonons": (
+        50, 500)}, seeds=(0,), output_dir=tmp_path / "b", settings=settings, progress=False)  # fmt: skip
+    assert list(again.runs["n_train"]) == [10]
+    # ... but a name that is no task is refused before anything is loaded or trained (a typo would run another curve).
+    with pytest.raises(ValueError, match=r"sizes are given for \['matbench_phonon'\], neither a built-in task"):
         benchmark(megnet, tasks=[own_task, "matbench_phonons"], sizes={"matbench_phonon": (50,)},
                   output_dir=tmp_path / "c")  # fmt: skip
     assert not (tmp_path / "c").exists()

@@ -414,8 +414,9 @@ def benchmark(
         tasks: Built-in task names (:data:`TASKS`; :data:`DEFAULT_SUITE` by default) and/or your own
             :class:`TaskData`.
         sizes: Training-set sizes for every task (``"full"``: all crystals outside the test and validation sets),
-            or a mapping from task names to their own sizes (a task it does not name keeps its own curve); None:
-            each task's own learning curve (``TaskData.sizes``, else :data:`CURVE`).
+            or a mapping from task names to their own sizes (a task it does not name keeps its own curve; a
+            built-in task that is not run is ignored, so one mapping serves several calls); None: each task's own
+            learning curve (``TaskData.sizes``, else :data:`CURVE`).
         seeds: One split and one initialisation per seed (the first also chooses each arm's learning rate).
         output_dir: Where ``runs.jsonl`` (the cache), ``runs.csv``, ``results.md`` and ``results.png`` go.
         settings: The selection rule and the budget (:class:`BenchmarkSettings`), the same for every arm.
@@ -435,16 +436,16 @@ def benchmark(
         A :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: an unknown task, a task with too few crystals for the sizes, sizes for a task that is not run,
-            or non-finite targets.
+        ValueError: an unknown task, a task with too few crystals for the sizes, sizes for a name that is neither a
+            built-in task nor one run, or non-finite targets.
     """
     if quick:
         tasks, sizes, seeds, settings = QUICK["tasks"], QUICK["sizes"], QUICK["seeds"], QUICK["settings"]
     settings = settings or BenchmarkSettings()
     tasks = tasks if tasks is not None else DEFAULT_SUITE
     names = [t if isinstance(t, str) else t.name for t in tasks]
-    if isinstance(sizes, Mapping) and (unknown := sorted(set(sizes) - set(names))):
-        raise ValueError(f"sizes are given for {unknown}, which are not among the tasks run: {names}")
+    if isinstance(sizes, Mapping) and (unknown := sorted(set(sizes) - set(names) - set(TASKS))):
+        raise ValueError(f"sizes are given for {unknown}, neither a built-in task ({', '.join(TASKS)}) nor one run")
     loaded = [load_task(t) if isinstance(t, str) else t for t in tasks]
     templates = _arm_templates(arms, model)
     reference = templates["scratch"][0]  # every arm has its element types and cutoff (checked)
