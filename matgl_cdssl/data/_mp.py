@@ -99,8 +99,11 @@ def write_mp_split(path: str | Path, split: str, folder: str | Path) -> Path:
     partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     # No name or time in the gzip header: the same source gives the same bytes, wherever and whenever it is written,
     # so a graph cache (keyed on the file's content) built from one run's split is hit by the next run's.
-    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0) as packed, \
-            io.TextIOWrapper(packed, newline="") as f:  # fmt: skip
+    with (
+        partial.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0) as packed,
+        io.TextIOWrapper(packed, newline="") as f,
+    ):
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
