@@ -17,7 +17,7 @@ weights (stochastic weight averaging over the end of the run, Izmailov et al. 20
 and drawn as a star at its last epoch.
 
 ``--continues 0``: a run of its own from random weights (``checkpoints/every/epoch=<e>.ckpt``: e + 1 epochs; the first
-release is not among its checkpoints), such as the sigma-at-length run of ``configs/cdssl-megnet-mp-sigma-0.5.yaml``.
+release is not among its checkpoints), such as the sigma-at-length run of ``configs/cdssl-megnet-mp-sigma.yaml``.
 """
 
 from __future__ import annotations
