@@ -138,6 +138,46 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
     assert len((out / "runs.jsonl").read_text().splitlines()) == 10
 
 
+def test_each_run_keeps_its_training_curve_and_the_arms_are_drawn_side_by_side(pretrained_dir, own_task, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    from matgl_cdssl.apps import plot_curves, read_curve
+    from matgl_cdssl.cli import main
+
+    out = tmp_path / "bench"
+    settings = replace(TINY, max_epochs=4, patience=None, lr_patience=1)
+    result = benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=out,
+                       settings=settings, progress=False)  # fmt: skip
+    folders = sorted((out / "curves").iterdir())
+    assert [f.name.split("-")[3] for f in folders] == ["CDSSL", "scratch"]
+    for record in result.runs.to_dict("records"):
+        curve = read_curve(next(f for f in folders if record["fingerprint"] in f.name) / "metrics.csv")
+        assert list(curve.index) == list(range(4))  # every epoch, not the test's row
+        assert curve["val_MAE"].min() == pytest.approx(record["best_val_MAE"], rel=1e-6)  # the record's best epoch
+        assert int(curve["val_MAE"].idxmin()) == record["best_epoch"]
+        assert (curve["train_MAE"] > 0).all()
+        rate = curve[next(c for c in curve.columns if c.startswith("lr-Adam"))]
+        assert rate.iloc[0] == pytest.approx(record["lr"])
+        assert (rate.diff().dropna() <= 0).all()  # halved on plateaus, never raised
+    png = plot_curves(out, "my_band_gap", 10)
+    assert png == out / "curves-my_band_gap-n10-seed0.png"
+    assert png.stat().st_size > 10_000
+    assert main(["plot", "curves", str(out), "--task", "my_band_gap", "--n-train", "10", "--out",
+                 str(tmp_path / "c.png")]) == 0  # fmt: skip
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    assert "c.png" in capsys.readouterr().out
+    with pytest.raises(
+        ValueError, match=r"no run of my_band_gap at n_train=20, seed 0; it has: \[\('my_band_gap', 10, 0\)"
+    ):
+        plot_curves(out, "my_band_gap", 20)
+    # Without curves (curves=False, --no-curves; or runs cached before curves were kept) the plot says so.
+    bare = tmp_path / "bare"
+    benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=bare, settings=settings,
+              progress=False, curves=False)  # fmt: skip
+    assert not (bare / "curves").exists()
+    with pytest.raises(FileNotFoundError, match="no curve for any run of my_band_gap at n_train=10, seed 0"):
+        plot_curves(bare, "my_band_gap", 10)
+
+
 def test_each_task_can_have_its_own_sizes(megnet, own_task, tmp_path):
     other = TaskData("my_gap_2", own_task.structures, own_task.targets, n_test=12, sizes=(10, 20))
     settings = replace(TINY, max_epochs=1)

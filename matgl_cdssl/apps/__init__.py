@@ -19,6 +19,7 @@ from matgl_cdssl.apps._benchmark import (
     load_task,
     report,
 )
+from matgl_cdssl.apps._curves import curve_name, plot_curves, read_curve
 from matgl_cdssl.apps._finetune import (
     EnsembleResult,
     FinetuneResult,
@@ -62,15 +63,18 @@ __all__ = [
     "calibration",
     "candidates",
     "choose",
+    "curve_name",
     "finetune",
     "fit",
     "load_results",
     "load_task",
     "optimizer_for",
     "plateau_schedule",
+    "plot_curves",
     "predict",
     "predict_all",
     "pretrain",
+    "read_curve",
     "report",
     "resume_results",
     "run_matbench",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 
+from matgl_cdssl.apps._curves import curve_name
 from matgl_cdssl.apps._finetune import fit
 from matgl_cdssl.apps._tuning import Candidate, candidates, choose
 from matgl_cdssl.data import build_dataset, check_values, load_sample, seeded_permutation
@@ -401,6 +402,7 @@ def benchmark(
     progress: bool = True,
     skip_invalid: bool = False,
     check_convergence: bool | int = False,
+    curves: bool = True,
     **trainer_kwargs: Any,
 ) -> BenchmarkResult:
     """Run the SSL-vs-scratch benchmark and write its CSV, markdown table and bar chart.
@@ -430,6 +432,9 @@ def benchmark(
             (:meth:`BenchmarkSettings.doubled`), and write ``convergence.md``: the change of the test MAE, which
             should stay below 3%. True: the first seed; a number N: the first N seeds, and the criterion applies to
             the change of the mean over them (single runs of small validation sets pick their best epoch noisily).
+        curves: Keep each run's training and validation MAE and learning rate per epoch (Lightning's CSV logger) in
+            ``OUTPUT_DIR/curves/<run>/metrics.csv`` (:func:`~matgl_cdssl.apps.curve_name`), for
+            :func:`~matgl_cdssl.apps.plot_curves`: whether an arm ends under-trained, stuck or overfitting.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (for example ``accelerator="gpu"``).
 
     Returns:
@@ -468,8 +473,8 @@ def benchmark(
             record = json.loads(line)
             done[_run_key(record)] = record
 
-    curves = {t.name: _task_sizes(t, sizes, settings) for t in loaded}
-    splits = {(t.name, seed): _splits(t, curves[t.name], seed, settings) for t in loaded for seed in seeds}
+    sizes_of = {t.name: _task_sizes(t, sizes, settings) for t in loaded}
+    splits = {(t.name, seed): _splits(t, sizes_of[t.name], seed, settings) for t in loaded for seed in seeds}
     digests = {arm: _weights_digest(net, weights=kind != "none") for arm, (net, kind) in templates.items()}
     grids = {
         arm: candidates(settings.lr_grid, settings.backbone_lr_scales, pretrained=kind != "none")
@@ -481,9 +486,11 @@ def benchmark(
         return {"task": t, "fingerprint": fingerprint, "seed": seed, "n_train": n, "arm": arm,
                 "candidate": candidate, "settings": budget}  # fmt: skip
 
-    execute = _Runner(loaded, splits, curves, seeds, templates, done, cache, str(model_name), progress, trainer_kwargs,
-                      graphs)  # fmt: skip
-    tune_at = {t.name: [n for n in curves[t.name] if n in settings.tune_sizes] or curves[t.name][:1] for t in loaded}
+    execute = _Runner(loaded, splits, sizes_of, seeds, templates, done, cache, str(model_name), progress,
+                      trainer_kwargs, graphs, curves)  # fmt: skip
+    tune_at = {
+        t.name: [n for n in sizes_of[t.name] if n in settings.tune_sizes] or sizes_of[t.name][:1] for t in loaded
+    }
     tuning = [
         run(t, seeds[0], n, arm, c) for t in loaded for arm in templates for c in grids[arm] for n in tune_at[t.name]
     ]
@@ -503,19 +510,19 @@ def benchmark(
         run(t, seed, n, arm, chosen[t.name, arm])
         for t in loaded
         for seed in seeds
-        for n in curves[t.name]
+        for n in sizes_of[t.name]
         for arm in templates
     ]
     pairs = [
         tuple(run(t, seed, n, arm, chosen[t.name, arm], budget) for budget in (settings, settings.doubled()))
         for t in loaded
-        for n in curves[t.name][-2:]
+        for n in sizes_of[t.name][-2:]
         for arm in templates
         for seed in seeds[:int(check_convergence)]
     ]  # fmt: skip
     execute(plan + [twice for _, twice in pairs], "benchmark")
 
-    trivial = {(t.name, seed): _median_predictor_mae(t, splits[t.name, seed], curves[t.name]) for t in loaded
+    trivial = {(t.name, seed): _median_predictor_mae(t, splits[t.name, seed], sizes_of[t.name]) for t in loaded
                for seed in seeds}  # fmt: skip
     runs = [{**done[_run_key(p)], "median_MAE": trivial[p["task"].name, p["seed"]][p["n_train"]]} for p in plan]
     selection = [{**done[_run_key(p)], "chosen": p["candidate"] == chosen[p["task"].name, p["arm"]]} for p in tuning]
@@ -533,7 +540,7 @@ class _Runner:
 
     loaded: Sequence[TaskData]
     splits: dict[tuple[str, int], dict[str, Any]]
-    curves: dict[str, list[int]]
+    sizes: dict[str, list[int]]
     seeds: Sequence[int]
     templates: dict[str, tuple[nn.Module, str]]
     done: dict[tuple, dict]
@@ -542,6 +549,7 @@ class _Runner:
     progress: bool
     trainer_kwargs: dict[str, Any]
     graphs: dict[str, tuple[_Graphs, _Graphs]] = field(default_factory=dict)
+    curves: bool = True
 
     def __call__(self, plan: list[dict], desc: str) -> None:
         from tqdm.auto import tqdm
@@ -551,7 +559,7 @@ class _Runner:
         reference = self.templates["scratch"][0]
         for t in self.loaded:
             if t.name not in self.graphs and any(p["task"] is t for p in todo):
-                self.graphs[t.name] = _task_graphs(t, [self.splits[t.name, s] for s in self.seeds], self.curves[t.name],
+                self.graphs[t.name] = _task_graphs(t, [self.splits[t.name, s] for s in self.seeds], self.sizes[t.name],
                                                    reference)  # fmt: skip
         bar = tqdm(total=len(todo), disable=not self.progress, desc=desc)
         with _lightning_warnings_only():
@@ -568,6 +576,16 @@ class _Runner:
         bar.set_postfix_str(f"{task.name} n={n} seed={seed} {arm} {candidate}")
         L.seed_everything(seed, verbose=False)
         template, kind = self.templates[arm]
+        kwargs = dict(self.trainer_kwargs)
+        if self.curves:
+            from lightning.pytorch.callbacks import LearningRateMonitor
+            from lightning.pytorch.loggers import CSVLogger
+
+            name = curve_name(
+                {"task": task.name, "n_train": n, "seed": seed, "arm": arm, "fingerprint": p["fingerprint"]}
+            )
+            kwargs.setdefault("logger", CSVLogger(self.cache.parent / "curves", name=name, version=""))
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), LearningRateMonitor("epoch")]
         start = time.perf_counter()
         result = fit(
             new_like(template, weights=kind),
@@ -584,7 +602,7 @@ class _Runner:
             freeze_backbone=budget.freeze_backbone and kind == "backbone",
             seed=seed,
             enable_progress_bar=False,
-            **self.trainer_kwargs,
+            **kwargs,
         )
         record = {
             "task": task.name,

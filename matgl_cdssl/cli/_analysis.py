@@ -18,6 +18,7 @@ from matgl_cdssl.analysis import (
     probe_models,
     structure_properties,
 )
+from matgl_cdssl.apps import plot_curves
 from matgl_cdssl.data import load_sample, read_csv_structures, read_structures
 from matgl_cdssl.hub import new_like
 
@@ -260,9 +261,11 @@ def map_command(args: argparse.Namespace) -> int:
 
 
 def _add_plot(subparsers: Any) -> None:
-    """Add ``cdssl plot`` (``pretraining`` and ``map``)."""
-    parser = subparsers.add_parser("plot", help="draw diagnostics: pretraining curves, representation map")
-    plots = parser.add_subparsers(dest="plot", required=True, metavar="{pretraining,map}")
+    """Add ``cdssl plot`` (``pretraining``, ``curves`` and ``map``)."""
+    parser = subparsers.add_parser(
+        "plot", help="draw diagnostics: pretraining curves, a benchmark's training curves, representation map"
+    )
+    plots = parser.add_subparsers(dest="plot", required=True, metavar="{pretraining,curves,map}")
 
     p = plots.add_parser(
         "pretraining",
@@ -276,12 +279,36 @@ def _add_plot(subparsers: Any) -> None:
     p.set_defaults(func=plot_pretraining_command)
 
     p = plots.add_parser(
+        "curves",
+        help="training and validation MAE per epoch of a benchmark configuration's arms",
+        description="Draw the training and validation MAE per epoch of every arm of one configuration (task, "
+        "training size, seed) of a benchmark, from OUT/runs.csv and the curves it kept in OUT/curves/: whether an "
+        "arm ends under-trained, stuck on a plateau or overfitting.",
+    )
+    p.add_argument("output_dir", type=Path, metavar="OUT", help="the benchmark's output folder")
+    p.add_argument("--task", required=True, help="task name, as in OUT/runs.csv")
+    p.add_argument("--n-train", type=int, required=True, help="training size")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--out", type=Path, metavar="PNG", help="output file (default: OUT/curves-TASK-nN-seedS.png)")
+    p.set_defaults(func=plot_curves_command)
+
+    p = plots.add_parser(
         "map",
         help="2-D map of the crystals' learned representations",
         description="Draw a 2-D map of the crystals' representations (see docs/representation.md).",
     )
     _add_map_arguments(p)
     p.set_defaults(func=map_command)
+
+
+def plot_curves_command(args: argparse.Namespace) -> int:
+    """Run ``cdssl plot curves``.
+
+    Side Effects:
+        Writes the PNG (``--out``, or ``OUT/curves-TASK-nN-seedS.png``) and prints its path.
+    """
+    print(f"wrote {plot_curves(args.output_dir, args.task, args.n_train, args.seed, args.out)}")
+    return 0
 
 
 def plot_pretraining_command(args: argparse.Namespace) -> int:

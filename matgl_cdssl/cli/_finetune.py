@@ -161,6 +161,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--freeze-backbone", action="store_true", help="train only the pretrained arm's readout")
     p.add_argument("--check-convergence", nargs="?", const=1, default=0, type=positive_int, metavar="SEEDS",
                    help="rerun the two largest sizes at twice the budget, with the first SEEDS seeds (1)")  # fmt: skip
+    p.add_argument("--no-curves", action="store_true",
+                   help="do not keep each run's per-epoch MAE and rate in OUT/curves/ (cdssl plot curves)")  # fmt: skip
     add_trainer_options(p)
     p.set_defaults(func=benchmark_command)
 
@@ -263,7 +265,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
     """Run ``cdssl benchmark``.
 
     Side Effects:
-        Writes ``OUT/runs.jsonl``, ``OUT/runs.csv``, ``OUT/results.md`` and ``OUT/results.png``.
+        Writes ``OUT/runs.jsonl``, ``OUT/runs.csv``, ``OUT/results.md``, ``OUT/results.png`` and, unless
+        ``--no-curves``, ``OUT/curves/<run>/metrics.csv``.
     """
     tasks: list | None = list(args.tasks or [])
     if args.data is not None:
@@ -287,6 +290,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
         arms=args.arms,
         skip_invalid=args.skip_invalid,
         check_convergence=args.check_convergence,
+        curves=not args.no_curves,
         output_dir=args.output_dir,
         settings=benchmark_settings(args),
         quick=args.quick,
