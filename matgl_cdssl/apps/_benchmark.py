@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 
-from matgl_cdssl.apps._curves import curve_name
+from matgl_cdssl.apps._curves import COLORS, curve_name
 from matgl_cdssl.apps._finetune import fit
 from matgl_cdssl.apps._tuning import Candidate, candidates, choose
 from matgl_cdssl.data import build_dataset, check_values, load_sample, seeded_permutation
@@ -956,10 +956,9 @@ def _plot(summary: pd.DataFrame, path: Path) -> Path:
         x = np.arange(len(part))
         arms = _arm_order([c[: -len("_mean")] for c in part.columns if c.endswith("_mean") and part[c].notna().any()])
         width = 0.8 / len(arms)
-        colors = {"CDSSL": "tab:blue", "supervised": "tab:orange", "scratch": "tab:gray"}
         for k, arm in enumerate(arms):
             ax.bar(x + (k - (len(arms) - 1) / 2) * width, part[f"{arm}_mean"], width, capsize=2,
-                   yerr=part[f"{arm}_se"].fillna(0), color=colors.get(arm), label=arm)  # fmt: skip
+                   yerr=part[f"{arm}_se"].fillna(0), color=COLORS.get(arm), label=arm)  # fmt: skip
         if "median_MAE" in part:
             ax.plot(x, part["median_MAE"], "k_", markersize=18, mew=1.5, label="median predictor")
         ax.set_xticks(x, [str(n) for n in part["n_train"]])

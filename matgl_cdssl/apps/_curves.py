@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["curve_name", "plot_curves", "read_curve"]
 
 COLORS = {"CDSSL": "tab:blue", "supervised": "tab:orange", "scratch": "tab:gray"}
+"""Each default arm's colour, in the training curves and in the benchmark's bar chart."""
 
 
 def curve_name(record: dict[str, Any]) -> str:
