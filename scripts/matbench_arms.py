@@ -6,11 +6,13 @@ For each task and arm (``CDSSL``: ``CDSSL-MEGNet-MP``; ``scratch``: the same arc
 ``supervised``: matgl's formation-energy MEGNet), :func:`~matgl_cdssl.apps.run_matbench` picks the arm's learning rate
 from ``--lr-grid`` (and, for pretrained arms, the backbone's scale from ``--backbone-lr-scales``) on the validation data
 carved from the first fold's training data, then runs matbench's five folds with it: early stopping on the fold's
-validation MAE (``--patience``) under a generous epoch cap (``--max-epochs``), the best epoch predicting the fold's test
-set, which matbench scores. Training crystals that the checks reject (an atom with no neighbour within the 4 Å cutoff: a
-few phonon crystals) are left out of training with a warning (``skip_invalid``); every test crystal is predicted, as
-matbench requires: a test crystal without any edge within the cutoff (one in matbench_phonons' fold 4) gets the fold's
-training median, listed in the fold's ``parameters["unpredictable"]``, the same for every arm. One results file per
+validation MAE (``--patience``) under a generous epoch cap (``--max-epochs``), the rates halved after
+``--lr-patience`` epochs without improvement (0: matgl's cosine decay over the cap), the best epoch predicting the
+fold's test set, which matbench scores; ``--val-fraction`` of each fold's training data validates. Training crystals
+that the checks reject (an atom with no neighbour within the 4 Å cutoff: a few phonon crystals) are left out of
+training with a warning (``skip_invalid``); every test crystal is predicted, as matbench requires: a test crystal
+without any edge within the cutoff (one in matbench_phonons' fold 4) gets the fold's training median, listed in the
+fold's ``parameters["unpredictable"]``, the same for every arm. One results file per
 (task, arm) in matbench's format (``<task>-<arm>.json.gz``; an arm whose file exists is read back, not rerun), and
 ``matbench.md``, the mean test MAE over the folds beside the leaderboard's entries.
 """
@@ -44,6 +46,9 @@ def main() -> None:
     parser.add_argument("--backbone-lr-scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--max-epochs", type=int, default=1000)
     parser.add_argument("--patience", type=int, default=50)
+    halve = "halve the rates after N epochs without a better validation MAE; 0: matgl's cosine decay over the cap"
+    parser.add_argument("--lr-patience", type=int, default=0, help=halve)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of each fold's training data")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -80,13 +85,15 @@ def _run(task: str, arm: str, path: Path, args: argparse.Namespace, benchmark) -
     quiet |= {"skip_invalid": True, "unpredictable": "median"}
     return run_matbench(task, model="CDSSL-MEGNet-MP" if arm == "CDSSL" else arm, output=path, lr_grid=args.lr_grid,
                         backbone_lr_scales=args.backbone_lr_scales, max_epochs=args.max_epochs,
-                        patience=args.patience, benchmark=benchmark, **quiet)  # fmt: skip
+                        patience=args.patience, lr_patience=args.lr_patience or None, val_fraction=args.val_fraction,
+                        benchmark=benchmark, **quiet)  # fmt: skip
 
 
 def _table(rows: dict, args: argparse.Namespace) -> str:
     lines = [f"Command: `python scripts/matbench_arms.py --tasks {' '.join(args.tasks)} --arms {' '.join(args.arms)} "
              f"--lr-grid {' '.join(map(str, args.lr_grid))} --backbone-lr-scales "
-             f"{' '.join(map(str, args.backbone_lr_scales))} --max-epochs {args.max_epochs} --patience {args.patience} "
+             f"{' '.join(map(str, args.backbone_lr_scales))} --max-epochs {args.max_epochs} "
+             f"--patience {args.patience} --lr-patience {args.lr_patience} --val-fraction {args.val_fraction:g} "
              f"--out {args.out}`", ""]  # fmt: skip
     for task in args.tasks:
         board = LEADERBOARD.get(task, {"unit": ""})

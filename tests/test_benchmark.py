@@ -312,10 +312,12 @@ def test_default_suite_and_learning_curves():
     assert DEFAULT_SUITE == ("mp_formation_energy", "mp_band_gap", "perov_heat_ref", "matbench_jdft2d",
                              "matbench_phonons")  # fmt: skip
     settings = BenchmarkSettings()
-    # "full": every crystal outside the test set (127 of 636) and the validation set (a quarter of the training set)
+    # "full": every crystal outside the test set (127 of 636) and the validation set (a quarter of the training set,
+    # at least 150 crystals)
     jdft2d = _task_sizes(load_task("matbench_jdft2d"), None, settings)
-    assert jdft2d == [50, 100, 250, 407]
-    assert 407 + settings.n_val(407) <= 636 - 127 < 408 + settings.n_val(408)
+    assert jdft2d == [50, 100, 250, 359]
+    assert settings.n_val(359) == 150
+    assert 359 + settings.n_val(359) <= 636 - 127 < 360 + settings.n_val(360)
     assert _task_sizes(load_task("matbench_phonons"), None, settings)[:-1] == [50, 100, 250, 500]
     assert _task_sizes(load_task("mp_band_gap"), None, settings) == [50, 100, 250, 1000]
     with pytest.raises(ValueError, match="'mp_band_gap': a training size is a positive number or 'full'"):
@@ -323,8 +325,8 @@ def test_default_suite_and_learning_curves():
 
 
 def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir, own_task, tmp_path):
-    settings = BenchmarkSettings(lr_grid=(1e-4, 1e-2), backbone_lr_scales=(1.0, 0.1), tune_sizes=(10, 20),
-                                 max_epochs=3, patience=2, min_val=8, max_val=8, batch_size=8)  # fmt: skip
+    settings = BenchmarkSettings(lr_grid=(1e-4, 1e-2), backbone_lr_scales=(1.0, 0.1), tune_sizes=(10, 20), max_epochs=3,
+                                 patience=2, lr_patience=20, min_val=8, max_val=8, batch_size=8)  # fmt: skip
     out = tmp_path / "bench"
     result = benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,
                        settings=settings, progress=False, check_convergence=True)  # fmt: skip
@@ -372,6 +374,15 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
     assert verdict.endswith(f"| {100 * (np.mean(twice) / np.mean(scratch) - 1):+.1f}% |")  # both at twice the budget
 
 
+def test_a_task_too_small_for_its_validation_set_is_refused_by_name(pretrained_dir, own_task, tmp_path):
+    # The default asks for at least 150 validation crystals; 48 outside the test set cannot hold them with 10 more.
+    with pytest.raises(ValueError, match=r"task 'my_band_gap' has 48 crystals outside its test set, fewer than the 10 "
+                       r"training \+ 150 validation crystals .* \(min_val=150, --min-val\)"):  # fmt: skip
+        benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10,), seeds=(0,), output_dir=tmp_path / "b",
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / "b" / "runs.jsonl").exists()  # refused before anything trained
+
+
 def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     from matgl_cdssl.cli import main
 
@@ -382,7 +393,8 @@ def test_cli_benchmark_on_own_csv(pretrained_dir, sample, tmp_path, capsys):
     out = tmp_path / "b"
     code = main(["benchmark", "--model", str(pretrained_dir), "--data", str(csv), "--target", "gap", "--sizes", "10",
                  "--seeds", "0", "--arms", "CDSSL", "scratch", "--lr-grid", "0.003", "--max-epochs", "2",
-                 "--lr-patience", "0", "--batch-size", "8", "--out", str(out), "--no-progress-bar"])  # fmt: skip
+                 "--lr-patience", "0", "--min-val", "16", "--batch-size", "8", "--out", str(out),
+                 "--no-progress-bar"])  # fmt: skip
     assert code == 0
     assert "CDSSL wins" in capsys.readouterr().out
     runs = pd.read_csv(out / "runs.csv")
