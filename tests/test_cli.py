@@ -57,7 +57,7 @@ def test_benchmark_settings_take_the_options_given_and_default_the_others():
     )
     assert settings("--lr-patience", "0").lr_patience is None  # 0: matgl's cosine decay
     assert settings("--lr-patience", "5").lr_patience == 5
-    assert settings("--min-val", "150").n_val(250) == 150  # a larger validation set than n_train // 4 = 62
+    assert settings("--min-val", "80").n_val(250) == 80  # not the default 150, and more than n_train // 4 = 62
 
 
 def test_task_sizes_override_sizes_for_their_task():
