@@ -12,9 +12,9 @@ fold's test set, which matbench scores; ``--val-fraction`` of each fold's traini
 that the checks reject (an atom with no neighbour within the 4 Å cutoff: a few phonon crystals) are left out of
 training with a warning (``skip_invalid``); every test crystal is predicted, as matbench requires: a test crystal
 without any edge within the cutoff (one in matbench_phonons' fold 4) gets the fold's training median, listed in the
-fold's ``parameters["unpredictable"]``, the same for every arm. One results file per
-(task, arm) in matbench's format (``<task>-<arm>.json.gz``; an arm whose file exists is read back, not rerun), and
-``matbench.md``, the mean test MAE over the folds beside the leaderboard's entries.
+fold's ``parameters["unpredictable"]``, the same for every arm. One results file per (task, arm) in matbench's format
+(``<task>-<arm>.json.gz``; an arm whose file exists is read back, not rerun), and ``matbench.md``, the mean test MAE
+over the folds beside the leaderboard's entries.
 """
 
 from __future__ import annotations
