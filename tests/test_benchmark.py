@@ -190,9 +190,40 @@ def test_each_task_can_have_its_own_sizes(megnet, own_task, tmp_path):
         50, 500)}, seeds=(0,), output_dir=tmp_path / "b", settings=settings, progress=False)  # fmt: skip
     assert list(again.runs["n_train"]) == [10]
     # ... but a name that is no task is refused before anything is loaded or trained (a typo would run another curve).
-    with pytest.raises(ValueError, match=r"sizes are given for \['matbench_phonon'\], neither a built-in task"):
+    with pytest.raises(ValueError, match=r"sizes: given for \['matbench_phonon'\], neither a built-in task"):
         benchmark(megnet, tasks=[own_task, "matbench_phonons"], sizes={"matbench_phonon": (50,)},
                   output_dir=tmp_path / "c")  # fmt: skip
+    assert not (tmp_path / "c").exists()
+
+
+def test_each_task_can_have_its_own_convergence_check(megnet, own_task, tmp_path):
+    other = TaskData("my_gap_2", own_task.structures, own_task.targets, n_test=12)
+    settings = replace(TINY, max_epochs=1)
+    out = tmp_path / "b"
+    result = benchmark(megnet, arms=("scratch",), tasks=[own_task, other], sizes=(10, 20), seeds=(0, 1),
+                       output_dir=out, settings=settings, progress=False,
+                       check_convergence={"my_band_gap": 2, "my_gap_2": 1})  # fmt: skip
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    twice = {(r["task"], r["n_train"], r["seed"]): r["test_MAE"] for r in records if r["max_epochs"] == 2}
+    assert sorted(twice) == [("my_band_gap", n, seed) for n in (10, 20) for seed in (0, 1)] + [
+        ("my_gap_2", 10, 0), ("my_gap_2", 20, 0)]  # fmt: skip
+    base = {(r["task"], r["n_train"], r["seed"]): r["test_MAE"] for r in records if r["max_epochs"] == 1}
+    table = result.paths["convergence_md"].read_text()
+    assert table.count("**mean of 2**") == 2  # my_band_gap's two sizes; my_gap_2 is judged run by run
+    # The criterion: the change of the mean over seeds for my_band_gap, of the single run for my_gap_2.
+    judged = [np.mean([twice["my_band_gap", n, s] for s in (0, 1)]) / np.mean([base["my_band_gap", n, s]
+              for s in (0, 1)]) - 1 for n in (10, 20)]  # fmt: skip
+    judged += [twice["my_gap_2", n, 0] / base["my_gap_2", n, 0] - 1 for n in (10, 20)]
+    worst = 100 * max(map(abs, judged))
+    judges = "of what the criterion judges (the mean where several seeds were checked, else the run)"
+    assert f"{judges}: {worst:.2f}%" in table  # two decimals: 2.97% is below the criterion, 3.0% would not read so
+    assert ("NOT below" in table) == (worst >= 3)
+    # A task that the mapping does not name is not checked; a name that is no task is refused before any training.
+    only = benchmark(megnet, arms=("scratch",), tasks=[own_task, other], sizes=(10, 20), seeds=(0, 1), output_dir=out,
+                     settings=settings, progress=False, check_convergence={"my_gap_2": 1})  # fmt: skip
+    assert "my_band_gap" not in only.paths["convergence_md"].read_text()
+    with pytest.raises(ValueError, match=r"check_convergence: given for \['my_gap'\], neither a built-in task"):
+        benchmark(megnet, tasks=[own_task], check_convergence={"my_gap": 1}, output_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()
 
 

@@ -44,6 +44,9 @@ def test_finetune_holds_out_validation_when_not_given(backend, sample):
         backend.megnet_class(), sample.structures[:30], y, val_fraction=0.2, max_epochs=1, enable_progress_bar=False
     )
     assert math.isfinite(result.metrics["best_val_MAE"])
+    # min_val holds out at least that many: all 30 here (3 by the fraction), so none would be left to train on.
+    with pytest.raises(ValueError, match=r"30 structure\(s\) are too few for val_fraction=0.1 with min_val=30"):
+        finetune(backend.megnet_class(), sample.structures[:30], y, val_fraction=0.1, min_val=30, max_epochs=1)
 
 
 def test_finetune_rejects_bad_targets(backend, sample):

@@ -299,6 +299,42 @@ def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_
     assert {task.results[task.folds_map[f]].parameters["lr"] for f in task.folds} == {chosen}  # not chosen again
 
 
+def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected, tmp_path, monkeypatch):
+    import matgl_cdssl.apps._matbench as runner
+
+    real, trained = runner.finetune, []
+
+    def finetune(*args, stop_at=None, **kwargs):
+        if len(trained) == stop_at:  # the end of a session, during the selection's second candidate
+            raise KeyboardInterrupt
+        trained.append((kwargs["lr"], kwargs["backbone_lr"], kwargs["max_epochs"]))
+        return real(*args, **kwargs)
+
+    path = tmp_path / "results.json.gz"
+    monkeypatch.setattr(runner, "finetune", lambda *a, **k: finetune(*a, stop_at=1, **k))
+    with pytest.raises(KeyboardInterrupt):
+        run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    assert not path.exists()  # no fold recorded
+    kept = [json.loads(line) for line in (tmp_path / "results.selection.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["fold"], r["lr"], r["backbone_lr"]) for r in kept] == [(TASK, 0, 1e-3, None)]
+
+    trained.clear()
+    monkeypatch.setattr(runner, "finetune", finetune)
+    mb = run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    params = getattr(mb, TASK).results["fold_0"].parameters
+    scores = {r["lr"]: r["best_val_MAE"] for r in params["lr_selection"]}
+    assert scores[1e-3] == kept[0]["best_val_MAE"]  # read back, not trained again ...
+    assert trained[0] == (3e-3, None, 2)  # ... only the candidate left was
+    # The choice's first fold is trained once more if its run was in the stopped process; with the same seed it
+    # reproduces the score it was chosen by.
+    assert trained[1:] == ([(1e-3, None, 2)] if params["lr"] == 1e-3 else [])
+    assert params["best_val_MAE"] == pytest.approx(scores[params["lr"]], rel=1e-5)
+    # Other finetune options are another selection: nothing is read back.
+    trained.clear()
+    run_matbench(TASK, output=path, folds=[1], model="scratch", lr_grid=[1e-3, 3e-3], **{**TINY, "max_epochs": 1})
+    assert trained[:2] == [(1e-3, None, 1), (3e-3, None, 1)]
+
+
 def test_a_test_crystal_without_edges_gets_the_training_median_when_asked(tmp_path):
     """matbench_phonons' fold 4 holds mb-phonons-0037, whose atoms are all more than 4 Å apart: no graph edge."""
     kwargs = {"folds": [4], "model": "scratch", "skip_invalid": True, **TINY, "max_epochs": 1}

@@ -276,6 +276,7 @@ def finetune(
     val_state_attr: Any = None,
     test_state_attr: Any = None,
     val_fraction: float = 0.1,
+    min_val: int = 0,
     loss: str = "l1_loss",
     max_epochs: int = 200,
     patience: int | None = 50,
@@ -315,6 +316,7 @@ def finetune(
         val_state_attr: State attributes of the validation crystals.
         test_state_attr: State attributes of the test crystals.
         val_fraction: Fraction held out for validation when no validation set is given.
+        min_val: Hold out at least this many crystals then (a small fraction of a small set validates noisily).
         loss: matgl's loss name: ``"l1_loss"``, ``"mse_loss"``, ``"huber_loss"`` or ``"smooth_l1_loss"``.
         max_epochs: Maximum epochs.
         patience: Early-stopping patience in epochs (None: no early stopping).
@@ -385,7 +387,7 @@ def finetune(
     if val_structures is None:
         if not val_fraction > 0:
             raise ValueError(f"val_fraction must be positive when no validation set is given; got {val_fraction!r}")
-        train_idx, val_idx = train_val_split(len(train), val_fraction, seed)
+        train_idx, val_idx = train_val_split(len(train), val_fraction, seed, min_val=min_val)
         train, val = Subset(train, train_idx), Subset(train, val_idx)
     else:
         val = dataset(val_structures, [] if val_targets is None else val_targets, "val_targets", val_state_attr)

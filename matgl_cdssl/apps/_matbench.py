@@ -11,6 +11,7 @@ Matbench: A. Dunn, Q. Wang, A. Ganose, D. Dopp, A. Jain, npj Comput. Mater. 6, 1
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matgl_cdssl._backend import BACKEND
-from matgl_cdssl.apps._benchmark import arm_start
+from matgl_cdssl.apps._benchmark import _weights_digest, arm_start
 from matgl_cdssl.apps._finetune import finetune
 from matgl_cdssl.apps._predict import predict_all
 from matgl_cdssl.apps._tuning import Candidate, candidates, tune
@@ -203,16 +204,34 @@ def _with_ids(exc: ValueError, where: str, ids: Sequence[str]) -> ValueError:
     return ValueError(f"{where}: {message}")
 
 
+def _selection_file(output: str | Path | None) -> Path | None:
+    """Where :func:`run_matbench` keeps the learning-rate selection of the results file ``output``.
+
+    ``results.json.gz`` -> ``results.selection.jsonl``, beside it; None for None.
+    """
+    if output is None:
+        return None
+    output = Path(output)
+    return output.with_name(output.name.split(".")[0] + ".selection.jsonl")
+
+
 class _FoldRun:
     """Finetune an arm on one fold of a matbench task; choose its learning rate on the first fold's validation data.
 
     The first fold's run of the chosen candidate is the one the selection trained (same data, seed and rate): it is
-    kept and reused instead of being trained again.
+    kept and reused instead of being trained again. With a ``selection`` file, each candidate's validation MAE is
+    appended to it as soon as it is known (one JSON line, keyed by the arm's weights, the task, fold, seed, rates and
+    finetune options), so that a selection stopped half-way continues with the candidates left; the choice's first
+    fold is then trained again with the same seed.
     """
 
-    def __init__(self, task: Any, template: nn.Module, kind: str, seed: int, finetune_kwargs: dict) -> None:
+    def __init__(
+        self, task: Any, template: nn.Module, kind: str, seed: int, finetune_kwargs: dict, selection: Path | None = None
+    ) -> None:
         self.task, self.template, self.kind, self.seed, self.kwargs = task, template, kind, seed, finetune_kwargs
         self.kept: dict[tuple[int, Candidate], tuple[Any, float]] = {}
+        self.selection = selection
+        self.digest = _weights_digest(template, weights=kind != "none")
 
     def __call__(self, fold: int, candidate: Candidate) -> tuple[Any, float]:
         """The fold's :class:`~matgl_cdssl.apps.FinetuneResult` and the seconds its training took."""
@@ -238,18 +257,45 @@ class _FoldRun:
         if len(grid) == 1 or all(task.is_recorded.values()):
             return grid[0], []
         first = task.folds[0]
+        known = self._known()
+        reused = [c for c in grid if self._key(first, c) in known]
 
         def score(candidate: Candidate) -> list[float]:
-            self.kept[first, candidate] = self(first, candidate)
-            return [self.kept[first, candidate][0].metrics["best_val_MAE"]]
+            key = self._key(first, candidate)
+            if key not in known:
+                self.kept[first, candidate] = self(first, candidate)
+                known[key] = self.kept[first, candidate][0].metrics["best_val_MAE"]
+                self._remember(key, first, candidate, known[key])
+            return [known[key]]
 
         choice, scores = tune(score, grid)
         for candidate in grid:  # only the choice's run is reused
             if candidate != choice:
-                self.kept.pop((first, candidate))
-        logger.info("%s: chose %s on fold %d's validation data (%s)", task.dataset_name, choice, first,
-                    ", ".join(f"{c}: {v[0]:.4g}" for c, v in scores.items()))  # fmt: skip
+                self.kept.pop((first, candidate), None)
+        logger.info("%s: chose %s on fold %d's validation data (%s)%s", task.dataset_name, choice, first,
+                    ", ".join(f"{c}: {v[0]:.4g}" for c, v in scores.items()),
+                    f"; {len(reused)} of {len(grid)} read from {self.selection}" if reused else "")  # fmt: skip
         return choice, list(scores.items())
+
+    def _key(self, fold: int, candidate: Candidate) -> str:
+        """What a candidate's validation MAE depends on: the arm's weights, the data, the seed, rates and options."""
+        payload = [self.digest, self.task.dataset_name, fold, self.seed + fold, candidate.lr, candidate.backbone_lr,
+                   sorted(_scalars(self.kwargs).items())]  # fmt: skip
+        return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+
+    def _known(self) -> dict[str, float]:
+        """The validation MAEs that the selection file holds, by key."""
+        if self.selection is None or not self.selection.is_file():
+            return {}
+        return {r["key"]: r["best_val_MAE"] for r in map(json.loads, self.selection.read_text().splitlines())}
+
+    def _remember(self, key: str, fold: int, candidate: Candidate, value: float) -> None:
+        if self.selection is None:
+            return
+        record = {"key": key, "task": self.task.dataset_name, "fold": fold, "lr": candidate.lr,
+                  "backbone_lr": candidate.backbone_lr, "best_val_MAE": value}  # fmt: skip
+        with self.selection.open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def run_matbench(
@@ -292,6 +338,9 @@ def run_matbench(
             ``backbone_lr_scales`` for a pretrained arm) is finetuned on the training data of the task's first fold,
             and the one with the lowest best validation MAE (validation carved from that training data) is used for
             every fold; the choice and every candidate's score go into the fold's ``params``. None: ``lr`` as given.
+            With an ``output`` file, each candidate's score is also kept beside it as soon as it is known
+            (``results.json.gz`` -> ``results.selection.jsonl``), so that a selection stopped half-way (an arm's
+            candidates on a large task take hours on a CPU) resumes with the candidates it had not trained.
         backbone_lr_scales: Backbone learning rate as a fraction of ``lr`` (1: the same) to choose from.
         unpredictable: What to do with a test crystal the model cannot take (no two atoms within its cutoff, so no
             edge: matbench_phonons has such crystals at 4 Å), since matbench needs a prediction for every one:
@@ -359,7 +408,7 @@ def run_matbench(
         if unknown:
             raise ValueError(f"{task.dataset_name}: no fold(s) {unknown}; its folds are {list(task.folds)}")
         _load(task)
-        fold_run = _FoldRun(task, template, kind, seed, finetune_kwargs)
+        fold_run = _FoldRun(task, template, kind, seed, finetune_kwargs, _selection_file(output))
         choice, scores = fold_run.choose(grid)
         for fold in chosen:
             if task.is_recorded[fold]:

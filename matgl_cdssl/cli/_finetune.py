@@ -36,6 +36,7 @@ __all__ = ["add_finetune_arguments", "add_parser", "benchmark_settings", "finetu
 #: its signature).
 _FINETUNE_OPTIONS: dict[str, dict[str, Any]] = {
     "val_fraction": {"type": float, "help": "held out for validation (no --val given)"},
+    "min_val": {"type": non_negative_int, "help": "with --val-fraction: at least this many validation crystals"},
     "loss": {"choices": ("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss")},
     "max_epochs": {"type": positive_int},
     "patience": {"type": non_negative_int, "help": "early-stopping patience in epochs (0: none)"},
@@ -100,6 +101,16 @@ def _task_sizes(text: str) -> tuple[str, tuple[int | str, ...]]:
     return task, tuple(_size(n) for n in sizes.split(","))
 
 
+def _convergence_seeds(text: str) -> int | tuple[str, int]:
+    """An argparse type: ``SEEDS`` (every task) or ``TASK=SEEDS`` (one task's own), for ``--check-convergence``."""
+    task, sep, seeds = text.rpartition("=")
+    try:
+        return (task, non_negative_int(seeds)) if sep and task else positive_int(text)
+    except argparse.ArgumentTypeError:
+        message = f"expected SEEDS or TASK=SEEDS (for example 1 matbench_jdft2d=3); got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def add_parser(sub: Any) -> None:
     """Add ``cdssl finetune``, ``cdssl benchmark`` and ``cdssl matbench``."""
     p = sub.add_parser(
@@ -159,8 +170,9 @@ def add_parser(sub: Any) -> None:
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs=nargs, help=f"{what} (default: {shown})".strip())
     p.add_argument("--freeze-backbone", action="store_true", help="train only the pretrained arm's readout")
-    p.add_argument("--check-convergence", nargs="?", const=1, default=0, type=positive_int, metavar="SEEDS",
-                   help="rerun the two largest sizes at twice the budget, with the first SEEDS seeds (1)")  # fmt: skip
+    p.add_argument("--check-convergence", nargs="*", type=_convergence_seeds, metavar="[TASK=]SEEDS",
+                   help="rerun the two largest sizes at twice the budget, with the first SEEDS seeds (1); "
+                   "TASK=SEEDS gives a task its own number (0: not checked)")  # fmt: skip
     p.add_argument("--no-curves", action="store_true",
                    help="do not keep each run's per-epoch MAE and rate in OUT/curves/ (cdssl plot curves)")  # fmt: skip
     add_trainer_options(p)
@@ -289,7 +301,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         arms=args.arms,
         skip_invalid=args.skip_invalid,
-        check_convergence=args.check_convergence,
+        check_convergence=_convergence(args, tasks),
         curves=not args.no_curves,
         output_dir=args.output_dir,
         settings=benchmark_settings(args),
@@ -309,6 +321,23 @@ def _sizes(args: argparse.Namespace, tasks: list | None) -> list | dict | None:
     names = [t if isinstance(t, str) else t.name for t in (DEFAULT_SUITE if tasks is None else tasks)]
     base = {} if args.sizes is None else dict.fromkeys(names, args.sizes)
     return {**base, **dict(args.task_sizes)}
+
+
+def _convergence(args: argparse.Namespace, tasks: list | None) -> int | dict[str, int]:
+    """``--check-convergence``: a number of seeds for every task, or with ``TASK=SEEDS`` a mapping over the tasks.
+
+    A bare number (the last one given; 1 without one) is every task's, ``TASK=SEEDS`` one task's own.
+    """
+    given = args.check_convergence
+    if given is None:
+        return 0
+    every = [n for n in given if isinstance(n, int)]
+    default = every[-1] if every else 1
+    own = dict(n for n in given if not isinstance(n, int))
+    if not own:
+        return default
+    names = [t if isinstance(t, str) else t.name for t in (DEFAULT_SUITE if tasks is None else tasks)]
+    return {**dict.fromkeys(names, default), **own}
 
 
 def matbench_command(args: argparse.Namespace) -> int:

@@ -50,7 +50,9 @@ def train_val_split(n: int, val_fraction: float, seed: int, *, min_val: int = 0)
     n_val = 0 if val_fraction == 0 else max(1, int(min_val), round(n * val_fraction))
     if n - n_val < 1:
         raise ValueError(
-            f"{n} structure(s) are too few for val_fraction={val_fraction}: none would be left to train on"
+            f"{n} structure(s) are too few for val_fraction={val_fraction}"
+            + (f" with min_val={min_val}" if min_val else "")
+            + ": none would be left to train on"
         )
     perm = seeded_permutation(n, seed)
     return perm[n_val:], perm[:n_val]
