@@ -10,6 +10,7 @@ Matbench: A. Dunn, Q. Wang, A. Ganose, D. Dopp, A. Jain, npj Comput. Mater. 6, 1
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -231,7 +232,6 @@ class _FoldRun:
         self.task, self.template, self.kind, self.seed, self.kwargs = task, template, kind, seed, finetune_kwargs
         self.kept: dict[tuple[int, Candidate], tuple[Any, float]] = {}
         self.selection = selection
-        self.digest = _weights_digest(template, weights=kind != "none")
 
     def __call__(self, fold: int, candidate: Candidate) -> tuple[Any, float]:
         """The fold's :class:`~matgl_cdssl.apps.FinetuneResult` and the seconds its training took."""
@@ -276,6 +276,11 @@ class _FoldRun:
                     ", ".join(f"{c}: {v[0]:.4g}" for c, v in scores.items()),
                     f"; {len(reused)} of {len(grid)} read from {self.selection}" if reused else "")  # fmt: skip
         return choice, list(scores.items())
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The arm's weights digest (only a selection needs it)."""
+        return _weights_digest(self.template, weights=self.kind != "none")
 
     def _key(self, fold: int, candidate: Candidate) -> str:
         """What a candidate's validation MAE depends on: the arm's weights, the data, the seed, rates and options."""

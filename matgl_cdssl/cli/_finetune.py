@@ -318,8 +318,7 @@ def _sizes(args: argparse.Namespace, tasks: list | None) -> list | dict | None:
     """``--sizes`` for every task, or with ``--task-sizes`` a mapping from task names to their sizes."""
     if not args.task_sizes:
         return args.sizes
-    names = [t if isinstance(t, str) else t.name for t in (DEFAULT_SUITE if tasks is None else tasks)]
-    base = {} if args.sizes is None else dict.fromkeys(names, args.sizes)
+    base = {} if args.sizes is None else dict.fromkeys(_task_names(tasks), args.sizes)
     return {**base, **dict(args.task_sizes)}
 
 
@@ -336,8 +335,12 @@ def _convergence(args: argparse.Namespace, tasks: list | None) -> int | dict[str
     own = dict(n for n in given if not isinstance(n, int))
     if not own:
         return default
-    names = [t if isinstance(t, str) else t.name for t in (DEFAULT_SUITE if tasks is None else tasks)]
-    return {**dict.fromkeys(names, default), **own}
+    return {**dict.fromkeys(_task_names(tasks), default), **own}
+
+
+def _task_names(tasks: list | None) -> list[str]:
+    """The names of the tasks a ``cdssl benchmark`` call runs (the default suite for None)."""
+    return [t if isinstance(t, str) else t.name for t in (DEFAULT_SUITE if tasks is None else tasks)]
 
 
 def matbench_command(args: argparse.Namespace) -> int:
