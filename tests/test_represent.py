@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +114,19 @@ def test_embed_by_name_and_restores_train_mode(pretrained, CsCl, LiFePO4_like):
         assert pretrained.training
     finally:
         pretrained.eval()
+
+
+def test_matgls_supervised_model_folder_embeds_and_probes_through_its_megnet(pretrained, CsCl, LiFePO4_like, capsys):
+    """matgl's TransformedTargetModel folders (the benchmark's supervised arm) are embedded by the MEGNet inside."""
+    folder = Path(str(files("matgl_cdssl").joinpath("benchmark_data/MEGNet-MP-2018.6.1-Eform")))
+    wrapped = matgl_cdssl.load_model(folder)
+    assert type(wrapped).__name__ == "TransformedTargetModel"
+    by_folder = embed(folder, [CsCl, LiFePO4_like])
+    np.testing.assert_allclose(embed(wrapped, [CsCl, LiFePO4_like]), by_folder, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embed(wrapped.model, [CsCl, LiFePO4_like]), by_folder, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embed(pretrained, [CsCl, LiFePO4_like]), by_folder, atol=1e-3)  # its own weights
+    assert main(["probe", "--sample", "30", "--cv", "3", "--model", str(folder), "--baseline", "none"]) == 0
+    assert f"| band_gap_eV | {folder} |" in capsys.readouterr().out
 
 
 def test_embed_names_the_bad_crystal(megnet, CsCl, LiFePO4_like, lonely, tmp_path):

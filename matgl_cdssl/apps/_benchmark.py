@@ -37,7 +37,7 @@ from matgl_cdssl.apps._curves import COLORS, curve_name
 from matgl_cdssl.apps._finetune import fit
 from matgl_cdssl.apps._tuning import Candidate, candidates, choose
 from matgl_cdssl.data import build_dataset, check_values, load_sample, seeded_permutation
-from matgl_cdssl.hub import READOUT, load_model, new_like
+from matgl_cdssl.hub import READOUT, load_model, megnet_of, new_like
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -360,8 +360,7 @@ def _weights_digest(model: nn.Module, *, weights: bool = True) -> str:
 
 def _megnet(source: str | Path | nn.Module) -> nn.Module:
     """The MEGNet of a name, a folder or a model (matgl's ``TransformedTargetModel`` unwrapped)."""
-    loaded = load_model(source, fresh_readout=False) if isinstance(source, (str, Path)) else source
-    return getattr(loaded, "model", loaded) if type(loaded).__name__ == "TransformedTargetModel" else loaded
+    return megnet_of(load_model(source, fresh_readout=False) if isinstance(source, (str, Path)) else source)
 
 
 def arm_start(arm: str | Path | nn.Module, model: str | Path | nn.Module = "CDSSL-MEGNet-MP") -> tuple[nn.Module, str]:
