@@ -11,7 +11,7 @@ import torch
 
 import matgl_cdssl
 from matgl_cdssl import BACKEND, convert_weights, load_model
-from matgl_cdssl.hub import CONFIG_FILE, HEAD_FILE, load_head
+from matgl_cdssl.hub import CONFIG_FILE, HEAD_FILE, load_head, megnet_of
 from tests.helpers import finetune_with_matgl, matgl_forward
 
 FIXTURES = Path(__file__).parent / "data" / "conversion"
@@ -126,6 +126,14 @@ def test_matgls_supervised_formation_energy_megnet_loads_on_both_lines():
     model = matgl_cdssl.load_model(folder)
     assert type(model).__name__ == "TransformedTargetModel"
     assert type(model.model).__name__ == "MEGNet"
+    # megnet_of unwraps it, from the model or straight from the folder (its readout as saved, the RNG untouched)
+    assert megnet_of(model) is model.model
+    state = torch.get_rng_state()
+    inner = megnet_of(folder)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert type(inner).__name__ == "MEGNet"
+    for key, value in model.model.state_dict().items():
+        assert torch.equal(inner.state_dict()[key], value), key
     sample = matgl_cdssl.load_sample(16)
     assert sample.material_ids == reference["material_ids"]
     predicted = np.array([float(model.predict_structure(s)) for s in sample.structures])

@@ -14,7 +14,6 @@ never trains them. With matgl's default MEGNet the embedding has 32 + 32 + 32 = 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch import nn
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.data import build_dataset, read_structures
-from matgl_cdssl.hub import load_model, megnet_of
+from matgl_cdssl.hub import megnet_of
 from matgl_cdssl.method import bond_distances, encode
 
 if TYPE_CHECKING:
@@ -34,10 +33,7 @@ __all__ = ["as_model", "embed", "embedding_columns"]
 
 def as_model(model: Any) -> nn.Module:
     """A matgl MEGNet from a model, a registered name or a folder (matgl's ``TransformedTargetModel`` unwrapped)."""
-    if isinstance(model, (str, Path)):
-        # The readout is not used here; leave torch's global RNG alone.
-        model = load_model(model, fresh_readout=False)
-    model = megnet_of(model)
+    model = megnet_of(model)  # a name or folder with its readout as saved: torch's global RNG is left alone
     if not isinstance(model, nn.Module) or not all(
         hasattr(model, a) for a in ("embedding", "blocks", "bond_expansion", "element_types", "cutoff")
     ):

@@ -37,7 +37,7 @@ from matgl_cdssl.apps._curves import COLORS, curve_name
 from matgl_cdssl.apps._finetune import fit
 from matgl_cdssl.apps._tuning import Candidate, candidates, choose
 from matgl_cdssl.data import build_dataset, check_values, load_sample, seeded_permutation
-from matgl_cdssl.hub import READOUT, load_model, megnet_of, new_like
+from matgl_cdssl.hub import READOUT, megnet_of, new_like
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -358,11 +358,6 @@ def _weights_digest(model: nn.Module, *, weights: bool = True) -> str:
     return digest.hexdigest()
 
 
-def _megnet(source: str | Path | nn.Module) -> nn.Module:
-    """The MEGNet of a name, a folder or a model (matgl's ``TransformedTargetModel`` unwrapped)."""
-    return megnet_of(load_model(source, fresh_readout=False) if isinstance(source, (str, Path)) else source)
-
-
 def arm_start(arm: str | Path | nn.Module, model: str | Path | nn.Module = "CDSSL-MEGNet-MP") -> tuple[nn.Module, str]:
     """An arm's starting point and what a run takes from it (:func:`~matgl_cdssl.hub.new_like`'s ``weights``).
 
@@ -372,17 +367,17 @@ def arm_start(arm: str | Path | nn.Module, model: str | Path | nn.Module = "CDSS
     (``"backbone"``).
     """
     if isinstance(arm, str) and arm == "CDSSL":
-        return _megnet(model), "backbone"
+        return megnet_of(model), "backbone"
     if isinstance(arm, str) and arm == "scratch":
-        return _megnet(model), "none"
+        return megnet_of(model), "none"
     if isinstance(arm, str) and arm == "supervised":
-        return _megnet(Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{SUPERVISED}")))), "backbone"
-    return _megnet(arm), "backbone"
+        return megnet_of(Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{SUPERVISED}")))), "backbone"
+    return megnet_of(arm), "backbone"
 
 
 def _arm_templates(arms: Sequence[str], model: str | Path | nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Each arm's :func:`arm_start`, by its name in the table; every arm has the CDSSL model's elements and cutoff."""
-    cdssl = _megnet(model)
+    cdssl = megnet_of(model)
     out = {str(arm): arm_start(arm, cdssl) for arm in dict.fromkeys(arms)}
     if "scratch" not in out:
         raise ValueError(f"arms={tuple(arms)!r} needs 'scratch': every arm is compared with it")

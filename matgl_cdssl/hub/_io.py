@@ -199,18 +199,6 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     return model
 
 
-def megnet_of(model: nn.Module) -> nn.Module:
-    """The MEGNet inside matgl's ``TransformedTargetModel`` (matgl's own supervised models); any other model as it is.
-
-    Args:
-        model: A loaded model.
-
-    Returns:
-        The MEGNet whose blocks and readout make the (untransformed) prediction.
-    """
-    return model.model if type(model).__name__ == "TransformedTargetModel" else model
-
-
 def _is_transformed_megnet(path: Path) -> bool:
     """Whether ``path`` is a saved matgl 2.x ``TransformedTargetModel`` around a MEGNet."""
     try:

@@ -273,6 +273,24 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
     raise _unknown(name)
 
 
+def megnet_of(model: str | Path | nn.Module) -> nn.Module:
+    """The MEGNet of a model, a registered name or a folder; matgl's ``TransformedTargetModel`` unwrapped.
+
+    matgl's own supervised models wrap their MEGNet with a target transformer; any other model is returned as it is.
+
+    Args:
+        model: A loaded model, or a name or folder for :func:`load_model` (its readout as saved; torch's global RNG is
+            left as it was).
+
+    Returns:
+        The MEGNet whose blocks and readout make the (untransformed) prediction.
+    """
+    if isinstance(model, (str, Path)):
+        with torch.random.fork_rng(devices=[]):  # a folder rebuilt from init_args would draw fresh weights first
+            model = load_model(model, fresh_readout=False)
+    return model.model if type(model).__name__ == "TransformedTargetModel" else model
+
+
 # ---- registration with plain matgl ---------------------------------------------------------------------------
 _HF_ORG = "materialyze"
 _PATCHED = False
