@@ -132,8 +132,9 @@ def test_matgls_supervised_formation_energy_megnet_loads_on_both_lines():
     inner = megnet_of(folder)
     assert torch.equal(torch.get_rng_state(), state)
     assert type(inner).__name__ == "MEGNet"
+    inner_state = inner.state_dict()
     for key, value in model.model.state_dict().items():
-        assert torch.equal(inner.state_dict()[key], value), key
+        assert torch.equal(inner_state[key], value), key
     sample = matgl_cdssl.load_sample(16)
     assert sample.material_ids == reference["material_ids"]
     predicted = np.array([float(model.predict_structure(s)) for s in sample.structures])
