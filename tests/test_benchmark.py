@@ -227,6 +227,41 @@ def test_each_task_can_have_its_own_convergence_check(megnet, own_task, tmp_path
     assert not (tmp_path / "c").exists()
 
 
+def test_the_extension_check_repeats_each_run_and_goes_on_where_it_stopped(megnet, own_task, tmp_path):
+    from matgl_cdssl.apps import curve_name, read_curve
+
+    # Patience 4 under a cap of 30, rates halved after an epoch without improvement; the extension doubles the
+    # patience and the cap but keeps the schedule, so each longer run first trains exactly the epochs of its base
+    # (doubling the schedule's patience too, as the convergence check does, would part them at the first plateau).
+    settings = replace(TINY, max_epochs=30, patience=4, lr_patience=1)
+    out = tmp_path / "b"
+    result = benchmark(megnet, arms=("scratch",), tasks=[own_task], sizes=(10, 20), seeds=(0,), output_dir=out,
+                       settings=settings, progress=False, check_extension=True)  # fmt: skip
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    longer = sorted((r for r in records if r["max_epochs"] == 60), key=lambda r: r["n_train"])
+    assert [(r["n_train"], r["patience"], r["lr_patience"]) for r in longer] == [(10, 8, 1), (20, 8, 1)]
+    for run in longer:
+        base = next(r for r in records if r["max_epochs"] == 30 and r["n_train"] == run["n_train"])
+        assert base["epochs_run"] < 30  # stopped by its patience, not by the cap
+        first, second = (read_curve(out / "curves" / curve_name(r) / "metrics.csv") for r in (base, run))
+        assert len(second) > len(first)
+        np.testing.assert_allclose(second["val_MAE"].to_numpy()[: len(first)], first["val_MAE"], rtol=1e-5)
+        assert run["best_val_MAE"] <= base["best_val_MAE"] + 1e-6  # it can only find a better epoch
+        # The shorter run found inside the longer one is the base run, trained on its own here.
+        inside = run["shorter"]
+        assert (inside["best_epoch"], inside["epochs_run"], inside["patience"]) == (base["best_epoch"],
+                                                                                    base["epochs_run"], 4)  # fmt: skip
+        assert inside["test_MAE"] == pytest.approx(base["test_MAE"], rel=1e-5)
+        assert inside["best_val_MAE"] == pytest.approx(base["best_val_MAE"], rel=1e-6)
+        if run["best_epoch"] == base["best_epoch"]:
+            assert run["test_MAE"] == pytest.approx(base["test_MAE"], rel=1e-5)
+    table = result.paths["convergence_md"].read_text()
+    assert table.startswith("## Extension: twice the patience and the epoch cap, the same schedule")
+    assert "doubles the patience and the cap, not the schedule" in table
+    row = next(line for line in table.splitlines() if line.startswith("| my_band_gap | 20 | scratch | 0 |"))
+    assert f"| {longer[1]['shorter']['test_MAE']:.4f} | {longer[1]['test_MAE']:.4f} |" in row
+
+
 def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(megnet, own_task, tmp_path):
     from matgl_cdssl.hub import new_like
 

@@ -35,7 +35,8 @@ def test_max_time_is_checked_when_the_command_is_read(capsys):
         (["benchmark", "--sizes", "0"], "a training size is a positive whole number or 'full'; got '0'"),
         (["benchmark", "--task-sizes", "matbench_phonons"], "expected TASK=SIZE,SIZE,..."),
         (["benchmark", "--task-sizes", "matbench_phonons=50,0"], "a training size is a positive whole number"),
-        (["benchmark", "--check-convergence", "0"], "expected SEEDS or TASK=SEEDS"),  # 0 seeds is no check
+        (["benchmark", "--check-convergence", "-1"], "expected SEEDS or TASK=SEEDS"),
+        (["benchmark", "--check-extension", "matbench_phonons=-2"], "expected SEEDS or TASK=SEEDS"),
         (["benchmark", "--check-convergence", "matbench_jdft2d=x"], "expected SEEDS or TASK=SEEDS"),
         (["finetune", "--patience", "2.5"], "--patience: '2.5' is not a whole number"),
     ],
@@ -84,15 +85,22 @@ def test_a_task_can_have_its_own_convergence_check():
     from matgl_cdssl.cli._finetune import _convergence
 
     def seeds(*argv: str, tasks: list | None = None) -> int | dict:
-        return _convergence(build_parser().parse_args(["benchmark", *argv]), tasks)
+        return _convergence(build_parser().parse_args(["benchmark", *argv]).check_convergence, tasks)
 
     assert seeds() == 0  # no check
     assert seeds("--check-convergence") == 1  # the first seed
     assert seeds("--check-convergence", "3") == 3
+    assert seeds("--check-convergence", "0") == 0  # as TASK=0 is: not checked
     mapping = seeds("--check-convergence", "matbench_jdft2d=3")
     assert mapping == {**dict.fromkeys(DEFAULT_SUITE, 1), "matbench_jdft2d": 3}
     both = seeds("--check-convergence", "2", "gap=0", tasks=["perov_heat_ref", "gap"])
     assert both == {"perov_heat_ref": 2, "gap": 0}
+    # --check-extension takes the same forms; "0 TASK=N" checks that task alone.
+    args = build_parser().parse_args(["benchmark", "--check-convergence", "--check-extension", "0",
+                                      "matbench_phonons=3"])  # fmt: skip
+    assert _convergence(args.check_extension, None) == {**dict.fromkeys(DEFAULT_SUITE, 0), "matbench_phonons": 3}
+    assert _convergence(args.check_convergence, None) == 1
+    assert _convergence(build_parser().parse_args(["benchmark"]).check_extension, None) == 0
 
 
 def test_pretrain_from_files(tmp_path, sample, capsys):

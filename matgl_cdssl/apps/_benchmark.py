@@ -171,6 +171,16 @@ class BenchmarkSettings:
         lr_patience = None if self.lr_patience is None else 2 * self.lr_patience
         return replace(self, max_epochs=2 * self.max_epochs, patience=2 * self.patience, lr_patience=lr_patience)
 
+    def extended(self) -> BenchmarkSettings:
+        """Twice the epoch cap and the patience, the same schedule (the extension check).
+
+        With the plateau schedule (``lr_patience``) the longer run repeats the shorter one epoch for epoch and goes
+        on after it would have stopped, so its test MAE changes only if a later epoch validates better: whether the
+        run stopped too early, with nothing else changed. (Under matgl's cosine decay the cap sets the schedule, and
+        this is :meth:`doubled`.)
+        """
+        return replace(self, max_epochs=2 * self.max_epochs, patience=2 * self.patience)
+
 
 QUICK = {
     "tasks": ("mp_formation_energy", "perov_heat_ref"),
@@ -400,6 +410,7 @@ def benchmark(
     progress: bool = True,
     skip_invalid: bool = False,
     check_convergence: bool | int | Mapping[str, int] = False,
+    check_extension: bool | int | Mapping[str, int] = False,
     curves: bool = True,
     **trainer_kwargs: Any,
 ) -> BenchmarkResult:
@@ -432,6 +443,10 @@ def benchmark(
             the change of the mean over them (single runs of small validation sets pick their best epoch noisily);
             a mapping from task names to such numbers gives each task its own (a task it does not name: 0, not
             checked).
+        check_extension: The same, with only the patience and the epoch cap doubled
+            (:meth:`BenchmarkSettings.extended`): the longer run follows the same schedule and goes on where the
+            shorter one stopped, so a change means that the shorter one stopped too early. A second table in
+            ``convergence.md``; the same forms as ``check_convergence``.
         curves: Keep each run's training and validation MAE and learning rate per epoch (Lightning's CSV logger) in
             ``OUTPUT_DIR/curves/<run>/metrics.csv`` (:func:`~matgl_cdssl.apps.curve_name`), for
             :func:`~matgl_cdssl.apps.plot_curves`: whether an arm ends under-trained, stuck or overfitting.
@@ -449,11 +464,12 @@ def benchmark(
     settings = settings or BenchmarkSettings()
     tasks = tasks if tasks is not None else DEFAULT_SUITE
     names = [t if isinstance(t, str) else t.name for t in tasks]
-    for option, given in (("sizes", sizes), ("check_convergence", check_convergence)):
+    checks = {"check_convergence": check_convergence, "check_extension": check_extension}
+    for option, given in (("sizes", sizes), *checks.items()):
         if isinstance(given, Mapping) and (unknown := sorted(set(given) - set(names) - set(TASKS))):
             raise ValueError(f"{option}: given for {unknown}, neither a built-in task ({', '.join(TASKS)}) nor one run")
-    check_seeds = (check_convergence if isinstance(check_convergence, Mapping)
-                   else dict.fromkeys(names, check_convergence))  # fmt: skip
+    check_seeds = {option: given if isinstance(given, Mapping) else dict.fromkeys(names, given)
+                   for option, given in checks.items()}  # fmt: skip
     loaded = [load_task(t) if isinstance(t, str) else t for t in tasks]
     templates = _arm_templates(arms, model)
     reference = templates["scratch"][0]  # every arm has its element types and cutoff (checked)
@@ -484,10 +500,11 @@ def benchmark(
         for arm, (_, kind) in templates.items()
     }
 
-    def run(t: TaskData, seed: int, n: int, arm: str, candidate: Candidate, budget: BenchmarkSettings = settings):
+    def run(t: TaskData, seed: int, n: int, arm: str, candidate: Candidate, budget: BenchmarkSettings = settings,
+            shorter: tuple[int, int] | None = None):  # fmt: skip
         fingerprint = _fingerprint(digests[arm], budget, t, splits[t.name, seed], candidate)
         return {"task": t, "fingerprint": fingerprint, "seed": seed, "n_train": n, "arm": arm,
-                "candidate": candidate, "settings": budget}  # fmt: skip
+                "candidate": candidate, "settings": budget, "shorter": shorter}  # fmt: skip
 
     execute = _Runner(loaded, splits, sizes_of, seeds, templates, done, cache, str(model_name), progress,
                       trainer_kwargs, graphs, curves)  # fmt: skip
@@ -516,21 +533,31 @@ def benchmark(
         for n in sizes_of[t.name]
         for arm in templates
     ]
-    pairs = [
-        tuple(run(t, seed, n, arm, chosen[t.name, arm], budget) for budget in (settings, settings.doubled()))
-        for t in loaded
-        for n in sizes_of[t.name][-2:]
-        for arm in templates
-        for seed in seeds[:int(check_seeds.get(t.name, 0))]
-    ]  # fmt: skip
-    execute(plan + [twice for _, twice in pairs], "benchmark")
+    # The extension's runs report the shorter run inside them (the base budget, on the same machine) themselves.
+    longer = {"check_convergence": lambda: (settings.doubled(), None),
+              "check_extension": lambda: (settings.extended(), (settings.patience, settings.max_epochs))}  # fmt: skip
+    pairs = {
+        option: [
+            (run(t, seed, n, arm, chosen[t.name, arm]), run(t, seed, n, arm, chosen[t.name, arm], *longer[option]()))
+            for t in loaded
+            for n in sizes_of[t.name][-2:]
+            for arm in templates
+            for seed in seeds[:int(check_seeds[option].get(t.name, 0))]
+        ]
+        for option in checks
+    }  # fmt: skip
+    execute(plan + [twice for option in checks for _, twice in pairs[option]], "benchmark")
 
     trivial = {(t.name, seed): _median_predictor_mae(t, splits[t.name, seed], sizes_of[t.name]) for t in loaded
                for seed in seeds}  # fmt: skip
     runs = [{**done[_run_key(p)], "median_MAE": trivial[p["task"].name, p["seed"]][p["n_train"]]} for p in plan]
     selection = [{**done[_run_key(p)], "chosen": p["candidate"] == chosen[p["task"].name, p["arm"]]} for p in tuning]
-    convergence = [(done[_run_key(base)], done[_run_key(twice)]) for base, twice in pairs]
-    return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence)
+    checked = {"check_convergence": [(done[_run_key(base)], done[_run_key(twice)])
+                                     for base, twice in pairs["check_convergence"]],
+               "check_extension": [(_shorter_record(done[_run_key(twice)]), done[_run_key(twice)])
+                                   for _, twice in pairs["check_extension"]]}  # fmt: skip
+    return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (),
+                  convergence=checked["check_convergence"], extension=checked["check_extension"])  # fmt: skip
 
 
 @dataclass
@@ -557,7 +584,8 @@ class _Runner:
     def __call__(self, plan: list[dict], desc: str) -> None:
         from tqdm.auto import tqdm
 
-        todo = list({_run_key(p): p for p in plan if _run_key(p) not in self.done}.values())
+        todo = list({_run_key(p): p for p in plan if _run_key(p) not in self.done or
+                     (p["shorter"] and "shorter" not in self.done[_run_key(p)])}.values())  # fmt: skip
         logger.info("%s: %d runs, %d cached, %d to do", desc, len(plan), len(plan) - len(todo), len(todo))
         reference = self.templates["scratch"][0]
         for t in self.loaded:
@@ -604,6 +632,7 @@ class _Runner:
             backbone_lr=candidate.backbone_lr,
             freeze_backbone=budget.freeze_backbone and kind == "backbone",
             seed=seed,
+            shorter=p["shorter"],
             enable_progress_bar=False,
             **kwargs,
         )
@@ -628,6 +657,11 @@ class _Runner:
             "model": {"CDSSL": self.model_name, "scratch": self.model_name, "supervised": SUPERVISED}.get(arm, arm),
             "fingerprint": p["fingerprint"],
         }
+        if p["shorter"]:
+            m = result.metrics
+            record["shorter"] = {"test_MAE": m["shorter_test_MAE"], "best_val_MAE": m["shorter_best_val_MAE"],
+                                 "best_epoch": int(m["shorter_best_epoch"]), "epochs_run": int(m["shorter_epochs"]),
+                                 "patience": p["shorter"][0], "max_epochs": p["shorter"][1]}  # fmt: skip
         with self.cache.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.done[_run_key(record)] = record
@@ -679,6 +713,11 @@ def _valid_part(
     return valid, (pool, test_pool)
 
 
+def _shorter_record(record: dict) -> dict:
+    """The shorter run inside an extension run (``record["shorter"]``), as a run record of its own."""
+    return {**record, **record["shorter"]}
+
+
 def _run_key(run: dict) -> tuple:
     """What identifies a run in the cache (``task`` may be the task or its name)."""
     task = run["task"] if isinstance(run["task"], str) else run["task"].name
@@ -727,6 +766,7 @@ def report(
     left_out: Sequence[tuple[str, str, str]] = (),
     selection: Sequence[dict] = (),
     convergence: Sequence[tuple[dict, dict]] = (),
+    extension: Sequence[tuple[dict, dict]] = (),
 ) -> BenchmarkResult:
     """Summarise runs into ``runs.csv``, ``results.md`` (mean ± standard error) and ``results.png``.
 
@@ -736,6 +776,8 @@ def report(
         left_out: ``(task, crystal, reason)`` of each crystal left out under ``skip_invalid``, listed in the table.
         selection: The learning-rate selection's runs (with ``chosen``), tabulated in ``results.md``.
         convergence: ``(run, the same run with twice the budget)`` pairs, tabulated in ``convergence.md``.
+        extension: ``(run, the same run with twice the patience and cap, the same schedule)`` pairs, a second table
+            in ``convergence.md``.
 
     Returns:
         A :class:`BenchmarkResult`.
@@ -754,9 +796,12 @@ def report(
         table += "".join(f"- {task}: {name} {reason}\n" for task, name, reason in left_out)
     if selection:
         table += "\n" + _selection_markdown(pd.DataFrame(list(selection)))
-    if convergence:
+    if convergence or extension:
         paths["convergence_md"] = output_dir / "convergence.md"
-        paths["convergence_md"].write_text(_convergence_markdown(convergence))
+        parts = [_convergence_markdown(convergence)] if convergence else []
+        if extension:
+            parts.append(f"{EXTENSION_HEADING}\n\n{_convergence_markdown(extension)}")
+        paths["convergence_md"].write_text("\n".join(parts))
     paths["table_md"].write_text(table)
     try:
         if len(summary):  # a benchmark of scratch alone compares nothing: no figure
@@ -785,8 +830,16 @@ def _selection_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+EXTENSION_HEADING = "## Extension: twice the patience and the epoch cap, the same schedule"
+"""The heading of ``convergence.md``'s second table (``check_extension``)."""
+
+
 def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
-    """Each run at the chosen budget against the same run at twice the budget, and the mean over seeds if several."""
+    """Each run at the chosen budget against the same run at twice the budget, and the mean over seeds if several.
+
+    What "twice the budget" doubles is read off the pairs: the patience and the cap, and the schedule's patience
+    too unless the pairs come from :meth:`BenchmarkSettings.extended`.
+    """
     lines = ["| task | n_train | arm | seed | test MAE | test MAE, twice the budget | change | epochs (best / run) | "
              "epochs at twice the budget |", "|---|---:|---|---|---:|---:|---:|---|---|"]  # fmt: skip
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
@@ -806,9 +859,16 @@ def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
             mean, mean_twice = means[task, n, arm]
             lines.append(f"| {task} | {n} | {arm} | **mean of {len(group)}** | {mean:.4f} | {mean_twice:.4f} | "
                          f"**{100 * (mean_twice / mean - 1):+.1f}%** | | |")  # fmt: skip
-    base = pairs[0][0]
-    schedule, doubles = ((f"rates halved after {base['lr_patience']} epochs without improvement", "all three")
-                         if base.get("lr_patience") else ("cosine decay over the cap", "both"))  # fmt: skip
+    base, twice = pairs[0]
+    if not base.get("lr_patience"):
+        schedule, doubles = "cosine decay over the cap", "both"
+    else:
+        schedule = f"rates halved after {base['lr_patience']} epochs without improvement"
+        doubles = (
+            "all three"
+            if twice["lr_patience"] != base["lr_patience"]
+            else "the patience and the cap, not the schedule: the longer run repeats the shorter one and goes on"
+        )
     # The criterion judges the mean where several seeds were checked, else the run: the "mean" of a single run.
     change = {key: abs(twice / base - 1) for key, (base, twice) in means.items()}
     judged = max(change.values())

@@ -31,6 +31,7 @@ __all__ = [
     "EnsembleResult",
     "FinetuneResult",
     "PropertyModule",
+    "ShorterRun",
     "calibration",
     "finetune",
     "fit",
@@ -203,6 +204,48 @@ class PropertyModule(OncePerEpochSchedule, ModelLightningModule):
         denoising = pretext(self.model, self.head, self.noise, batch)[0]
         self.log("train_Denoising_Loss", denoising, on_epoch=True, on_step=False, batch_size=int(batch[1].shape[0]))
         return loss + self.denoising_weight * denoising
+
+
+def _test_mae(trainer: L.Trainer, module: L.LightningModule, loader: Any) -> float:
+    """The test MAE of the module's present weights."""
+    return float(trainer.test(module, loader, verbose=False)[0]["test_MAE"])
+
+
+class ShorterRun(L.Callback):
+    """The shorter run inside a longer one: where a smaller ``patience`` or ``max_epochs`` would have ended it.
+
+    With the same schedule, a run with less patience or a lower epoch cap is the start of this one, stopped where
+    Lightning's ``EarlyStopping`` on ``val_MAE`` (``patience`` epochs without a strictly better score) or the cap
+    would have stopped it. The callback keeps that run's best weights (``state``), score, epoch and length, so that
+    one run gives both results, on the same machine: a rerun elsewhere may part from the first epochs on (floating
+    point), so a stored shorter run is no baseline for a longer one.
+
+    Args:
+        patience: The shorter run's early-stopping patience, in epochs.
+        max_epochs: Its epoch cap.
+    """
+
+    def __init__(self, patience: int, max_epochs: int) -> None:
+        self.patience, self.max_epochs = int(patience), int(max_epochs)
+        self.best, self.best_epoch, self.wait = math.inf, -1, 0
+        self.epochs: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(patience={self.patience}, max_epochs={self.max_epochs})"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Follow ``val_MAE`` as the shorter run's early stopping would, until it would have stopped."""
+        if trainer.sanity_checking or self.epochs is not None:
+            return
+        score = float(trainer.callback_metrics["val_MAE"])
+        if score < self.best:
+            self.best, self.best_epoch, self.wait = score, trainer.current_epoch, 0
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        else:
+            self.wait += 1
+        if self.wait >= self.patience or trainer.current_epoch + 1 >= self.max_epochs:
+            self.epochs = trainer.current_epoch + 1
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -451,13 +494,16 @@ def fit(
     head: nn.Module | None = None,
     sigma: float = 0.3,
     denoising_weight: float = 0.0,
+    shorter: tuple[int, int] | None = None,
     **trainer_kwargs: Any,
 ) -> FinetuneResult:
     """Finetune on matgl datasets whose items carry the target as their first label (what :func:`finetune` builds).
 
     This is the engine of :func:`finetune` for callers that convert their crystals once and train many times
     (the benchmark). Arguments are those of :func:`finetune`; ``train``, ``val`` and ``test`` are datasets;
-    ``head`` and ``sigma`` are the pretext head and noise level for ``denoising_weight > 0``.
+    ``head`` and ``sigma`` are the pretext head and noise level for ``denoising_weight > 0``. ``shorter``:
+    ``(patience, max_epochs)`` of a shorter run to report too (:class:`ShorterRun`), as the metrics
+    ``shorter_best_val_MAE``, ``shorter_best_epoch``, ``shorter_epochs`` and ``shorter_test_MAE``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     y = np.array([float(next(iter(item[3].values()))) for item in train])
@@ -484,11 +530,20 @@ def fit(
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val_MAE", mode="min")
         callbacks = [checkpoint, *([EarlyStopping("val_MAE", patience=patience)] if patience else [])]
+        short = ShorterRun(*shorter) if shorter is not None else None
         trainer_kwargs.setdefault("logger", False)
         trainer_kwargs.setdefault("enable_model_summary", False)
-        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks]
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks, *([short] if short else [])]
         trainer = L.Trainer(max_epochs=max_epochs, default_root_dir=root, **trainer_kwargs)
         trainer.fit(module, train_loader, val_loader)
+        _, test_loader = get_backend().loaders(test, test, batch_size=64) if test is not None else (None, None)
+        shorter_metrics = {}
+        if short is not None and short.state is not None:
+            module.load_state_dict(short.state)
+            shorter_metrics = {"shorter_best_val_MAE": short.best, "shorter_best_epoch": float(short.best_epoch),
+                               "shorter_epochs": float(short.epochs or trainer.current_epoch)}  # fmt: skip
+            if test_loader is not None:
+                shorter_metrics["shorter_test_MAE"] = _test_mae(trainer, module, test_loader)
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
         metrics = {
@@ -496,9 +551,9 @@ def fit(
             "best_epoch": float(best["epoch"]),
             "epochs": float(trainer.current_epoch),
         }
-        if test is not None:
-            _, test_loader = get_backend().loaders(test, test, batch_size=64)
-            metrics["test_MAE"] = float(trainer.test(module, test_loader, verbose=False)[0]["test_MAE"])
+        if test_loader is not None:
+            metrics["test_MAE"] = _test_mae(trainer, module, test_loader)
+        metrics |= shorter_metrics
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return FinetuneResult(module.model, module.data_mean, module.data_std, metrics)

@@ -102,10 +102,10 @@ def _task_sizes(text: str) -> tuple[str, tuple[int | str, ...]]:
 
 
 def _convergence_seeds(text: str) -> int | tuple[str, int]:
-    """An argparse type: ``SEEDS`` (every task) or ``TASK=SEEDS`` (one task's own), for ``--check-convergence``."""
+    """An argparse type: ``SEEDS`` (every task) or ``TASK=SEEDS`` (one task's own), for the two checks' options."""
     task, sep, seeds = text.rpartition("=")
     try:
-        return (task, non_negative_int(seeds)) if sep and task else positive_int(text)
+        return (task, non_negative_int(seeds)) if sep and task else non_negative_int(text)
     except argparse.ArgumentTypeError:
         message = f"expected SEEDS or TASK=SEEDS (for example 1 matbench_jdft2d=3); got {text!r}"
         raise argparse.ArgumentTypeError(message) from None
@@ -173,6 +173,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--check-convergence", nargs="*", type=_convergence_seeds, metavar="[TASK=]SEEDS",
                    help="rerun the two largest sizes at twice the budget, with the first SEEDS seeds (1); "
                    "TASK=SEEDS gives a task its own number (0: not checked)")  # fmt: skip
+    p.add_argument("--check-extension", nargs="*", type=_convergence_seeds, metavar="[TASK=]SEEDS",
+                   help="the same with only the patience and the epoch cap doubled, the schedule unchanged (the "
+                   "longer run goes on where the shorter one stopped); a second table in convergence.md")  # fmt: skip
     p.add_argument("--no-curves", action="store_true",
                    help="do not keep each run's per-epoch MAE and rate in OUT/curves/ (cdssl plot curves)")  # fmt: skip
     add_trainer_options(p)
@@ -301,7 +304,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         arms=args.arms,
         skip_invalid=args.skip_invalid,
-        check_convergence=_convergence(args, tasks),
+        check_convergence=_convergence(args.check_convergence, tasks),
+        check_extension=_convergence(args.check_extension, tasks),
         curves=not args.no_curves,
         output_dir=args.output_dir,
         settings=benchmark_settings(args),
@@ -322,12 +326,11 @@ def _sizes(args: argparse.Namespace, tasks: list | None) -> list | dict | None:
     return {**base, **dict(args.task_sizes)}
 
 
-def _convergence(args: argparse.Namespace, tasks: list | None) -> int | dict[str, int]:
-    """``--check-convergence``: a number of seeds for every task, or with ``TASK=SEEDS`` a mapping over the tasks.
+def _convergence(given: list | None, tasks: list | None) -> int | dict[str, int]:
+    """``--check-convergence`` or ``--check-extension``: seeds for every task, or a mapping over the tasks.
 
     A bare number (the last one given; 1 without one) is every task's, ``TASK=SEEDS`` one task's own.
     """
-    given = args.check_convergence
     if given is None:
         return 0
     every = [n for n in given if isinstance(n, int)]
