@@ -234,3 +234,24 @@ def test_plateau_schedule_halves_every_rate_when_validation_stalls(backend, samp
     assert len(logged) == 2  # readout and backbone
     for values in logged.values():  # epochs 0-2 at the start rate; the stall is seen after epochs 2 and 4
         np.testing.assert_allclose(values / values[0], [1, 1, 1, 0.5, 0.5, 0.25], rtol=1e-6)
+
+
+def test_the_shorter_run_inside_a_longer_one_is_the_shorter_run(backend, sample):
+    """fit(shorter=(patience, max_epochs)) reports the run that the smaller cap would have been, tested itself."""
+    s, y = sample.structures, sample.labels["band_gap_eV"]
+    data = {"val_structures": s[24:32], "val_targets": y[24:32], "test_structures": s[32:48], "test_targets": y[32:48]}
+
+    def run(**options):
+        torch.manual_seed(0)  # the same fresh MEGNet every time
+        model = backend.megnet_class()
+        return finetune(model, s[:24], y[:24], batch_size=8, lr=3e-3, enable_progress_bar=False, **data, **options)
+
+    short = run(max_epochs=4, patience=None)
+    longer = run(max_epochs=7, patience=None, shorter=(100, 4))
+    inside = {k.removeprefix("shorter_"): v for k, v in longer.metrics.items() if k.startswith("shorter_")}
+    assert inside["epochs"] == short.metrics["epochs"] == 4  # stopped by the shorter cap, not its patience
+    assert inside["best_epoch"] == short.metrics["best_epoch"]
+    assert inside["best_val_MAE"] == pytest.approx(short.metrics["best_val_MAE"], rel=1e-6)
+    assert inside["test_MAE"] == pytest.approx(short.metrics["test_MAE"], rel=1e-6)
+    assert longer.metrics["epochs"] == 7
+    assert longer.metrics["best_val_MAE"] <= inside["best_val_MAE"]
