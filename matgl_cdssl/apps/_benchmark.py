@@ -40,7 +40,7 @@ from matgl_cdssl.data import build_dataset, check_values, load_sample, seeded_pe
 from matgl_cdssl.hub import READOUT, megnet_of, new_like
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     import pandas as pd
     from torch import nn
@@ -533,31 +533,31 @@ def benchmark(
         for n in sizes_of[t.name]
         for arm in templates
     ]
-    # The extension's runs report the shorter run inside them (the base budget, on the same machine) themselves.
-    longer = {"check_convergence": lambda: (settings.doubled(), None),
-              "check_extension": lambda: (settings.extended(), (settings.patience, settings.max_epochs))}  # fmt: skip
-    pairs = {
-        option: [
-            (run(t, seed, n, arm, chosen[t.name, arm]), run(t, seed, n, arm, chosen[t.name, arm], *longer[option]()))
+
+    def longer_runs(option: str, budget: Callable[[], BenchmarkSettings], shorter: tuple[int, int] | None = None):
+        """``(run, the same run with a longer budget)`` at each checked task's two largest sizes, every arm."""
+        return [
+            (run(t, seed, n, arm, chosen[t.name, arm]), run(t, seed, n, arm, chosen[t.name, arm], budget(), shorter))
             for t in loaded
             for n in sizes_of[t.name][-2:]
             for arm in templates
             for seed in seeds[:int(check_seeds[option].get(t.name, 0))]
-        ]
-        for option in checks
-    }  # fmt: skip
-    execute(plan + [twice for option in checks for _, twice in pairs[option]], "benchmark")
+        ]  # fmt: skip
+
+    pairs = longer_runs("check_convergence", settings.doubled)
+    # The extension's runs report the base run inside them (ShorterRun: on the same machine) themselves.
+    extended = [twice for _, twice in longer_runs("check_extension", settings.extended,
+                                                  (settings.patience, settings.max_epochs))]  # fmt: skip
+    execute(plan + [twice for _, twice in pairs] + extended, "benchmark")
 
     trivial = {(t.name, seed): _median_predictor_mae(t, splits[t.name, seed], sizes_of[t.name]) for t in loaded
                for seed in seeds}  # fmt: skip
     runs = [{**done[_run_key(p)], "median_MAE": trivial[p["task"].name, p["seed"]][p["n_train"]]} for p in plan]
     selection = [{**done[_run_key(p)], "chosen": p["candidate"] == chosen[p["task"].name, p["arm"]]} for p in tuning]
-    checked = {"check_convergence": [(done[_run_key(base)], done[_run_key(twice)])
-                                     for base, twice in pairs["check_convergence"]],
-               "check_extension": [(_shorter_record(done[_run_key(twice)]), done[_run_key(twice)])
-                                   for _, twice in pairs["check_extension"]]}  # fmt: skip
-    return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (),
-                  convergence=checked["check_convergence"], extension=checked["check_extension"])  # fmt: skip
+    convergence = [(done[_run_key(base)], done[_run_key(twice)]) for base, twice in pairs]
+    extension = [(_shorter_record(done[_run_key(p)]), done[_run_key(p)]) for p in extended]
+    return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence,
+                  extension=extension)  # fmt: skip
 
 
 @dataclass
