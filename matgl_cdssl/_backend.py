@@ -245,6 +245,14 @@ class GraphBackend:
         """Run MEGNet's message-passing blocks; returns ``(edge_feat, node_feat, state_feat)``."""
         raise NotImplementedError
 
+    def forward(self, model: nn.Module, g: Any, lattice: torch.Tensor, state_attr: torch.Tensor | None) -> torch.Tensor:
+        """MEGNet's own forward on a batch, one (normalised) value per crystal.
+
+        Positions and image shifts come from the lattice, as matgl's Lightning module sets them before it calls the
+        model.
+        """
+        raise NotImplementedError
+
 
 class _DGLBackend(GraphBackend):
     name: BackendName = "dgl"
@@ -328,6 +336,13 @@ class _DGLBackend(GraphBackend):
             edge_feat, node_feat, state_feat = block(g, edge_feat, node_feat, state_feat)
         return edge_feat, node_feat, state_feat
 
+    def forward(self, model, g, lattice, state_attr):
+        topo = self.topology(g)
+        lat = lattice.reshape(-1, 3, 3).to(g.ndata["frac_coords"].dtype)
+        g.ndata["pos"] = torch.einsum("ni,nij->nj", g.ndata["frac_coords"], lat[topo.node_graph])
+        g.edata["pbc_offshift"] = torch.einsum("ei,eij->ej", g.edata["pbc_offset"].to(lat.dtype), lat[topo.edge_graph])
+        return model(g, state_attr=state_attr)
+
 
 class _PyGBackend(GraphBackend):
     name: BackendName = "pyg"
@@ -402,6 +417,13 @@ class _PyGBackend(GraphBackend):
             if state_feat.dim() == 1:
                 state_feat = state_feat.unsqueeze(0)
         return edge_feat, node_feat, state_feat
+
+    def forward(self, model, g, lattice, state_attr):
+        topo = self.topology(g)
+        lat = lattice.reshape(-1, 3, 3).to(g.frac_coords.dtype)
+        g.pos = torch.einsum("ni,nij->nj", g.frac_coords, lat[topo.node_graph])
+        g.pbc_offshift = torch.einsum("ei,eij->ej", g.pbc_offset.to(lat.dtype), lat[topo.edge_graph])
+        return model(g, state_attr=state_attr)
 
 
 @functools.cache

@@ -11,6 +11,10 @@ For a batch of clean crystals G (matgl graphs plus their lattices):
    lengths), and a small MLP head (:func:`make_head`) maps each final edge feature to ``dim_edge_embedding`` values,
    :math:`h(\tilde G)`;
 4. loss: :class:`EdgeEmbeddingDenoisingLoss`, the MSE between :math:`h(\tilde G)` and :math:`E_{\mathrm{clean}}`.
+5. optionally, a property next to the pretext (``target_weight`` > 0): the loss becomes the pretext loss plus
+   ``target_weight`` times :func:`property_loss`, the MSE of MEGNet's own prediction on the *clean* crystals against
+   the standardised labels of the crystals that carry one (as self-conditioned denoising keeps a denoising loss
+   beside the supervised one).
 
 :class:`CDSSLModule` is the Lightning module that does this on every batch. The Set2Set readout and output MLP of
 MEGNet are not used by the pretext task and are left untouched; after pretraining ``module.model`` is a plain matgl
@@ -57,6 +61,7 @@ __all__ = [
     "encode",
     "make_head",
     "pretext",
+    "property_loss",
 ]
 
 #: Node field under which :class:`GaussianPositionNoise` stores each atom's Cartesian displacement (Å).
@@ -272,6 +277,33 @@ def pretext(
     return EdgeEmbeddingDenoisingLoss()(pred, target), pred, target, noisy_attr
 
 
+# ---- 5. optional: a property next to the pretext --------------------------------------------------------------------
+def property_loss(
+    model: nn.Module, batch: tuple, mean: float = 0.0, std: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """MEGNet's own prediction on the clean crystals against their labels: ``(mse, mae, n_labelled)``.
+
+    The model predicts the standardised label ``(y - mean) / std`` (as matgl's ``ModelLightningModule`` trains it);
+    the MSE is in those units and the MAE in the label's. Crystals whose label is NaN carry none and are left out; a
+    batch without any label gives a zero loss that still reaches every parameter of the readout.
+
+    Args:
+        model: The MEGNet.
+        batch: A matgl batch ``(g, lattice, state_attr, labels, ...)``; ``labels`` one value per crystal.
+        mean: Mean of the labels.
+        std: Standard deviation of the labels.
+    """
+    g, lattice, state_attr, labels = batch[0], batch[1], batch[2], batch[3]
+    pred = get_backend().forward(model, g, lattice, state_attr).reshape(-1)
+    y = labels.reshape(-1).to(pred.dtype)
+    labelled = torch.isfinite(y)
+    if not bool(labelled.any()):
+        zero = pred.sum() * 0.0
+        return zero, zero.detach(), 0
+    err = pred[labelled] - (y[labelled] - mean) / std
+    return (err**2).mean(), err.detach().abs().mean() * std, int(labelled.sum())
+
+
 # ---- the Lightning module -------------------------------------------------------------------------------------------
 # Seeds of the noise streams: each (rank, global step) of training has its own seed, so a resumed run (under DDP too)
 # draws exactly the noise an uninterrupted one would; validation noise is the same every epoch.
@@ -309,6 +341,10 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
         sync_dist: Sync logged metrics across processes (DDP).
         val_grad_norm: Also log the gradient norm on validation batches (off by default: it doubles the cost of
             validation and needs the Trainer's ``inference_mode=False``).
+        target_weight: Weight of :func:`property_loss` next to the pretext loss (0: the pretext alone). Batches then
+            carry the label first (NaN where a crystal has none).
+        target_mean: Mean of the labels (what the readout's output 0 stands for).
+        target_std: Standard deviation of the labels.
 
     Example:
         >>> from matgl.models import MEGNet
@@ -332,12 +368,20 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
         seed: int = 0,
         sync_dist: bool = False,
         val_grad_norm: bool = False,
+        target_weight: float = 0.0,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
     ) -> None:
         super().__init__()
         sigma = check_sigma(sigma)
+        if not (math.isfinite(target_weight) and target_weight >= 0):
+            raise ValueError(f"target_weight must be a finite, non-negative number; got {target_weight!r}")
+        if not (math.isfinite(target_std) and target_std > 0 and math.isfinite(target_mean)):
+            raise ValueError(f"target_std must be positive and target_mean finite; got {target_mean!r}, {target_std!r}")
         self.model = model
         self.head = head if head is not None else make_head(model, tuple(head_hidden))
-        self.loss = EdgeEmbeddingDenoisingLoss()
+        self.target_weight = float(target_weight)
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.seed = int(seed)
         self._train_gen = torch.Generator().manual_seed(self.seed)
         self._val_gen = torch.Generator().manual_seed(self.seed + _VAL_OFFSET)
@@ -365,6 +409,17 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
         """:func:`pretext` with this module's model, head and noise."""
         return pretext(self.model, self.head, self.noise, batch)
 
+    def _loss(self, batch: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
+        """The loss of one batch: the pretext's, plus ``target_weight`` times the property's; its parts; the pretext."""
+        out = self._pretext(batch)
+        if not self.target_weight:
+            return out[0], {}, out
+        mse, mae, n = property_loss(self.model, batch, self.target_mean, self.target_std)
+        parts = {"Pretext_Loss": out[0].detach()}
+        if n:
+            parts |= {"Property_Loss": mse.detach(), "Property_MAE": mae}
+        return out[0] + self.target_weight * mse, parts, out
+
     def step(self, batch: tuple) -> tuple[dict[str, torch.Tensor], int]:
         """One CDSSL step on a batch: corrupt, predict, compare. Returns ``(metrics, n_edges)``."""
         if self.training:
@@ -372,11 +427,11 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
         self.noise.generator = self._train_gen if self.training else self._val_gen
         want_grad_norm = not self.training and self.val_grad_norm and not torch.is_inference_mode_enabled()
         with torch.enable_grad() if want_grad_norm else contextlib.nullcontext():
-            loss, pred, target, noisy_attr = self._pretext(batch)
+            loss, parts, (_, pred, target, noisy_attr) = self._loss(batch)
         if self.training:
             self._last_train_loss = loss.detach()
         with torch.no_grad():
-            results = {"Total_Loss": loss, "MAE": nn.functional.l1_loss(pred, target)}
+            results = {"Total_Loss": loss, "MAE": nn.functional.l1_loss(pred, target), **parts}
             if not self.training:  # the baseline is fixed by the data and the noise: needed for validation only
                 results["Baseline_MAE"] = nn.functional.l1_loss(noisy_attr, target)
         if want_grad_norm:
@@ -392,9 +447,10 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
 
     # ---- engineering: DDP, divergence, wall time ------------------------------------------------------------------
     def unreached_parameters(self) -> list[nn.Parameter]:
-        """Parameters the pretext loss never reaches: MEGNet's readout, and the last block's node and state updates.
+        """Parameters the loss never reaches: for the pretext alone, the readout and the last block's node/state update.
 
-        Found by differentiating the loss of a two-atom probe crystal, so it holds for any MEGNet configuration.
+        With a property (``target_weight`` > 0) the readout is reached too. Found by differentiating the loss of a
+        two-atom probe crystal, so it holds for any MEGNet configuration.
         """
         from pymatgen.core import Lattice, Structure
 
@@ -407,11 +463,12 @@ class CDSSLModule(OncePerEpochSchedule, MatglLightningModuleMixin, L.LightningMo
             g.to(self.device),
             torch.as_tensor(lattice, dtype=torch.float32, device=self.device).reshape(1, 3, 3),
             torch.as_tensor(state, dtype=torch.float32, device=self.device).reshape(1, -1),
+            torch.zeros(1, device=self.device),  # a label, for the property's loss
         )
         generator, self.noise.generator = self.noise.generator, torch.Generator().manual_seed(0)
         try:
             with torch.enable_grad():
-                loss = self._pretext(batch)[0]
+                loss = self._loss(batch)[0]
         finally:
             self.noise.generator = generator
         params = [p for p in self.parameters() if p.requires_grad]

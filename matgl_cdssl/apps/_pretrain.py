@@ -25,7 +25,7 @@ from torch.utils.data import Subset
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.data import build_dataset, cached_dataset, split_cached, train_val_split
-from matgl_cdssl.hub import load_head, load_model, read_config, save_pretrained, source_folder
+from matgl_cdssl.hub import load_head, load_model, megnet_of, read_config, save_pretrained, source_folder
 from matgl_cdssl.method import CDSSLModule, check_sigma
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ def pretrain(
     graph_cache: str | Path | None = None,
     val_grad_norm: bool = False,
     keep_every: int | None = None,
+    targets: Sequence[float] | None = None,
+    target_weight: float = 1.0,
     **trainer_kwargs: Any,
 ) -> nn.Module:
     """Pretrain a matgl MEGNet by crystal denoising (CDSSL) on unlabelled crystals.
@@ -84,7 +86,8 @@ def pretrain(
             same seed and inputs give identical weights (the Trainer's ``deterministic=True`` is the default there;
             on GPUs pass ``deterministic=True`` or ``"warn"`` yourself, at some cost in speed).
         model: Continue from this MEGNet, a CDSSL model folder or a registered name such as ``"CDSSL-MEGNet-MP"``
-            (for the last two, the pretext head is restored too).
+            (for the last two, the pretext head is restored too), or matgl's supervised ``"MEGNet-MP-2018.6.1-Eform"``
+            (a copy ships with the package; its ``TransformedTargetModel`` is unwrapped and a fresh pretext head made).
             A new MEGNet with matgl's default architecture is made when None.
         output_dir: Where to write ``checkpoints/`` (Lightning, for resuming), ``metrics.csv`` (per-epoch
             metrics) and ``model/`` (the pretrained MEGNet in matgl's format, with ``cdssl.json`` and the head).
@@ -114,6 +117,14 @@ def pretrain(
             ``output_dir/checkpoints/every/epoch=<e>.ckpt`` (``e`` counts from 0, as in Lightning: ``epoch=7`` holds
             the weights after 8 epochs), for looking back along a long run; by default only the best and the last
             are kept.
+        targets: A property of the crystals, one value per crystal in the order of ``structures`` (NaN where a crystal
+            has none), learnt next to the pretext: the loss is the pretext loss plus ``target_weight`` times the MSE of
+            MEGNet's own prediction on the clean crystals (:func:`~matgl_cdssl.method.property_loss`), so that 30k
+            cheap labels and the denoising task shape one start. The labels are standardised with the start's
+            normaliser (matgl's ``TransformedTargetModel``, or an earlier run's ``cdssl.json``) when it has one, else
+            with the mean and standard deviation of the training crystals' labels; both are saved in ``cdssl.json``
+            (``target``). The readout is then trained, and kept in the saved folder.
+        target_weight: Weight of the property's loss when ``targets`` is given.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
@@ -141,9 +152,11 @@ def pretrain(
     start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
 
-    model, head, head_hidden = _resolve_model(model, cutoff, element_types, head_hidden)
+    model, head, head_hidden, normaliser = _resolve_model(model, cutoff, element_types, head_hidden)
     world_size = _world_size(trainer_kwargs)
-    data = _datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size)
+    labels = _check_targets(targets, target_weight)
+    data = _datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size, labels)
+    target = _target_scale(labels, normaliser, target_weight)
     if graph_cache is not None and world_size > 1:
         # The shard samplers give each rank whole shards of its own; Lightning's sampler would not.
         trainer_kwargs.setdefault("use_distributed_sampler", False)
@@ -158,6 +171,9 @@ def pretrain(
         seed=seed,
         sync_dist=world_size > 1,
         val_grad_norm=val_grad_norm,
+        target_weight=target["weight"],
+        target_mean=target["mean"],
+        target_std=target["std"],
     )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +198,7 @@ def pretrain(
             module.load_state_dict(best["state_dict"])
             logger.info("Restored the best epoch (%s = %.5g)", monitor, float(checkpoint.best_model_score))
         if output_dir is not None and trainer.is_global_zero:
-            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start)
+            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start, target=target)
     return module.model
 
 
@@ -205,15 +221,27 @@ def _resolve_model(
     cutoff: float | None,
     element_types: Sequence[str] | None,
     head_hidden: tuple[int, ...],
-) -> tuple[nn.Module, nn.Module | None, tuple[int, ...]]:
-    """Step 1: ``(model, head, head_hidden)`` from a MEGNet, a folder or a name (its head restored), or a new MEGNet."""
+) -> tuple[nn.Module, nn.Module | None, tuple[int, ...], tuple[float, float] | None]:
+    """Step 1: ``(model, head, head_hidden, normaliser)`` from a MEGNet, a folder or a name, or a new MEGNet.
+
+    A CDSSL folder or name has its pretext head restored. ``normaliser`` is the start's ``(mean, std)`` of its
+    property, when it has one: matgl's ``TransformedTargetModel`` (unwrapped here to its MEGNet) or an earlier joint
+    run's ``cdssl.json``.
+    """
     head = None
+    normaliser = None
     if isinstance(model, (str, Path)):
         source = source_folder(model)
-        model = load_model(model, fresh_readout=False)
+        loaded = load_model(model, fresh_readout=False)
+        model = megnet_of(loaded)
+        if model is not loaded:
+            normaliser = tuple(float(getattr(loaded.transformer, k)) for k in ("mean", "std"))
         if (source / "cdssl.json").is_file():
             head = load_head(source, model)
-            head_hidden = tuple(read_config(source).get("head_hidden", head_hidden))
+            config = read_config(source)
+            head_hidden = tuple(config.get("head_hidden", head_hidden))
+            if config.get("target"):
+                normaliser = (float(config["target"]["mean"]), float(config["target"]["std"]))
     elif model is None:
         kwargs: dict[str, Any] = {"cutoff": 4.0 if cutoff is None else float(cutoff)}
         if element_types is not None:
@@ -221,7 +249,44 @@ def _resolve_model(
         model = get_backend().megnet_class(**kwargs)
     if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
         raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
-    return model, head, tuple(head_hidden)
+    return model, head, tuple(head_hidden), normaliser
+
+
+def _check_targets(targets: Sequence[float] | None, target_weight: float) -> dict[str, list[float]] | None:
+    """The labels of a joint run (``{"target": values}``, NaN where a crystal has none), checked; None without."""
+    if targets is None:
+        return None
+    if not (math.isfinite(float(target_weight)) and float(target_weight) > 0):
+        raise ValueError(f"target_weight must be a positive number when targets are given; got {target_weight!r}")
+    values = []
+    for i, value in enumerate(targets):
+        try:
+            value = float("nan") if value is None else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"targets[{i}] is {value!r}, not a number (NaN for a crystal without a label)") from None
+        if math.isinf(value):
+            raise ValueError(f"targets[{i}] is {value}; labels must be finite (NaN for a crystal without one)")
+        values.append(value)
+    if not any(math.isfinite(v) for v in values):
+        raise ValueError("targets has no label: every value is NaN")
+    return {"target": values}
+
+
+def _target_scale(
+    labels: dict[str, list[float]] | None, normaliser: tuple[float, float] | None, target_weight: float
+) -> dict[str, Any]:
+    """The property's weight, mean and standard deviation (``{"weight": 0.0, ...}`` without targets).
+
+    Without the start's normaliser, the mean and standard deviation of all the given labels (NaN left out).
+    """
+    if labels is None:
+        return {"weight": 0.0, "mean": 0.0, "std": 1.0}
+    values = torch.tensor(labels["target"], dtype=torch.float64)
+    values = values[torch.isfinite(values)]
+    if normaliser is None:
+        std = float(values.std()) if len(values) > 1 else 1.0
+        normaliser = (float(values.mean()), std if std > 0 else 1.0)
+    return {"weight": float(target_weight), "mean": normaliser[0], "std": normaliser[1], "n_labelled": len(values)}
 
 
 @dataclass
@@ -243,16 +308,18 @@ def _datasets(
     seed: int,
     skip_invalid: bool,
     world_size: int,
+    labels: dict[str, list[float]] | None = None,
 ) -> _Data:
     """Step 2: read, check and convert the crystals (in memory, or through the graph cache), then split them.
 
     The split (:func:`~matgl_cdssl.data.train_val_split`, sorted) is drawn over the valid crystals, with or without a
     cache. With a cache, each part streams (:func:`~matgl_cdssl.data.split_cached`): on PyG a dataset of its own with
-    shards of at most 1000 crystals and at least one per rank, on DGL a view of the cache's shards.
+    shards of at most 1000 crystals and at least one per rank, on DGL a view of the cache's shards. ``labels`` (one
+    value per input crystal) travel with the graphs, first, so that batches carry them.
     """
     if cache_dir is None:
         dataset, _names, skipped = build_dataset(
-            structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid
+            structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid, labels=labels
         )
     else:
         cached = cached_dataset(
@@ -261,6 +328,7 @@ def _datasets(
             cutoff=model.cutoff,
             cache_dir=cache_dir,
             skip_invalid=skip_invalid,
+            labels=labels,
         )
         logger.info(
             "Graph cache %s: %d crystals (%s)", cached.folder, len(cached.dataset), "hit" if cached.hit else "miss"
@@ -363,6 +431,7 @@ def _save(
     *,
     seed: int,
     start: float,
+    target: dict[str, Any],
 ) -> None:
     """Step 4: the model folder (:func:`~matgl_cdssl.hub.save_pretrained`) with how it was pretrained."""
     config = {
@@ -380,6 +449,8 @@ def _save(
         "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
         "last_epoch_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
+    if target["weight"]:  # a joint run: its readout was trained on this property, in these units
+        config["target"] = target
     save_pretrained(module.model, folder, head=module.head, config=config, skipped=data.skipped)
 
 

@@ -33,6 +33,7 @@ _PRETRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "graph_cache": {"type": Path, "metavar": "DIR", "help": "keep the converted graphs here and reuse them"},
     "val_grad_norm": {"help": "also log the gradient norm on validation batches (doubles validation cost)"},
     "keep_every": {"type": int, "metavar": "N", "help": "also keep the checkpoint of every N-th epoch"},
+    "target_weight": {"type": positive_float, "help": "weight of the property's loss beside the pretext (--target)"},
 }
 #: Lightning options a configuration may set too.
 _TRAINER_OPTIONS = ("max_time", "accelerator", "devices", "num_nodes", "strategy")
@@ -54,6 +55,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--config", type=Path, help="YAML run configuration (data, pretrain options, out)")
     p.add_argument("--sample", type=int, metavar="N", help="use the first N crystals of the bundled sample instead")
     p.add_argument("--out", type=Path, help="output folder: checkpoints/, metrics.csv, model/")
+    p.add_argument(
+        "--target",
+        metavar="COLUMN",
+        help="also learn this property (a column of the CSV input; empty cells: no label) next to the pretext",
+    )
     for name, kwargs in _PRETRAIN_OPTIONS.items():
         add_option(p, pretrain, name, unset=True, **kwargs)
     p.add_argument(
@@ -87,7 +93,14 @@ def load_config(path: Path) -> tuple[dict, dict | None, Path | None]:
         options["graph_cache"] = (path.parent / options["graph_cache"]).resolve()
     data = None
     if "data" in config:
-        data = {"path": (path.parent / config["data"]["path"]).resolve(), "split": config["data"].get("split")}
+        unknown = set(config["data"]) - {"path", "split", "target"}
+        if unknown:
+            raise ValueError(f"{path}: unknown data key(s) {sorted(unknown)}; expected path, split, target")
+        data = {
+            "path": (path.parent / config["data"]["path"]).resolve(),
+            "split": config["data"].get("split"),
+            "target": config["data"].get("target"),
+        }
     out = (path.parent / config["out"]).resolve() if "out" in config else None
     return options, data, out
 
@@ -101,6 +114,27 @@ def _config_structures(data: dict, out: Path) -> list[Path]:
     if data["split"]:
         return [write_mp_split(data["path"], data["split"], Path(out) / "inputs")]
     return [data["path"]]
+
+
+def read_csv_column(paths: list[Path], column: str) -> list[float]:
+    """One property per row of the CSV files, in order (NaN for an empty cell).
+
+    Raises:
+        ValueError: a file without the column, or a cell that is not a number, naming the file, row and column.
+    """
+    import pandas as pd
+
+    values: list[float] = []
+    for path in paths:
+        frame = pd.read_csv(path, usecols=lambda c: c == column, dtype=str, keep_default_na=False)
+        if column not in frame.columns:
+            raise ValueError(f"{path}: no column {column!r}")
+        for row, cell in enumerate(frame[column], start=2):
+            try:
+                values.append(float(cell) if cell.strip() else float("nan"))
+            except ValueError:
+                raise ValueError(f"{path}, line {row}, column {column!r}: {cell!r} is not a number") from None
+    return values
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
@@ -127,6 +161,12 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if structures is None:
         print("cdssl pretrain: give structure FILES, --sample N, or a --config with a data section", file=sys.stderr)
         return 2
+    target = args.target or (data or {}).get("target")
+    if target is not None:
+        if not all(isinstance(s, Path) and ".csv" in s.name for s in structures):
+            print("cdssl pretrain: --target needs CSV input (the column is read from the same rows)", file=sys.stderr)
+            return 2
+        options["targets"] = read_csv_column(structures, target)
     resume = args.resume == "last"
     if resume and not (Path(out) / "checkpoints" / "last.ckpt").is_file():
         print(

@@ -25,10 +25,12 @@ from matgl_cdssl.hub._io import (
     save_pretrained,
 )
 from matgl_cdssl.hub._registry import (
+    MATGL_COPIES,
     PretrainedCard,
     get_card,
     list_models,
     load_model,
+    matgl_copy,
     megnet_of,
     pretrained_folder,
     register,
@@ -41,6 +43,7 @@ __all__ = [
     "CONFIG_FILE",
     "ENSEMBLE_FILE",
     "HEAD_FILE",
+    "MATGL_COPIES",
     "READOUT",
     "SKIPPED_FILE",
     "Ensemble",
@@ -52,6 +55,7 @@ __all__ = [
     "load_folder",
     "load_head",
     "load_model",
+    "matgl_copy",
     "megnet_of",
     "new_like",
     "pretrained_folder",

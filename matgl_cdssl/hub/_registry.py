@@ -36,10 +36,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "MATGL_COPIES",
     "PretrainedCard",
     "get_card",
     "list_models",
     "load_model",
+    "matgl_copy",
     "pretrained_folder",
     "register",
     "register_pretrained",
@@ -111,6 +113,18 @@ class PretrainedCard:
     def from_dict(cls, d: dict[str, Any]) -> PretrainedCard:
         """Inverse of :meth:`to_dict`."""
         return cls(**{**d, "citation": tuple(d.get("citation", ()))})
+
+
+#: matgl's own pretrained models of which a copy ships inside the package (``benchmark_data/``): loading one of these
+#: names reads the copy, offline, on either backend, instead of asking matgl to download it.
+MATGL_COPIES = ("MEGNet-MP-2018.6.1-Eform",)
+
+
+def matgl_copy(name: str | Path) -> Path | None:
+    """The shipped copy of a matgl model named in :data:`MATGL_COPIES`, else None."""
+    if str(name) not in MATGL_COPIES:
+        return None
+    return Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{name}")))
 
 
 _VERSIONED = re.compile(r"^(?P<family>.+)-(?P<version>\d{4}\.\d{1,2}(?:\.\d+)*)$")
@@ -235,8 +249,10 @@ def pretrained_folder(name: str, *, verify: bool = True) -> Path:
 
 
 def source_folder(name_or_path: str | Path) -> Path:
-    """The folder behind a registered name (checksums verified), or the path itself."""
-    return pretrained_folder(str(name_or_path)) if resolve(name_or_path) in _REGISTRY else Path(name_or_path)
+    """The folder behind a registered name (checksums verified) or a shipped matgl copy, or the path itself."""
+    if resolve(name_or_path) in _REGISTRY:
+        return pretrained_folder(str(name_or_path))
+    return matgl_copy(name_or_path) or Path(name_or_path)
 
 
 def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs: Any) -> nn.Module:
@@ -244,7 +260,8 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
 
     Args:
         name_or_path: A registered name (see :func:`list_models`), a model folder, an ensemble folder
-            (:class:`~matgl_cdssl.hub.Ensemble`, from ``finetune(..., ensemble=K)``), or a matgl model name.
+            (:class:`~matgl_cdssl.hub.Ensemble`, from ``finetune(..., ensemble=K)``), or a matgl model name (those of
+            :data:`MATGL_COPIES` load the copy shipped with the package, readout and normaliser included).
         fresh_readout: For registered names: a freshly initialised readout (Set2Set and output MLP), which the
             pretext task never trained, drawn from torch's global RNG (so that seeding controls it as for a new model):
             ``new_like(model, weights="backbone")``.
@@ -266,6 +283,8 @@ def load_model(name_or_path: str | Path, *, fresh_readout: bool = True, **kwargs
     if resolve(name) in _REGISTRY:
         model = load_folder(pretrained_folder(name))
         return new_like(model, weights="backbone") if fresh_readout else model
+    if matgl_copy(name) is not None:
+        return load_folder(matgl_copy(name))
     if is_ensemble(name_or_path):
         return Ensemble.load(name_or_path)
     if Path(name_or_path).exists() or not _looks_like_ours(name):
