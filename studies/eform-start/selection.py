@@ -1,0 +1,130 @@
+"""Choose among pretrained starts on validation data only: the selection tasks of issue 29.
+
+    python studies/eform-start/selection.py CDSSL-MEGNet-MP-2026.11 MEGNet-MP-2018.6.1-Eform scratch \
+        runs/eform-joint/model runs/eform-denoise/model --seeds 0 1 2 --out studies/eform-start/selection
+
+The tasks are those of the sigma sweep (docs/results/sigma_sweep): crystals of the 90% pretraining split of
+``shared/data/mp_multi`` (in hash order, positions 6,000 to 6,399: 200 training and 200 validation labels), finetuned
+for 80 epochs without early stopping from each start's backbone with a fresh readout drawn from the seed; the metric is
+the best **validation** MAE. The hold-out pool, where every benchmark test set comes from, is never touched, and no
+test crystal of any benchmark task is among these 400.
+
+Targets: band gap (``band_gap_eV``) and total magnetisation (``total_magnetization_muB``), which no start was trained
+on, choose; formation energy (``formation_energy_per_atom_eV``) is reported and marked: matgl's supervised start, and
+every start made from it or with its labels, saw those labels.
+
+A start is a registered name, a model folder, a Lightning checkpoint of a pretraining run (``.ckpt``), or ``scratch``.
+Finished runs are kept in ``OUT/selection.jsonl`` (one line per start, seed and task), so a rerun trains only what is
+missing; ``OUT/selection.md`` is rewritten from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models are imported
+
+# isort: split
+from matgl.models import MEGNet
+
+from matgl_cdssl.data import read_mp_split
+from matgl_cdssl.hub import load_model, megnet_of, new_like
+
+MP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
+CHOOSE = {"band_gap_eV": "band gap (eV)", "total_magnetization_muB": "total magnetisation (μB)"}
+LEAKY = {"formation_energy_per_atom_eV": "formation energy (eV/atom)"}
+#: Starts that saw MP formation-energy labels (matgl's supervised model, and what was made from it or with them).
+SAW_EFORM = ("MEGNet-MP-2018.6.1-Eform", "eform")
+EPOCHS = 80
+
+
+def backbone(start: str) -> torch.nn.Module | None:
+    """The MEGNet a start stands for (None for scratch): a name, a folder, or a pretraining checkpoint."""
+    if start == "scratch":
+        return None
+    if start.endswith(".ckpt"):
+        state = torch.load(start, map_location="cpu", weights_only=False)["state_dict"]  # our own run's checkpoint
+        model = MEGNet()  # matgl's default architecture, as every run's
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        return model
+    return megnet_of(load_model(start, fresh_readout=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("starts", nargs="+")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=[*CHOOSE, *LEAKY])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "selection")
+    parser.add_argument("--data", type=Path, default=MP)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    args.out.mkdir(parents=True, exist_ok=True)
+    ledger = args.out / "selection.jsonl"
+    done = (
+        {(r["start"], r["seed"], r["task"]) for r in map(json.loads, ledger.read_text().splitlines())}
+        if (ledger.is_file())
+        else set()
+    )
+    ids, structures = read_mp_split(args.data, "pretrain")
+    labels = pd.read_csv(args.data, usecols=["material_id", *args.tasks]).set_index("material_id")
+    chosen, chosen_ids = structures[6000:6400], ids[6000:6400]
+    for start in args.starts:
+        model = backbone(start)
+        for seed in args.seeds:
+            for task in args.tasks:
+                if (start, seed, task) in done:
+                    continue
+                y = labels.loc[chosen_ids, task].to_numpy(dtype=float)
+                if model is None:
+                    init = new_like(MEGNet(), weights="none", seed=seed)
+                else:
+                    init = new_like(model, weights="backbone", seed=seed)
+                tic = time.perf_counter()
+                result = matgl_cdssl.finetune(init, chosen[:200], y[:200], val_structures=chosen[200:],
+                                              val_targets=y[200:], max_epochs=EPOCHS, patience=None, seed=seed,
+                                              skip_invalid=True, enable_progress_bar=False,
+                                              enable_model_summary=False)  # fmt: skip
+                record = {"start": start, "seed": seed, "task": task, "val_MAE": result.metrics["best_val_MAE"],
+                          "epochs": EPOCHS, "backend": matgl_cdssl.BACKEND,
+                          "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
+                with ledger.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(record, flush=True)
+    report(args.out)
+
+
+def report(out: Path) -> None:
+    """``selection.md``: each start's validation MAE per task (mean ± standard error over seeds)."""
+    frame = pd.DataFrame(list(map(json.loads, (out / "selection.jsonl").read_text().splitlines())))
+    stats = frame.groupby(["start", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
+    tasks = [t for t in [*CHOOSE, *LEAKY] if t in stats["mean"].columns]
+    names = {**CHOOSE, **LEAKY}
+    lines = ["| start | " + " | ".join(names[t] + (" †" if t in LEAKY else "") for t in tasks) + " | seeds |"]
+    lines.append("|:--|" + "--:|" * len(tasks) + "--:|")
+    for start in stats.index:
+        cells = []
+        for t in tasks:
+            mean, sem = stats["mean"].at[start, t], stats["sem"].at[start, t]
+            cell = "" if pd.isna(mean) else f"{mean:.4f}" + ("" if pd.isna(sem) else f" ± {sem:.4f}")
+            cells.append(cell + (" †" if t in LEAKY and any(s in start for s in SAW_EFORM) and cell else ""))
+        lines.append(f"| {start} | " + " | ".join(cells) + f" | {int(stats['count'].loc[start].min())} |")
+    lines += [
+        "",
+        f"Best validation MAE of {EPOCHS} finetuning epochs, 200 training and 200 validation labels from the "
+        "pretraining split; mean ± standard error over the seeds. Band gap and total magnetisation choose. "
+        "†: formation energy is leakage for every start that saw MP formation energies (matgl's supervised model "
+        "and the starts made from it): reported, never chosen on.",
+    ]
+    (out / "selection.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
