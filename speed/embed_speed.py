@@ -7,7 +7,7 @@ and stops after the message-passing blocks; ``predict_structure`` converts and r
 the Set2Set readout and output MLP. Rounds alternate between the arms (and their order), so that machine noise hits
 both; the script prints every round and the ratio of the median rates.
 
-    OMP_NUM_THREADS=1 python benchmarks/embed_speed.py [--n 400] [--batch-size 64] [--threads 1] [--rounds 5]
+    OMP_NUM_THREADS=1 python speed/embed_speed.py [--n 400] [--batch-size 64] [--threads 1] [--rounds 5]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@
 Rounds alternate between the arms of each comparison so that machine noise hits both; every round is printed, then
 the ratio of the medians.
 
-    python benchmarks/performance.py [--n 512] [--batch-size 32] [--threads 2] [--epochs 2] [--rounds 5]
+    python speed/performance.py [--n 512] [--batch-size 32] [--threads 2] [--epochs 2] [--rounds 5]
 """
 
 from __future__ import annotations

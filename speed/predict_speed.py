@@ -7,7 +7,7 @@ edge), and batches with matgl's dataset and loader; ``predict_structure`` conver
 The two agree to float rounding (checked before timing). Rounds alternate between the arms (and their order), so that
 machine noise hits both; the script prints every round and the ratio of the median rates.
 
-    OMP_NUM_THREADS=1 python benchmarks/predict_speed.py [--n 400] [--batch-size 64] [--threads 1] [--rounds 5]
+    OMP_NUM_THREADS=1 python speed/predict_speed.py [--n 400] [--batch-size 64] [--threads 1] [--rounds 5]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ file in a fresh process per run, so that each run's peak resident memory (``ru_m
 Start-up is the time from the ``pretrain`` call to the first training batch. Time per epoch is the training part
 of each epoch (validation excluded). Everything runs on the CPU with ``--threads`` torch threads.
 
-    python benchmarks/scale.py --csv ../shared/data/mp_multi/mp_multi.csv.gz --out docs/results/performance/scale
+    python speed/scale.py --csv ../shared/data/mp_multi/mp_multi.csv.gz --out docs/results/performance/scale
 
 Results: ``runs.jsonl`` (one line per run) and ``scale_<backend>.md`` in ``--out``.
 """
@@ -153,7 +153,7 @@ def report(runs: list[dict]) -> str:
     lines = [
         f"Pretraining at Materials Project scale: matgl {runs[0]['matgl']} ({backend}), torch {runs[0]['torch']}, "
         f"{runs[0]['threads']} thread(s), batch 32, val_fraction 0.05. Command: "
-        "`python benchmarks/scale.py --csv ../shared/data/mp_multi/mp_multi.csv.gz "
+        "`python speed/scale.py --csv ../shared/data/mp_multi/mp_multi.csv.gz "
         "--out docs/results/performance/scale`",
         "",
         "| crystals | run | start-up (s) | train epochs (s) | training edges | µs per edge per epoch | peak RSS (GB) |",

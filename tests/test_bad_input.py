@@ -122,3 +122,33 @@ def test_files_and_ase_are_read(tmp_path, megnet):
 def test_label_length_mismatch(megnet):
     with pytest.raises(ValueError, match="label 'y' has 1 values for 2 structures"):
         build_dataset([GOOD, GOOD], element_types=megnet.element_types, cutoff=megnet.cutoff, labels={"y": [1.0]})
+
+
+def test_predict_refuses_a_pretraining_folder_and_names_the_fix(sample, tmp_path):
+    """A ``pretrain()`` folder (plain or joint) has no property readout to predict with; its finetuned models do."""
+    import numpy as np
+
+    from matgl_cdssl.hub import Ensemble
+
+    structures, y = sample.structures[:8], sample.labels["band_gap_eV"][:8]
+    quiet = {"max_epochs": 0, "enable_progress_bar": False, "enable_model_summary": False}
+    matgl_cdssl.pretrain(structures, output_dir=tmp_path / "plain", **quiet)
+    matgl_cdssl.pretrain(structures, targets=y, output_dir=tmp_path / "joint", **quiet)
+    for run, readout in (
+        ("plain", "its readout was never trained"),
+        ("joint", "trained next to the pretext, in normalised units"),
+    ):
+        folder = tmp_path / run / "model"
+        for given in (folder, str(folder), tmp_path / run):  # the model folder, as a string, or the run's folder
+            with pytest.raises(ValueError, match=f"written by pretrain.*{readout}.*finetune it first") as info:
+                matgl_cdssl.predict(given, [GOOD])
+            assert str(folder) in str(info.value)
+    # What finetuning writes is still accepted: one model's folder and an ensemble's.
+    result = matgl_cdssl.finetune(tmp_path / "plain" / "model", structures, y, max_epochs=1, batch_size=4,
+                                  patience=None, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    one = tmp_path / "finetuned"
+    result.property_model().save(one)
+    both = Ensemble([result.property_model(), result.property_model()]).save(tmp_path / "ensemble")
+    expected = matgl_cdssl.predict(result, [GOOD])
+    np.testing.assert_allclose(matgl_cdssl.predict(one, [GOOD]), expected, atol=2e-5)
+    np.testing.assert_allclose(matgl_cdssl.predict(both, [GOOD]), expected, atol=2e-5)

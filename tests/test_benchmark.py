@@ -10,8 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matgl_cdssl.apps import TASKS, BenchmarkSettings, TaskData, benchmark, load_task
-from matgl_cdssl.apps._benchmark import QUICK, _read_json_gz, _splits, summarise
+from matgl_cdssl.bench import (
+    QUICK,
+    TASKS,
+    BenchmarkSettings,
+    TaskData,
+    benchmark,
+    load_task,
+    read_shipped,
+    summarise,
+    task_sizes,
+    task_splits,
+)
 from matgl_cdssl.data import in_holdout_pool, load_sample
 
 TWO = ("CDSSL", "scratch")  # most tests compare two arms; the default adds supervised transfer
@@ -50,7 +60,7 @@ def test_shipped_tasks_are_complete_and_finite(name):
 
 
 def test_mp_training_crystals_are_outside_the_hold_out_pool():
-    ids = [r["id"] for r in _read_json_gz("mp_trainval.json.gz")]
+    ids = [r["id"] for r in read_shipped("mp_trainval.json.gz")]
     assert len(set(ids)) == len(ids) == 3100
     assert not any(in_holdout_pool(i) for i in ids)
 
@@ -68,7 +78,7 @@ def test_splits_are_disjoint_fixed_per_seed_and_differ_between_seeds(own_task, s
             "t", own_task.structures, own_task.targets, own_task.structures[:30], own_task.targets[:30], n_test=10
         )
     sizes = (10, 20)
-    a, b, c = (_splits(task, sizes, seed, TINY) for seed in (0, 0, 1))
+    a, b, c = (task_splits(task, sizes, seed, TINY) for seed in (0, 0, 1))
     for n in sizes:
         train, val = set(a["train"][n]), set(a["val"][n])
         assert len(train) == n
@@ -85,7 +95,7 @@ def test_splits_are_disjoint_fixed_per_seed_and_differ_between_seeds(own_task, s
 
 def test_sizes_that_do_not_fit_raise_naming_the_task(own_task):
     with pytest.raises(ValueError, match="task 'my_band_gap' has 48 crystals outside its test set"):
-        _splits(own_task, (50,), 0, TINY)
+        task_splits(own_task, (50,), 0, TINY)
 
 
 def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir, own_task, tmp_path):
@@ -140,7 +150,7 @@ def test_benchmark_runs_both_arms_identically_caches_and_reports(pretrained_dir,
 
 def test_each_run_keeps_its_training_curve_and_the_arms_are_drawn_side_by_side(pretrained_dir, own_task, tmp_path,
                                                                                    capsys):  # fmt: skip
-    from matgl_cdssl.apps import plot_curves, read_curve
+    from matgl_cdssl.bench import plot_curves, read_curve
     from matgl_cdssl.cli import main
 
     out = tmp_path / "bench"
@@ -228,7 +238,7 @@ def test_each_task_can_have_its_own_convergence_check(megnet, own_task, tmp_path
 
 
 def test_the_extension_check_repeats_each_run_and_goes_on_where_it_stopped(megnet, own_task, tmp_path):
-    from matgl_cdssl.apps import curve_name, read_curve
+    from matgl_cdssl.bench import curve_name, read_curve
 
     # Patience 4 under a cap of 30, rates halved after an epoch without improvement; the extension doubles the
     # patience and the cap but keeps the schedule, so each longer run first trains exactly the epochs of its base
@@ -293,7 +303,7 @@ def test_cached_runs_are_reused_only_for_the_same_split_and_the_same_weights(meg
 def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own_task, tmp_path, monkeypatch):
     from pymatgen.core import Lattice, Structure
 
-    from matgl_cdssl.apps import _benchmark as benchmark_module
+    from matgl_cdssl.bench import _runner as runner_module
 
     far = Structure(Lattice.cubic(10.0), ["Cu"], [[0, 0, 0]])  # no neighbour within 4 Å
     structures = [*own_task.structures[:30], far, *own_task.structures[30:]]
@@ -313,13 +323,13 @@ def test_supervised_arm_and_invalid_crystals_of_a_users_task(pretrained_dir, own
     assert "1 invalid crystal(s) left out" in result.table
     assert "my_band_gap[30] has atom(s)" in result.table
     converted = []  # crystals per graph conversion, counted around the real build_dataset
-    real_build = benchmark_module.build_dataset
+    real_build = runner_module.build_dataset
 
     def counted(structures, **kwargs):
         converted.append(len(structures))
         return real_build(structures, **kwargs)
 
-    monkeypatch.setattr(benchmark_module, "build_dataset", counted)
+    monkeypatch.setattr(runner_module, "build_dataset", counted)
     alone = benchmark(pretrained_dir, arms=("scratch",), tasks=[task], sizes=(10,), seeds=(0,), settings=TINY,
                       output_dir=tmp_path / "d", progress=False, skip_invalid=True)  # fmt: skip
     assert converted == [len(task.structures)]  # checked and converted once, not once more for the runs
@@ -340,7 +350,7 @@ def test_supervised_rows_on_formation_energy_are_marked_as_leakage():
     summary = summarise(pd.DataFrame(rows))
     assert list(summary["leakage"]) == [True, False]
     assert summary["CDSSL_vs_supervised"].tolist() == pytest.approx([1.0, -1 / 3])
-    from matgl_cdssl.apps._benchmark import _markdown
+    from matgl_cdssl.bench._report import _markdown
 
     table = _markdown(summary)
     assert "| mp_formation_energy (eV) † |" in table
@@ -372,22 +382,21 @@ def test_quick_suite_is_small():
 
 
 def test_default_suite_and_learning_curves():
-    from matgl_cdssl.apps import DEFAULT_SUITE
-    from matgl_cdssl.apps._benchmark import _task_sizes
+    from matgl_cdssl.bench import DEFAULT_SUITE
 
     assert DEFAULT_SUITE == ("mp_formation_energy", "mp_band_gap", "perov_heat_ref", "matbench_jdft2d",
                              "matbench_phonons")  # fmt: skip
     settings = BenchmarkSettings()
     # "full": every crystal outside the test set (127 of 636) and the validation set (a quarter of the training set,
     # at least 150 crystals)
-    jdft2d = _task_sizes(load_task("matbench_jdft2d"), None, settings)
+    jdft2d = task_sizes(load_task("matbench_jdft2d"), None, settings)
     assert jdft2d == [50, 100, 250, 359]
     assert settings.n_val(359) == 150
     assert 359 + settings.n_val(359) <= 636 - 127 < 360 + settings.n_val(360)
-    assert _task_sizes(load_task("matbench_phonons"), None, settings)[:-1] == [50, 100, 250, 500]
-    assert _task_sizes(load_task("mp_band_gap"), None, settings) == [50, 100, 250, 1000]
+    assert task_sizes(load_task("matbench_phonons"), None, settings)[:-1] == [50, 100, 250, 500]
+    assert task_sizes(load_task("mp_band_gap"), None, settings) == [50, 100, 250, 1000]
     with pytest.raises(ValueError, match="'mp_band_gap': a training size is a positive number or 'full'"):
-        _task_sizes(load_task("mp_band_gap"), ["all"], settings)
+        task_sizes(load_task("mp_band_gap"), ["all"], settings)
 
 
 def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir, own_task, tmp_path):

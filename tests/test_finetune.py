@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -215,7 +216,8 @@ def _fit_logging(backend, sample, root, **kwargs):
 
 def test_finetuning_learning_rate_steps_once_per_epoch(backend, sample, tmp_path):
     """Each parameter group's logged rate is matgl's cosine of that epoch (matgl 2.2.x would step it twice)."""
-    metrics = _fit_logging(backend, sample, tmp_path, max_epochs=4, patience=None, lr=2e-3, backbone_lr=5e-4)
+    metrics = _fit_logging(backend, sample, tmp_path, max_epochs=4, patience=None, lr_patience=None, lr=2e-3,
+                           backbone_lr=5e-4)  # fmt: skip
     columns = sorted(c for c in metrics.columns if c.startswith("lr-"))
     assert len(columns) == 2  # readout and backbone
     cosine = np.array([0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
@@ -255,3 +257,82 @@ def test_the_shorter_run_inside_a_longer_one_is_the_shorter_run(backend, sample)
     assert inside["test_MAE"] == pytest.approx(short.metrics["test_MAE"], rel=1e-6)
     assert longer.metrics["epochs"] == 7
     assert longer.metrics["best_val_MAE"] <= inside["best_val_MAE"]
+
+
+class _StartOfTraining(L.Callback):
+    """Records each run's weights and validation-set size as training starts."""
+
+    def __init__(self):
+        self.states, self.n_val = [], []
+
+    def on_train_start(self, trainer, pl_module):
+        self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+        self.n_val.append(len(trainer.val_dataloaders.dataset))
+
+
+def _readout(key):
+    from matgl_cdssl.hub import READOUT
+
+    return key.split(".")[0] in READOUT
+
+
+def test_training_options_default_to_the_benchmark_protocol(backend, sample):
+    """One record holds the defaults; they are the benchmark's tested budget, and finetune and the CLI read them."""
+    import inspect
+
+    from matgl_cdssl.apps import TrainOptions, fit
+    from matgl_cdssl.bench import BenchmarkSettings
+    from matgl_cdssl.cli import build_parser
+
+    defaults, settings = TrainOptions(), BenchmarkSettings()
+    for name in ("loss", "max_epochs", "patience", "lr_patience", "batch_size", "freeze_backbone"):
+        assert getattr(defaults, name) == getattr(settings, name), name
+    assert defaults.max_val == settings.max_val
+    args = build_parser().parse_args(["finetune", "train.csv", "--target", "y", "--out", "o"])
+    assert (args.max_epochs, args.patience, args.lr_patience, args.batch_size, args.val_fraction, args.max_val) == (
+        defaults.max_epochs, defaults.patience, defaults.lr_patience, defaults.batch_size, defaults.val_fraction,
+        defaults.max_val)  # fmt: skip
+    assert {"options", "kwargs"} <= set(inspect.signature(fit).parameters)  # fit reads the same record
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TrainOptions(loss="l2")
+    assert TrainOptions().replace(max_epochs=5).max_epochs == 5
+
+
+def test_a_small_validation_set_follows_the_fraction_and_warns(backend, sample):
+    """50 labels: val_fraction 0.2 holds out 10 crystals (the benchmark's n_train // 4), with a warning."""
+    seen = _StartOfTraining()
+    y = sample.labels["band_gap_eV"][:50]
+    with pytest.warns(UserWarning, match=r"the validation set has 10 crystals, fewer than 150"):
+        finetune(backend.megnet_class(), sample.structures[:50], y, max_epochs=1, callbacks=[seen],
+                 enable_progress_bar=False)  # fmt: skip
+    assert seen.n_val == [10]
+    from matgl_cdssl.apps import TrainOptions
+
+    assert TrainOptions(max_val=500).val_share(5000) == pytest.approx(0.1)  # at most max_val crystals
+
+
+@pytest.mark.parametrize("kind", ["folder", "model object", "registered name", "matgl name", "matgl folder"])
+def test_every_kind_of_start_keeps_its_backbone_and_draws_its_readout_from_the_seed(request, sample, kind):
+    from matgl_cdssl import load_model
+    from matgl_cdssl.hub import matgl_copy, megnet_of, new_like
+
+    eform = "MEGNet-MP-2018.6.1-Eform"
+    if kind == "folder":
+        start = request.getfixturevalue("pretrained_dir")
+    elif kind == "model object":
+        start = load_model(request.getfixturevalue("pretrained_dir"))
+    else:
+        start = {"registered name": "CDSSL-MEGNet-MP", "matgl name": eform, "matgl folder": matgl_copy(eform)}[kind]
+    saved = megnet_of(start)
+    before = {k: v.detach().clone() for k, v in saved.state_dict().items()}
+    seen = _StartOfTraining()
+    y = sample.labels["band_gap_eV"]
+    finetune(start, sample.structures[:16], y[:16], val_structures=sample.structures[16:24], val_targets=y[16:24],
+             seed=7, max_epochs=1, callbacks=[seen], enable_progress_bar=False)  # fmt: skip
+    fresh = new_like(saved, weights="backbone", seed=7).state_dict()
+    (state,) = seen.states
+    for key, value in state.items():
+        torch.testing.assert_close(value, fresh[key] if _readout(key) else before[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(state[k], before[k]) for k in state if _readout(k))  # not the saved readout
+    if kind == "model object":  # a start is never trained in place
+        assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())

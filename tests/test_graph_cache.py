@@ -13,15 +13,8 @@ from pymatgen.core import Lattice, Structure
 import matgl_cdssl
 from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl.data import build_dataset
-from matgl_cdssl.data._cache import (
-    MARKER,
-    cache_folder,
-    cache_key,
-    cached_dataset,
-    fingerprint_labels,
-    fingerprint_structures,
-    split_cached,
-)
+from matgl_cdssl.data._cache import MARKER, cached_dataset, split_cached
+from matgl_cdssl.data._cache_keys import cache_folder, cache_key, fingerprint_labels, fingerprint_structures
 from matgl_cdssl.method import CDSSLModule
 
 

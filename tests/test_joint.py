@@ -50,9 +50,7 @@ def test_without_targets_the_readout_is_not_trained_and_with_them_it_is(crystals
     readout = ("output_proj", "node_s2s", "edge_s2s")
     start = _weights(megnet_of(load_model(SUPERVISED)))
     plain = _weights(matgl_cdssl.pretrain(structures, model=SUPERVISED, max_epochs=1, batch_size=8, **QUIET))
-    joint = _weights(
-        matgl_cdssl.pretrain(structures, model=SUPERVISED, targets=y, max_epochs=1, batch_size=8, **QUIET)
-    )
+    joint = _weights(matgl_cdssl.pretrain(structures, model=SUPERVISED, targets=y, max_epochs=1, batch_size=8, **QUIET))
     in_readout = [k for k in start if k.startswith(readout)]
     assert in_readout
     assert all(torch.equal(plain[k], start[k]) for k in in_readout)

@@ -30,15 +30,8 @@ from matbench.bench import MatbenchBenchmark
 from pymatgen.core import Structure
 from sklearn.model_selection import KFold
 
-from matgl_cdssl.apps import (
-    FinetuneResult,
-    load_results,
-    load_task,
-    predict,
-    run_matbench,
-    supported_tasks,
-    write_results,
-)
+from matgl_cdssl.apps import FinetuneResult, predict
+from matgl_cdssl.bench import load_results, load_task, run_matbench, supported_tasks, write_results
 from matgl_cdssl.hub import load_model
 
 TASK = "matbench_perovskites"
@@ -222,7 +215,7 @@ def test_cli_runs_a_fold_through_matbench(injected, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["matbench_jdft2d", "matbench_phonons"])
 def test_shipped_matbench_tasks_are_matbenchs_own(name):
-    from matgl_cdssl.apps._matbench import shipped_frame
+    from matgl_cdssl.bench import shipped_frame
 
     frame = shipped_frame(name)
     meta = matbench.metadata.mbv01_metadata[name]
@@ -279,7 +272,7 @@ def test_scratch_has_no_backbone_rate_to_choose_and_lr_grid_excludes_lr(injected
 
 
 def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_path):
-    from matgl_cdssl.apps import resume_results
+    from matgl_cdssl.bench import resume_results
 
     path = tmp_path / "results.json.gz"
     run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
@@ -300,7 +293,7 @@ def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_
 
 
 def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected, tmp_path, monkeypatch):
-    import matgl_cdssl.apps._matbench as runner
+    import matgl_cdssl.bench._matbench as runner
 
     real, trained = runner.finetune, []
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import lightning as L
@@ -13,7 +15,7 @@ from pymatgen.core.operations import SymmOp
 
 import matgl_cdssl
 from matgl_cdssl import CDSSLModule, GaussianPositionNoise
-from matgl_cdssl.method import bond_distances, encode
+from matgl_cdssl.method import bond_distances, encode, pretext
 from tests.helpers import graph_of
 
 
@@ -64,14 +66,14 @@ def test_step_metrics_and_gradients(batch_of, tiny_structures, megnet):
 
 
 def test_step_sees_the_lengths_of_the_transformed_crystal(batch_of, tiny_structures, megnet):
-    """The step's shortcut (clean bond vectors plus displacement differences) equals transform + bond_distances."""
+    """The step's noisy lengths (clean bond vectors plus displacement differences) are transform + bond_distances's."""
     batch = batch_of(tiny_structures)
     g, lat = batch[0], batch[1]
     module = CDSSLModule(megnet, sigma=0.2, seed=3).train()
     module.noise.generator = torch.Generator().manual_seed(11)
-    _, _, target, noisy_attr = module._pretext(batch)
+    _, _, target, noisy_attr = pretext(module.model, module.head, module.noise, batch)
     noisy = GaussianPositionNoise(0.2, generator=torch.Generator().manual_seed(11))(g, lat)  # the same draws
-    torch.testing.assert_close(noisy_attr, megnet.bond_expansion(bond_distances(noisy, lat)), atol=2e-5, rtol=0)
+    torch.testing.assert_close(noisy_attr, megnet.bond_expansion(bond_distances(noisy, lat)), atol=0, rtol=0)
     torch.testing.assert_close(target, megnet.bond_expansion(bond_distances(g, lat)))
 
 
@@ -214,3 +216,64 @@ def test_keep_every_keeps_the_checkpoints_along_the_run(tmp_path, sample):
     assert not all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # two different moments of the run
     with pytest.raises(ValueError, match="keep_every must be a positive"):
         matgl_cdssl.pretrain(sample.structures[:12], max_epochs=1, keep_every=0)
+
+
+class _RecordNoise(L.Callback):
+    """The noise stream at each training draw, by (global step, batch index): a digest of the generator's state."""
+
+    def __init__(self):
+        self.states: dict[tuple[int, int], str] = {}
+        self.batch_idx = -1
+
+    def on_train_start(self, trainer, pl_module):
+        draw = pl_module.noise.displacements
+
+        def recorded(g):
+            if pl_module.training:
+                state = pl_module.noise.generator.get_state().numpy().tobytes()
+                self.states[(trainer.global_step, self.batch_idx)] = hashlib.sha256(state).hexdigest()[:16]
+            return draw(g)
+
+        pl_module.noise.displacements = recorded
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch_idx = batch_idx
+
+
+def test_micro_batches_of_one_step_draw_their_own_noise_and_a_resumed_run_draws_the_same(tmp_path, sample):
+    """With accumulate_grad_batches=2, each micro-batch of a step has its own noise, in a run in one piece or two."""
+    structures = sample.structures[:8]  # 4 batches of 2 per epoch: 2 optimiser steps of 2 micro-batches
+    kwargs = {"max_epochs": 2, "batch_size": 2, "val_fraction": 0.0, "sigma": 0.1, "seed": 0,
+              "accumulate_grad_batches": 2, "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+    full = _RecordNoise()
+    matgl_cdssl.pretrain(structures, output_dir=tmp_path / "full", callbacks=[full], **kwargs)
+    assert sorted(full.states) == [(step, idx) for step in range(4) for idx in (2 * (step % 2), 2 * (step % 2) + 1)]
+    for step in range(4):
+        first, second = (full.states[k] for k in sorted(full.states) if k[0] == step)
+        assert first != second, f"the two micro-batches of step {step} drew the same noise"
+    assert len(set(full.states.values())) == 8
+    pieces = [_RecordNoise(), _RecordNoise()]
+    matgl_cdssl.pretrain(
+        structures, output_dir=tmp_path / "pieces", callbacks=[pieces[0]], **{**kwargs, "max_epochs": 1}
+    )
+    matgl_cdssl.pretrain(structures, output_dir=tmp_path / "pieces", callbacks=[pieces[1]], resume=True, **kwargs)
+    assert pieces[0].states | pieces[1].states == full.states
+
+
+def test_a_resumed_run_keeps_the_wall_time_of_a_checkpoint_from_before_the_callbacks(tmp_path, sample, megnet):
+    """The whole run's wall time is read from the checkpoint key ``cdssl_elapsed_s`` (written by CDSSLModule before
+    the engineering moved to callbacks, by :class:`PieceTimer` now), and the model is unfrozen after the fit."""
+    kwargs = {"max_epochs": 1, "batch_size": 6, "output_dir": tmp_path, "enable_progress_bar": False,
+              "enable_model_summary": False}  # fmt: skip
+    matgl_cdssl.pretrain(sample.structures[:12], **kwargs)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert 0 < state["cdssl_elapsed_s"] < 600
+    state["cdssl_elapsed_s"] = 5000.0  # as if the earlier pieces had taken 5000 s
+    torch.save(state, last)
+    model = matgl_cdssl.pretrain(sample.structures[:12], resume=True, **{**kwargs, "max_epochs": 2})
+    config = json.loads((tmp_path / "model" / "cdssl.json").read_text())
+    assert 5000 < config["total_wall_time_s"] < 5600
+    assert torch.load(last, map_location="cpu", weights_only=False)["cdssl_elapsed_s"] > 5000
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, p in megnet.named_parameters() if not p.requires_grad}  # as matgl made them

@@ -215,3 +215,73 @@ def test_finetune_result_and_property_model_agree(trained, sample):
     np.testing.assert_allclose(
         predict(normalised, structures), predict(trained.property_model(), structures), atol=2e-5
     )
+
+
+def test_an_ensemble_over_several_starts_takes_each_members_backbone_from_its_start(pretrained_session, sample,
+                                                                                   tmp_path):  # fmt: skip
+    from matgl_cdssl.hub import megnet_of
+
+    folder, eform = pretrained_session[1] / "model", "MEGNet-MP-2018.6.1-Eform"
+    y = sample.labels["formation_energy_per_atom_eV"]
+    recorder = _BackboneAtStart()
+    result = matgl_cdssl.finetune([folder, eform], sample.structures[:24], y[:24], ensemble=3, seed=2,
+                                  callbacks=[recorder], **{**TINY, "max_epochs": 1})  # fmt: skip
+    assert isinstance(result, EnsembleResult)
+    assert result.starts == [str(folder), eform, str(folder)]  # member k from start k mod 2
+    backbones = [{k: v for k, v in megnet_of(s).state_dict().items() if k.split(".")[0] not in READOUT}
+                 for s in (folder, eform)]  # fmt: skip
+    assert any(not torch.equal(backbones[0][k], backbones[1][k]) for k in backbones[0])  # two different starts
+    for k, start in enumerate(recorder.backbones):
+        assert all(torch.equal(start[key], backbones[k % 2][key]) for key in start), f"member {k}"
+    saved = load_model(result.property_model().save(tmp_path / "ensemble"))
+    assert saved.metadata["starts"] == result.starts
+    members = np.stack([_loop(r.property_model(), sample.structures[30:34]) for r in result.results])
+    np.testing.assert_allclose(predict(tmp_path / "ensemble", sample.structures[30:34]), members.mean(0), atol=2e-5)
+    with pytest.raises(ValueError, match="at least one per start"):
+        matgl_cdssl.finetune([folder, eform], sample.structures[:24], y[:24], ensemble=1)
+
+
+def test_a_single_start_in_a_list_is_the_single_start(pretrained_session, sample):
+    folder = pretrained_session[1] / "model"
+    y = sample.labels["band_gap_eV"][:24]
+    alone = matgl_cdssl.finetune(folder, sample.structures[:24], y, seed=4, ensemble=2, **{**TINY, "max_epochs": 1})
+    listed = matgl_cdssl.finetune([folder], sample.structures[:24], y, seed=4, ensemble=2, **{**TINY, "max_epochs": 1})
+    assert alone.starts == listed.starts == [str(folder)] * 2
+    for a, b in zip(alone.results, listed.results, strict=True):
+        torch.testing.assert_close(a.model.state_dict(), b.model.state_dict())
+    assert alone.metrics == pytest.approx(listed.metrics)
+
+
+def test_ensemble_test_metrics_cover_the_same_named_crystals(pretrained_session, sample, far_atom):
+    """A test crystal that finetune cannot use is left out of both test_MAE and member_test_MAE, by name."""
+    y = sample.labels["formation_energy_per_atom_eV"]
+    good = sample.structures[30:36]
+    with pytest.warns(UserWarning, match=r"1 invalid test crystal\(s\) left out .*: structures\[6\]"):
+        result = matgl_cdssl.finetune(pretrained_session[1] / "model", sample.structures[:24], y[:24], ensemble=2,
+                                      test_structures=[*good, far_atom], test_targets=[*y[30:36], 0.0],
+                                      skip_invalid=True, **{**TINY, "max_epochs": 1})  # fmt: skip
+    assert list(result.left_out) == ["structures[6]"]
+    assert "no neighbour" in result.left_out["structures[6]"]
+    assert result.metrics["test_left_out"] == 1
+    members = np.stack([predict(r, good) for r in result.results])
+    assert result.metrics["test_MAE"] == pytest.approx(np.abs(members.mean(0) - y[30:36]).mean(), rel=1e-5)
+    assert result.metrics["member_test_MAE"] == pytest.approx(np.abs(members - y[30:36]).mean(), rel=1e-5)
+    assert result.metrics["member_test_MAE"] == pytest.approx(
+        np.mean([r.metrics["test_MAE"] for r in result.results]), rel=1e-5
+    )
+    assert result.property_model().metadata["test_left_out"] == result.left_out
+
+
+def test_cli_finetune_an_ensemble_over_two_starts(sample, pretrained_session, tmp_path):
+    import json
+
+    y = sample.labels["band_gap_eV"]
+    rows = [{"material_id": f"mp-{i}", "cif": sample.structures[i].to(fmt="cif"), "gap": y[i]} for i in range(24)]
+    _write_csv(tmp_path / "train.csv", rows)
+    out, folder = tmp_path / "ft", str(pretrained_session[1] / "model")
+    command = ["finetune", str(tmp_path / "train.csv"), "--target", "gap", "--out", str(out), "--model", folder,
+               "MEGNet-MP-2018.6.1-Eform", "--ensemble", "2", "--max-epochs", "1", "--no-progress-bar"]  # fmt: skip
+    assert main(command) == 0
+    info = json.loads((out / "model" / "ensemble.json").read_text())
+    assert info["starts"] == [folder, "MEGNet-MP-2018.6.1-Eform"]
+    assert json.loads((out / "metrics.json").read_text())["model"] == info["starts"]

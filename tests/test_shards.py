@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(BACKEND != "dgl", reason="matgl >= 3 streams wit
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, megnet_seed0):
     """20 crystals in shards of 6, 6, 6 and 2."""
-    from matgl_cdssl._dgl_shards import ShardedGraphs, write_shards
+    from matgl_cdssl._backend._dgl_shards import ShardedGraphs, write_shards
 
     structures = matgl_cdssl.load_sample(20).structures
     folder = tmp_path_factory.mktemp("shards")
@@ -53,7 +53,7 @@ def test_shards_hold_the_graphs_in_order_one_shard_in_memory(sharded, megnet):
 
 
 def test_batches_stay_in_one_shard_and_cover_every_crystal(sharded):
-    from matgl_cdssl._dgl_shards import ShardBatchSampler
+    from matgl_cdssl._backend._dgl_shards import ShardBatchSampler
 
     dataset, _ = sharded
     sampler = ShardBatchSampler(dataset, 4, shuffle=False)
@@ -66,7 +66,7 @@ def test_batches_stay_in_one_shard_and_cover_every_crystal(sharded):
 
 
 def test_shuffle_follows_seed_and_epoch(sharded):
-    from matgl_cdssl._dgl_shards import ShardBatchSampler
+    from matgl_cdssl._backend._dgl_shards import ShardBatchSampler
 
     dataset, _ = sharded
 
@@ -88,7 +88,7 @@ def test_shuffle_follows_seed_and_epoch(sharded):
 
 @pytest.mark.parametrize("world_size", [2, 3, 5])
 def test_ranks_read_disjoint_crystals_in_equal_numbers_of_batches(sharded, world_size):
-    from matgl_cdssl._dgl_shards import ShardBatchSampler
+    from matgl_cdssl._backend._dgl_shards import ShardBatchSampler
 
     dataset, _ = sharded
     seen, counts = [], []
@@ -110,7 +110,7 @@ def test_ranks_read_disjoint_crystals_in_equal_numbers_of_batches(sharded, world
 def test_a_subset_is_batched_by_the_shards_of_its_items(sharded):
     from torch.utils.data import Subset
 
-    from matgl_cdssl._dgl_shards import ShardBatchSampler
+    from matgl_cdssl._backend._dgl_shards import ShardBatchSampler
 
     dataset, _ = sharded
     subset = Subset(dataset, [19, 0, 7, 8, 1, 13])
@@ -132,7 +132,7 @@ def test_loader_batches_a_cached_split_shard_by_shard(sharded):
 def test_bad_shards_and_datasets_are_named(sharded, tmp_path):
     import shutil
 
-    from matgl_cdssl._dgl_shards import ShardBatchSampler, ShardedGraphs, write_shards
+    from matgl_cdssl._backend._dgl_shards import ShardBatchSampler, ShardedGraphs, write_shards
 
     dataset, _ = sharded
     with pytest.raises(FileNotFoundError, match="no index of graph shards"):

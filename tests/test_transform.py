@@ -10,7 +10,7 @@ import torch
 from pymatgen.core import Structure
 
 from matgl_cdssl import GaussianPositionNoise
-from matgl_cdssl.method import DISPLACEMENT_KEY, bond_distances
+from matgl_cdssl.method import CLEAN_FRAC_KEY, DISPLACEMENT_KEY, bond_distances, make_head, pretext
 
 
 def test_repr():
@@ -104,3 +104,29 @@ def test_noisy_lengths_match_pymatgen(backend, batch_of, tiny_structures):
     np.testing.assert_allclose(lengths, expected, atol=2e-5)
     clean = bond_distances(g, lat).double().numpy()
     assert np.abs(lengths - clean).max() > 0.01
+
+
+def test_the_transform_gives_the_lengths_training_uses_to_the_last_bit(backend, batch_of, tiny_structures, megnet):
+    """One noise path: the noisy lengths of the transformed crystal are those ``pretext`` trains on, bit for bit."""
+    batch = batch_of(tiny_structures)
+    g, lat = batch[0], batch[1]
+    head = make_head(megnet)
+    seen = []  # pretext expands the clean lengths (the target), then the noisy ones (the input)
+    hook = megnet.bond_expansion.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        pretext(megnet, head, GaussianPositionNoise(0.2, generator=torch.Generator().manual_seed(11)), batch)
+    finally:
+        hook.remove()
+    clean, noisy = seen
+    transformed = GaussianPositionNoise(0.2, generator=torch.Generator().manual_seed(11))(g, lat)  # the same state
+    assert torch.equal(bond_distances(transformed, lat), noisy)
+    assert torch.equal(bond_distances(g, lat), clean)
+    assert torch.equal(backend.node_field(transformed, CLEAN_FRAC_KEY), backend.frac_coords(g))
+    # matgl reads the displaced fractional coordinates: the same lengths up to float rounding
+    lattice = lat.reshape(-1, 3, 3)
+    topo = backend.topology(transformed)
+    frac = backend.frac_coords(transformed)
+    pos = torch.einsum("ni,nij->nj", frac, lattice[topo.node_graph])
+    shift = torch.einsum("ei,eij->ej", backend.pbc_offset(transformed).to(frac.dtype), lattice[topo.edge_graph])
+    from_frac = torch.linalg.vector_norm(pos[topo.dst] + shift - pos[topo.src], dim=1)
+    torch.testing.assert_close(from_frac, noisy, atol=2e-5, rtol=0)

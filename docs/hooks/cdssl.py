@@ -53,7 +53,7 @@ _FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 def _modules() -> list[str]:
     """Public modules and subpackages of the package (no leading underscore), in the order of the layers."""
     found = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
-    order = ["data", "method", "hub", "apps", "analysis", "cli"]
+    order = ["data", "method", "hub", "apps", "analysis", "bench", "cli"]
     public = [m for m in found if not m.startswith("_")]
     return sorted(public, key=lambda m: (order.index(m) if m in order else len(order), m))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,14 +12,14 @@ import torch
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.data import build_dataset, read_structures
-from matgl_cdssl.hub import Ensemble, list_models, load_model
+from matgl_cdssl.hub import CONFIG_FILE, Ensemble, list_models, load_model, read_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from torch import nn
 
-__all__ = ["Predictions", "dataset_outputs", "predict", "predict_all"]
+__all__ = ["EnsembleResult", "Predictions", "calibration", "dataset_outputs", "predict", "predict_all"]
 
 
 @dataclass
@@ -39,15 +39,29 @@ class Predictions:
     reasons: dict[str, str]
 
 
+_FINETUNE_FIRST = (
+    "finetune it first (finetune() or `cdssl finetune`), then predict with the result or the folder it writes"
+)
+
+
 def _loaded(model: Any) -> Any:
-    """``model``, or the model or ensemble in the folder ``model`` names (a registered pretrained name is refused)."""
+    """``model``, or the model or ensemble in the folder ``model`` names (pretrained weights are refused).
+
+    A registered pretrained name is refused, and so is a folder written by ``pretrain()`` (it holds ``cdssl.json``),
+    given as its ``model/`` folder or as the run's folder: its readout was never trained, or, for a joint run
+    (``pretrain(targets=...)``, a ``"target"`` entry), trained next to the pretext in normalised units.
+    """
     if not isinstance(model, (str, Path)):
         return model
     if str(model) in list_models():
-        raise ValueError(
-            f"{model!r} is pretrained weights, whose readout was never trained: finetune it first (finetune() or "
-            "`cdssl finetune`), then predict with the result or the folder it writes"
-        )
+        raise ValueError(f"{model!r} is pretrained weights, whose readout was never trained: {_FINETUNE_FIRST}")
+    for folder in (Path(model), Path(model) / "model"):
+        if (folder / CONFIG_FILE).is_file():
+            joint = bool(read_config(folder).get("target"))
+            readout = "was trained next to the pretext, in normalised units" if joint else "was never trained"
+            raise ValueError(
+                f"{folder} was written by pretrain(), not finetune(): its readout {readout}; {_FINETUNE_FIRST}"
+            )
     return load_model(model)  # an Ensemble for an ensemble folder, with its metadata (std_scale)
 
 
@@ -209,7 +223,7 @@ def predict(
 
     Raises:
         ValueError: An invalid crystal, named with the reason (unless ``skip_invalid``); a pretrained (never
-            finetuned) model name; or a bad ``batch_size``.
+            finetuned) model name or a folder written by ``pretrain()``; or a bad ``batch_size``.
 
     Example:
         >>> import matgl_cdssl
@@ -221,3 +235,105 @@ def predict(
     """
     found = predict_all(model, structures, batch_size=batch_size, state_attr=state_attr, skip_invalid=skip_invalid)
     return (found.mean, found.std) if return_std else found.mean
+
+
+@dataclass
+class EnsembleResult:
+    """What :func:`~matgl_cdssl.finetune` returns with ``ensemble=K``: the K members and the ensemble's own metrics.
+
+    Attributes:
+        results: Each member's :class:`~matgl_cdssl.apps.FinetuneResult` (member ``k`` from seed ``seed + k``).
+        metrics: ``members``, ``std_scale``, the members' mean ``best_val_MAE`` and, with test data, the
+            ensemble's ``test_MAE`` (of the members' mean), ``member_test_MAE`` (the members' average),
+            ``test_spearman_error_std`` (Spearman correlation between the absolute error and the uncertainty),
+            ``test_within_1_std`` and ``test_within_2_std`` (fractions of test crystals whose error is within one and
+            two uncertainties), all on the same test crystals; ``test_left_out`` counts the invalid test crystals
+            left out (``skip_invalid=True``), when there are any.
+        std_scale: The factor by which the members' standard deviation is scaled to give the uncertainty, chosen on
+            the validation crystals (:meth:`evaluate`).
+        starts: Each member's start (the model name or folder it was finetuned from), in member order.
+        left_out: Name -> reason, for each test crystal left out of the test metrics.
+    """
+
+    results: list[Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    std_scale: float = 1.0
+    starts: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ensemble(self) -> Ensemble:
+        """The members as property models (raw output = the property), as one :class:`~matgl_cdssl.hub.Ensemble`."""
+        return self.property_model()
+
+    def property_model(self) -> Ensemble:
+        """An :class:`~matgl_cdssl.hub.Ensemble` of the members' property models; ``.save(folder)`` writes it.
+
+        Its metadata (``ensemble.json``) records ``std_scale``, the metrics, each member's start and the test
+        crystals left out.
+        """
+        metadata: dict[str, Any] = {"std_scale": self.std_scale, "metrics": self.metrics, "starts": self.starts}
+        if self.left_out:
+            metadata["test_left_out"] = self.left_out
+        return Ensemble([r.property_model() for r in self.results], metadata)
+
+    @classmethod
+    def evaluate(
+        cls,
+        results: list[Any],
+        val: Any,
+        test: Any = None,
+        *,
+        starts: Sequence[str] = (),
+        left_out: dict[str, str] | None = None,
+    ) -> EnsembleResult:
+        """The ensemble of ``results``: its spread's scale from the validation set ``val``, its test metrics.
+
+        The members share a pretrained backbone, so their spread understates the error; ``std_scale`` is the factor
+        that makes it right on the validation crystals in the Gaussian maximum-likelihood sense
+        (``sqrt(mean((error / std)^2))``, sigma scaling). The test set, when given, is touched once, after: the
+        ensemble and its members are scored on the same crystals, those of ``test`` (the dataset the members were
+        tested on); ``left_out`` names the invalid test crystals that it lacks, with a warning.
+
+        Args:
+            results: The members' :class:`~matgl_cdssl.apps.FinetuneResult`.
+            val: The validation dataset (items carry the target first).
+            test: The test dataset, or None.
+            starts: Each member's start, recorded in the result.
+            left_out: Name -> reason for the test crystals left out of ``test``.
+        """
+        ensemble = cls(results, starts=[str(s) for s in starts], left_out=dict(left_out or {}))
+        outputs, y_val = dataset_outputs(ensemble, val)
+        spread = outputs.std(axis=0, ddof=1)
+        ok = spread > 0
+        z = (outputs.mean(0) - y_val)[ok] / spread[ok]
+        ensemble.std_scale = float(np.sqrt(np.mean(z**2))) if ok.any() else 1.0
+        ensemble.metrics = {"members": float(len(results)), "std_scale": ensemble.std_scale}
+        ensemble.metrics["best_val_MAE"] = float(np.mean([r.metrics["best_val_MAE"] for r in results]))
+        if test is not None:
+            outputs, y = dataset_outputs(ensemble, test)
+            std = outputs.std(axis=0, ddof=1) * ensemble.std_scale
+            ensemble.metrics.update(calibration(y, outputs.mean(0), std))
+            ensemble.metrics["member_test_MAE"] = float(np.abs(outputs - y).mean(axis=1).mean())
+            if ensemble.left_out:
+                ensemble.metrics["test_left_out"] = float(len(ensemble.left_out))
+                warnings.warn(
+                    f"finetune: {len(ensemble.left_out)} invalid test crystal(s) left out of the ensemble's test "
+                    f"metrics (test_MAE and member_test_MAE alike): {', '.join(ensemble.left_out)}",
+                    stacklevel=3,
+                )
+        return ensemble
+
+
+def calibration(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:
+    """How well an ensemble's spread tracks its error: MAE, Spearman(|error|, std), fractions within 1 and 2 std."""
+    from scipy.stats import spearmanr
+
+    error = np.abs(np.asarray(mean, dtype=float) - np.asarray(y, dtype=float))
+    std = np.asarray(std, dtype=float)
+    return {
+        "test_MAE": float(error.mean()),
+        "test_spearman_error_std": float(spearmanr(error, std).statistic),
+        "test_within_1_std": float(np.mean(error <= std)),
+        "test_within_2_std": float(np.mean(error <= 2 * std)),
+    }

@@ -2,13 +2,13 @@
 
 :func:`pretrain` runs four steps, each a function of its own: :func:`_resolve_model` (a new MEGNet, a folder or a
 name, with its pretext head), :func:`_datasets` (in memory or through the graph cache, split by
-:func:`~matgl_cdssl.data.train_val_split`), :func:`_trainer` (Lightning with checkpoints, loggers and determinism)
+:func:`~matgl_cdssl.data.train_val_split`), :func:`_trainer` (Lightning with checkpoints, loggers and determinism,
+plus the callbacks of :mod:`~matgl_cdssl.apps._callbacks`: the DDP freeze, the divergence guard and the wall clock)
 and :func:`_save` (the model folder of :func:`~matgl_cdssl.hub.save_pretrained`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import tempfile
@@ -19,12 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import Subset
 
 from matgl_cdssl._backend import get_backend
-from matgl_cdssl.data import build_dataset, cached_dataset, split_cached, train_val_split
+from matgl_cdssl.apps._callbacks import DivergenceGuard, FreezeUnreached, PieceTimer
+from matgl_cdssl.apps._runs import (
+    check_loggers,
+    make_loggers,
+    merge_metrics,
+    on_cpu,
+    process_count,
+    resume_from,
+    set_aside_metrics,
+)
+from matgl_cdssl.data import build_dataset, cached_dataset, check_targets, split_cached, train_val_split
 from matgl_cdssl.hub import load_head, load_model, megnet_of, read_config, save_pretrained, source_folder
 from matgl_cdssl.method import CDSSLModule, check_sigma
 
@@ -36,9 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["pretrain"]
 
 logger = logging.getLogger(__name__)
-
-LOGGERS = ("csv", "tensorboard")
-"""Names that ``pretrain(..., loggers=...)`` accepts."""
 
 
 def pretrain(
@@ -110,7 +116,8 @@ def pretrain(
             reused by later runs on the same crystals, cutoff and elements (:func:`~matgl_cdssl.data.cached_dataset`).
             The graphs then stream from disk shard by shard, and crystals are read from files one at a time, so they are
             never all in memory. Under DDP each rank reads whole shards of its own (a shard sampler, matgl's on PyG,
-            ``ShardBatchSampler`` of :mod:`matgl_cdssl._dgl_shards` on DGL, replaces Lightning's distributed sampler).
+            ``ShardBatchSampler`` of :mod:`matgl_cdssl._backend._dgl_shards` on DGL, replaces Lightning's distributed
+            sampler).
         val_grad_norm: Also log the gradient norm on validation batches (``val_Grad_Norm``). Off by default: it
             doubles the cost of validation and runs the Trainer with ``inference_mode=False``.
         keep_every: Also keep the checkpoint of every ``keep_every``-th epoch, as
@@ -144,17 +151,18 @@ def pretrain(
     sigma = check_sigma(sigma)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
-    ckpt_path = _resume_from(ckpt_path, resume, output_dir)
-    loggers = _check_loggers(loggers) if "logger" not in trainer_kwargs else ()
-    trainer_kwargs = {**trainer_kwargs, "callbacks": list(trainer_kwargs.get("callbacks") or [])}  # the caller's stay
-    if trainer_kwargs.get("max_time") is not None:  # checked (DD:HH:MM:SS) before minutes of reading crystals
-        trainer_kwargs["callbacks"].append(PieceTimer(duration=trainer_kwargs.pop("max_time"), interval="step"))
+    ckpt_path = resume_from(ckpt_path, resume, output_dir)
+    loggers = check_loggers(loggers) if "logger" not in trainer_kwargs else ()
+    # The engineering of the run, as callbacks; the timer's max_time is checked (DD:HH:MM:SS) before minutes of reading.
+    clock = PieceTimer(duration=trainer_kwargs.pop("max_time", None), interval="step")
+    engineering = [FreezeUnreached(), DivergenceGuard(), clock]
+    trainer_kwargs = {**trainer_kwargs, "callbacks": [*(trainer_kwargs.get("callbacks") or []), *engineering]}
     start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
 
     model, head, head_hidden, normaliser = _resolve_model(model, cutoff, element_types, head_hidden)
-    world_size = _world_size(trainer_kwargs)
-    labels = _check_targets(targets, target_weight)
+    world_size = process_count(trainer_kwargs)
+    labels = check_targets(targets, target_weight)
     data = _datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size, labels)
     target = _target_scale(labels, normaliser, target_weight)
     if graph_cache is not None and world_size > 1:
@@ -198,22 +206,8 @@ def pretrain(
             module.load_state_dict(best["state_dict"])
             logger.info("Restored the best epoch (%s = %.5g)", monitor, float(checkpoint.best_model_score))
         if output_dir is not None and trainer.is_global_zero:
-            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start, target=target)
+            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start, target=target, clock=clock)
     return module.model
-
-
-def _resume_from(ckpt_path: str | Path | None, resume: bool, output_dir: str | Path | None) -> str | Path | None:
-    """The checkpoint to resume from: ``ckpt_path``, else with ``resume`` ``output_dir/checkpoints/last.ckpt``."""
-    if not resume or ckpt_path is not None:
-        return ckpt_path
-    if output_dir is None:
-        raise ValueError("resume=True needs output_dir: the run resumes from output_dir/checkpoints/last.ckpt")
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        logger.info("Resuming from %s", last)
-        return last
-    logger.info("No %s to resume from; starting afresh", last)
-    return None
 
 
 def _resolve_model(
@@ -250,26 +244,6 @@ def _resolve_model(
     if cutoff is not None and not math.isclose(float(cutoff), float(model.cutoff)):
         raise ValueError(f"cutoff={cutoff} contradicts the model's cutoff of {model.cutoff} Å; leave cutoff unset")
     return model, head, tuple(head_hidden), normaliser
-
-
-def _check_targets(targets: Sequence[float] | None, target_weight: float) -> dict[str, list[float]] | None:
-    """The labels of a joint run (``{"target": values}``, NaN where a crystal has none), checked; None without."""
-    if targets is None:
-        return None
-    if not (math.isfinite(float(target_weight)) and float(target_weight) > 0):
-        raise ValueError(f"target_weight must be a positive number when targets are given; got {target_weight!r}")
-    values = []
-    for i, value in enumerate(targets):
-        try:
-            value = float("nan") if value is None else float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"targets[{i}] is {value!r}, not a number (NaN for a crystal without a label)") from None
-        if math.isinf(value):
-            raise ValueError(f"targets[{i}] is {value}; labels must be finite (NaN for a crystal without one)")
-        values.append(value)
-    if not any(math.isfinite(v) for v in values):
-        raise ValueError("targets has no label: every value is NaN")
-    return {"target": values}
 
 
 def _target_scale(
@@ -359,39 +333,14 @@ def _trainer(
 ) -> L.Trainer:
     """Step 3: the Lightning Trainer, with the checkpoint callback, the loggers and (on the CPU) determinism."""
     kwargs = dict(trainer_kwargs)
-    kwargs.setdefault("logger", _make_loggers(loggers, root))
+    kwargs.setdefault("logger", make_loggers(loggers, root))
     kwargs["callbacks"] = [*kwargs["callbacks"], checkpoint]
     if val_grad_norm:  # a gradient on validation batches
         kwargs.setdefault("inference_mode", False)
-    if _on_cpu(kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
+    if on_cpu(kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
         kwargs.setdefault("deterministic", True)
     kwargs.setdefault("default_root_dir", root)
     return L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **kwargs)
-
-
-class PieceTimer(Timer):
-    """Lightning's ``max_time`` timer, but for one piece of a resumed run.
-
-    Lightning's own timer restores the time spent before the checkpoint and counts it against the limit, so a run
-    resumed with ``max_time="00:00:20:00"`` after 80 minutes stops at once. This one starts each piece at zero; the
-    time it saves in checkpoints is still the whole run's (earlier pieces plus this one).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.earlier: dict[str, float] = {}
-
-    @property
-    def state_key(self) -> str:
-        return "Timer"  # reads the state that Lightning's own timer saved, and the other way round
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        elapsed = state["time_elapsed"]
-        return {"time_elapsed": {stage: t + self.earlier.get(stage, 0.0) for stage, t in elapsed.items()}}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.earlier = dict(state_dict.get("time_elapsed", {}))  # kept for the next checkpoint, not for the limit
 
 
 def _fit(
@@ -407,7 +356,7 @@ def _fit(
 
     ``determinism`` is the caller's ``(deterministic, warn_only)`` setting from before the Trainer was made.
     """
-    earlier = _set_aside_metrics(root) if ckpt_path is not None else None
+    earlier = set_aside_metrics(root) if ckpt_path is not None else None
     try:
         trainer.fit(
             module,
@@ -415,11 +364,10 @@ def _fit(
             loaders[1] if data.val_idx else None,
             ckpt_path=None if ckpt_path is None else str(ckpt_path),
         )
-    finally:  # also when the run stops with an error (e.g. TrainingDiverged): keep the metrics, unfreeze
-        module.teardown("fit")
+    finally:  # also when the run stops with an error (e.g. TrainingDiverged): keep the metrics
         torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
         if earlier is not None:
-            _merge_metrics(root, earlier)
+            merge_metrics(root, earlier)
 
 
 def _save(
@@ -432,6 +380,7 @@ def _save(
     seed: int,
     start: float,
     target: dict[str, Any],
+    clock: PieceTimer,
 ) -> None:
     """Step 4: the model folder (:func:`~matgl_cdssl.hub.save_pretrained`) with how it was pretrained."""
     config = {
@@ -444,7 +393,7 @@ def _save(
         "n_val": len(data.val_idx),
         "epochs": trainer.current_epoch,
         "wall_time_s": round(time.perf_counter() - start, 1),
-        "total_wall_time_s": round(module.elapsed_s, 1),
+        "total_wall_time_s": round(clock.elapsed_s, 1),
         "best_epoch_metric": checkpoint.monitor,
         "best_score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
         "last_epoch_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -452,72 +401,3 @@ def _save(
     if target["weight"]:  # a joint run: its readout was trained on this property, in these units
         config["target"] = target
     save_pretrained(module.model, folder, head=module.head, config=config, skipped=data.skipped)
-
-
-def _on_cpu(trainer_kwargs: dict[str, Any]) -> bool:
-    """Whether the Trainer will run on the CPU."""
-    accelerator = trainer_kwargs.get("accelerator", "auto")
-    return accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
-
-
-def _world_size(trainer_kwargs: dict[str, Any]) -> int:
-    """Processes the Trainer will run: devices per node (an int, a list of ids, or "auto"/-1 for all) times nodes."""
-    devices = trainer_kwargs.get("devices", 1)
-    if isinstance(devices, (list, tuple)):
-        per_node = len(devices)
-    elif str(devices).strip() in ("auto", "-1"):
-        per_node = 1 if _on_cpu(trainer_kwargs) else torch.cuda.device_count()
-    elif isinstance(devices, str) and "," in devices:
-        per_node = len([d for d in devices.split(",") if d.strip()])
-    else:
-        per_node = int(devices)
-    return max(1, per_node) * max(1, int(trainer_kwargs.get("num_nodes", 1)))
-
-
-def _check_loggers(loggers: Sequence[str] | str) -> tuple[str, ...]:
-    """Validate the logger names of :func:`pretrain` before any work is done."""
-    names = tuple(dict.fromkeys((loggers,) if isinstance(loggers, str) else loggers))
-    unknown = [name for name in names if name not in LOGGERS]
-    if unknown:
-        raise ValueError(f"unknown logger(s) {unknown} in loggers={names!r}; choose from {', '.join(LOGGERS)}")
-    if "tensorboard" in names and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-        raise ImportError(
-            f"loggers={names!r} needs TensorBoard, but neither tensorboard nor tensorboardX is installed: "
-            "pip install tensorboard, or leave 'tensorboard' out of loggers ('csv' writes metrics.csv)"
-        )
-    return names
-
-
-def _make_loggers(names: Sequence[str], root: Path) -> Logger | list[Logger] | bool:
-    """The Lightning loggers named in ``names``, writing under ``root`` (False, i.e. none, when empty)."""
-    made: list[Logger] = []
-    for name in names:
-        if name == "csv":
-            made.append(CSVLogger(root, name="", version=""))
-        else:
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            made.append(TensorBoardLogger(root, name="tensorboard", version="", default_hp_metric=False))
-    return made[0] if len(made) == 1 else made or False
-
-
-def _set_aside_metrics(root: Path) -> Path | None:
-    """Move ``metrics.csv`` of the interrupted run aside: Lightning's CSV logger would overwrite it on resume."""
-    metrics = root / "metrics.csv"
-    if not metrics.is_file():
-        return None
-    aside = root / "metrics.before-resume.csv"
-    metrics.replace(aside)
-    return aside
-
-
-def _merge_metrics(root: Path, earlier: Path) -> None:
-    """Prepend the earlier epochs to the resumed run's ``metrics.csv`` (rows of epochs that were redone are dropped)."""
-    import pandas as pd
-
-    new = pd.read_csv(root / "metrics.csv") if (root / "metrics.csv").is_file() else pd.DataFrame()
-    old = pd.read_csv(earlier)
-    if "epoch" in new and len(new):
-        old = old[old["epoch"] < new["epoch"].min()]
-    pd.concat([old, new], ignore_index=True).to_csv(root / "metrics.csv", index=False)
-    earlier.unlink()

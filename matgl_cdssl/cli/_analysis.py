@@ -18,7 +18,7 @@ from matgl_cdssl.analysis import (
     probe_models,
     structure_properties,
 )
-from matgl_cdssl.apps import plot_curves
+from matgl_cdssl.bench import plot_curves
 from matgl_cdssl.data import load_sample, read_csv_structures, read_structures
 from matgl_cdssl.hub import new_like
 

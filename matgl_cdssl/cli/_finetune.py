@@ -10,16 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from matgl_cdssl._backend import get_backend
-from matgl_cdssl.apps import (
-    DEFAULT_SUITE,
-    DEFAULT_TASKS,
-    TASKS,
-    BenchmarkSettings,
-    TaskData,
-    benchmark,
-    finetune,
-    run_matbench,
-)
+from matgl_cdssl.apps import LOSSES, TrainOptions, finetune
+from matgl_cdssl.bench import DEFAULT_SUITE, DEFAULT_TASKS, TASKS, BenchmarkSettings, TaskData, benchmark, run_matbench
 from matgl_cdssl.cli._options import (
     add_option,
     add_trainer_options,
@@ -33,11 +25,12 @@ from matgl_cdssl.data import read_labelled_csv
 __all__ = ["add_finetune_arguments", "add_parser", "benchmark_settings", "finetune_options"]
 
 #: The options of :func:`~matgl_cdssl.finetune` that ``cdssl finetune`` and ``cdssl matbench`` take (defaults from
-#: its signature).
+#: :class:`~matgl_cdssl.apps.TrainOptions`, or from finetune's signature for ``seed`` and ``skip_invalid``).
 _FINETUNE_OPTIONS: dict[str, dict[str, Any]] = {
     "val_fraction": {"type": float, "help": "held out for validation (no --val given)"},
     "min_val": {"type": non_negative_int, "help": "with --val-fraction: at least this many validation crystals"},
-    "loss": {"choices": ("l1_loss", "mse_loss", "huber_loss", "smooth_l1_loss")},
+    "max_val": {"type": positive_int, "help": "with --val-fraction: at most this many (unless --min-val asks more)"},
+    "loss": {"choices": LOSSES},
     "max_epochs": {"type": positive_int},
     "patience": {"type": non_negative_int, "help": "early-stopping patience in epochs (0: none)"},
     "lr_patience": {
@@ -56,7 +49,8 @@ _FINETUNE_ONLY: dict[str, dict[str, Any]] = {
     "ensemble": {
         "type": int,
         "metavar": "K",
-        "help": "train K members (seeds seed..seed+K-1): predictions get an uncertainty",
+        "help": "train K members (seeds seed..seed+K-1; member k from the k-th --model, cycling): predictions get "
+        "an uncertainty",
     },
     "denoising_weight": {
         "type": float,
@@ -69,8 +63,13 @@ _FINETUNE_ONLY: dict[str, dict[str, Any]] = {
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """The options of :func:`~matgl_cdssl.finetune` (and Lightning's device options) for a subcommand."""
     for name, kwargs in _FINETUNE_OPTIONS.items():
-        add_option(p, finetune, name, **kwargs)
+        add_option(p, _defaults_of(name), name, **kwargs)
     add_trainer_options(p)
+
+
+def _defaults_of(name: str) -> Any:
+    """Where option ``name`` takes its default: :class:`~matgl_cdssl.apps.TrainOptions`, else :func:`finetune`."""
+    return TrainOptions if name in {f.name for f in fields(TrainOptions)} else finetune
 
 
 def finetune_options(args: argparse.Namespace) -> dict:
@@ -122,14 +121,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("data", type=Path, help="training CSV with a CIF column and the target column")
     p.add_argument("--target", required=True, help="column with the property")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", default="CDSSL-MEGNet-MP", help="registered name, model folder or 'scratch'")
+    p.add_argument(
+        "--model",
+        nargs="+",
+        default=["CDSSL-MEGNet-MP"],
+        help="registered name, model folder or 'scratch'; several: the --ensemble's starts, in turn",
+    )
     p.add_argument("--val", type=Path, help="validation CSV (default: --val-fraction of the training CSV)")
     p.add_argument("--test", type=Path, help="test CSV, evaluated with the best weights")
     p.add_argument("--cif-column", default="cif")
     p.add_argument("--state-columns", nargs="+", default=(), metavar="COLUMN", help="MEGNet state attributes")
     add_finetune_arguments(p)
     for name, kwargs in _FINETUNE_ONLY.items():
-        add_option(p, finetune, name, **kwargs)
+        add_option(p, _defaults_of(name), name, **kwargs)
     p.set_defaults(func=finetune_command)
 
     p = sub.add_parser(
@@ -235,9 +239,9 @@ def finetune_command(args: argparse.Namespace) -> int:
         return structures, y, state
 
     train, val, test = read(args.data), read(args.val), read(args.test)
-    model = get_backend().megnet_class() if args.model == "scratch" else args.model
+    starts = [get_backend().megnet_class() if m == "scratch" else m for m in args.model]
     result = finetune(
-        model,
+        starts[0] if len(starts) == 1 else starts,
         train[0],
         train[1],
         state_attr=train[2],
@@ -256,7 +260,7 @@ def finetune_command(args: argparse.Namespace) -> int:
     first = result.results[0] if args.ensemble > 1 else result
     summary = {
         "target": args.target,
-        "model": str(args.model),
+        "model": args.model[0] if len(args.model) == 1 else list(args.model),
         "data_mean": first.data_mean,
         "data_std": first.data_std,
         **result.metrics,
@@ -268,7 +272,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 
 def benchmark_settings(args: argparse.Namespace) -> BenchmarkSettings:
-    """:class:`~matgl_cdssl.apps.BenchmarkSettings` with the options given on the command line; the others default."""
+    """:class:`~matgl_cdssl.bench.BenchmarkSettings` with the options given on the command line; the others default."""
     given = {f.name: getattr(args, f.name, None) for f in fields(BenchmarkSettings)}
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     if args.lr_patience == 0:  # 0 asks for matgl's cosine schedule

@@ -79,7 +79,10 @@ def devices(text: str) -> int | str:
 
 
 def parameter_default(func: Callable[..., Any], name: str) -> Any:
-    """The default of parameter ``name`` of ``func``."""
+    """The default of parameter ``name`` of ``func``, a function or a dataclass (then a field's default).
+
+    :class:`~matgl_cdssl.apps.TrainOptions` holds the defaults of :func:`~matgl_cdssl.finetune`'s training options.
+    """
     default = inspect.signature(func).parameters[name].default
     if default is inspect.Parameter.empty:
         raise ValueError(f"{func.__qualname__}() has no default for {name!r}")
@@ -100,7 +103,7 @@ def add_option(
 
     Args:
         parser: The (sub)command's parser.
-        func: The library function the option is passed to.
+        func: The library function the option is passed to, or the dataclass that holds its default.
         name: The parameter (``max_epochs`` gives ``--max-epochs``).
         flag: Another flag for it (``--out`` for ``output_dir``); the value still lands in ``args.<name>``.
         unset: Default to None instead, so that an option not given can be told apart (``cdssl pretrain`` merges

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["add_parser"]
 
 _CSV = (".csv", ".csv.gz")
+_WRITTEN = ("uncertainty", "reason")  # the columns written after the prediction (an ensemble's, --skip-invalid's)
 
 
 def add_parser(sub: Any) -> None:
@@ -37,7 +38,11 @@ def add_parser(sub: Any) -> None:
         help="crystals: a CSV with a CIF column, folders, CIF/POSCAR files, JSON/JSON Lines, extxyz",
     )
     p.add_argument("--out", type=Path, required=True, help="the predictions CSV")
-    p.add_argument("--column", default="prediction", help="name of the prediction column (default: prediction)")
+    p.add_argument(
+        "--column",
+        default="prediction",
+        help="name of the prediction column, not one the input has, 'uncertainty' or 'reason' (default: prediction)",
+    )
     p.add_argument("--cif-column", default="cif", help="CIF column of a CSV input (default: cif)")
     p.add_argument("--id-column", help="id column of a CSV input (default: material_id or id, else the row number)")
     add_option(p, predict, "batch_size", type=int, help="crystals per batch")
@@ -72,6 +77,7 @@ def _read(inputs: list[Path], args: argparse.Namespace) -> tuple[list[dict], lis
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
             if args.cif_column not in frame.columns:
                 raise ValueError(f"{path}: no {args.cif_column!r} column (columns: {list(frame.columns)})")
+            _check_column(args.column, frame.columns, path)
             id_column = csv_id_column(list(frame.columns), args.id_column)
             for number, row in enumerate(frame.to_dict("records")):
                 name = f"{path}[{row[id_column] if id_column else number}]"
@@ -84,6 +90,7 @@ def _read(inputs: list[Path], args: argparse.Namespace) -> tuple[list[dict], lis
                 structures.append(structure)
                 errors.append(None)
             continue
+        _check_column(args.column, ["id"], path)
         try:
             found = list(iter_structures([path]))
         except (ValueError, FileNotFoundError) as exc:
@@ -98,6 +105,12 @@ def _read(inputs: list[Path], args: argparse.Namespace) -> tuple[list[dict], lis
     return rows, structures, errors
 
 
+def _check_column(column: str, columns: Any, path: Path) -> None:
+    """Refuse a prediction column that an input already has (``columns``): checked before any crystal is converted."""
+    if column in columns:
+        raise ValueError(f"{path}: the output already has a {column!r} column; choose another name with --column")
+
+
 def predict_command(args: argparse.Namespace) -> int:
     """Run ``cdssl predict``.
 
@@ -107,6 +120,8 @@ def predict_command(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
+    if args.column in _WRITTEN:  # before any input is read or any model loaded, as the input's own columns
+        raise ValueError(f"--column {args.column!r}: cdssl predict writes that column itself; choose another name")
     rows, structures, errors = _read(args.inputs, args)
     readable = [i for i, s in enumerate(structures) if s is not None]
     names = [str(rows[i].get("id", i)) for i in readable]
@@ -127,8 +142,6 @@ def predict_command(args: argparse.Namespace) -> int:
             if name in found.reasons:
                 reasons[i] = f"{name} {found.reasons[name]}"
     frame = pd.DataFrame(rows)
-    if args.column in frame.columns:
-        raise ValueError(f"the input already has a {args.column!r} column; choose another name with --column")
     frame[args.column] = mean
     ensemble = bool(np.isfinite(std).any())
     if ensemble:

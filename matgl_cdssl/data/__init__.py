@@ -18,6 +18,7 @@ from matgl_cdssl.data._cache import CachedGraphs, cached_dataset, split_cached
 from matgl_cdssl.data._checks import (
     MIN_INTERATOMIC_DISTANCE,
     check_label_lengths,
+    check_targets,
     check_values,
     connectivity_problem,
     isolated_atoms,
@@ -45,6 +46,7 @@ __all__ = [
     "build_dataset",
     "cached_dataset",
     "check_label_lengths",
+    "check_targets",
     "check_values",
     "connectivity_problem",
     "csv_id_column",

@@ -3,14 +3,8 @@
 Converting crystals into matgl graphs (neighbour search within the cutoff) is the slow part of preparing data.
 :func:`cached_dataset` converts once, stores the graphs under ``cache_dir/<key>/`` and, on later calls with the same
 crystals, labels, cutoff and element list (and the same backend and matgl version), loads them instead of converting.
-
-The key (:func:`cache_key`) is a short SHA-256 of everything the graphs depend on:
-
-* the crystals (:func:`fingerprint_structures`): lattice, species and fractional coordinates rounded to 1e-6 for
-  pymatgen ``Structure`` and ASE ``Atoms``; for a file its name and the SHA-256 of its bytes (not its folder, so a
-  copy elsewhere hits the same cache, and the crystals' names are then given the copy's path);
-* the labels stored with the graphs (:func:`fingerprint_labels`);
-* the element types (in order: they fix each atom's ``node_type``), the cutoff, the backend and the matgl version.
+The key naming each cache folder is a short SHA-256 of everything the graphs depend on (crystals, labels, element types,
+cutoff, backend, matgl version): :mod:`matgl_cdssl.data._cache_keys`.
 
 Storage per backend:
 
@@ -19,10 +13,10 @@ Storage per backend:
   are ``(graph, lattice, state_attr, labels)``, as with the in-memory ``MGLDataset``. matgl's ``MGLDataLoader``
   (:meth:`~matgl_cdssl._backend.GraphBackend.loaders`) batches it shard by shard, so a batch never spans two
   shards, and it requires the training and validation sets to be ``MGLDiskDataset`` objects alike.
-* **DGL** (matgl 2.2.x): matgl 2.2.x has no streaming dataset, so :mod:`matgl_cdssl._dgl_shards` gives it the same
-  pieces on matgl's own dataset cache: each shard of ``shard_size`` crystals is saved by ``MGLDataset(save_cache=True)``
-  (``dgl.save_graphs``), and :class:`~matgl_cdssl._dgl_shards.ShardedGraphs` reads one shard at a time, batched shard by
-  shard by :class:`~matgl_cdssl._dgl_shards.ShardBatchSampler`.
+* **DGL** (matgl 2.2.x): matgl 2.2.x has no streaming dataset, so :mod:`matgl_cdssl._backend._dgl_shards` gives it
+  the same pieces on matgl's own dataset cache: each shard of ``shard_size`` crystals is saved by
+  ``MGLDataset(save_cache=True)`` (``dgl.save_graphs``), and :class:`~matgl_cdssl._backend._dgl_shards.ShardedGraphs`
+  reads one shard at a time, batched shard by shard by :class:`~matgl_cdssl._backend._dgl_shards.ShardBatchSampler`.
 
 A cache is published atomically: it is written into a hidden temporary folder next to its final place, a
 ``complete.json`` marker is written last, and the folder is then renamed to ``cache_dir/<key>``. A folder without
@@ -43,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import uuid
@@ -51,153 +44,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from matgl_cdssl._backend import get_backend, matgl_version
+from matgl_cdssl.data._cache_keys import CACHE_FORMAT, KEY_LENGTH, cache_folder
 from matgl_cdssl.data._checks import check_label_lengths, connectivity_problem, structure_problem
-from matgl_cdssl.data._readers import file_sha256, input_files, input_items, iter_structures
+from matgl_cdssl.data._readers import input_files, input_items, iter_structures
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-__all__ = [
-    "CACHE_FORMAT",
-    "MARKER",
-    "CachedGraphs",
-    "cache_folder",
-    "cache_key",
-    "cached_dataset",
-    "fingerprint_labels",
-    "fingerprint_structures",
-    "split_cached",
-]
+__all__ = ["MARKER", "CachedGraphs", "cached_dataset", "split_cached"]
 
 logger = logging.getLogger(__name__)
 
-#: Bumped whenever the layout of a cache folder changes, so old caches are not read as new ones.
-CACHE_FORMAT = 3
 #: File written last into a cache folder; a folder without it is incomplete.
 MARKER = "complete.json"
-#: Digits of the SHA-256 kept in a cache key.
-KEY_LENGTH = 16
 _NAMES = "names.json"
 _SKIPPED = "skipped.json"
-
-
-# ---- keys --------------------------------------------------------------------------------------------------------
-def _rounded(values: Any) -> bytes:
-    """Bytes of an array rounded to 1e-6 as integers, so that -0.0 and 0.0 (and float noise) hash alike."""
-    return np.rint(np.asarray(values, dtype=np.float64) * 1e6).astype(np.int64).tobytes()
-
-
-def fingerprint_structures(structures: Any) -> str:
-    """A stable SHA-256 (hex) of the crystals, in order.
-
-    Args:
-        structures: What :func:`~matgl_cdssl.data.read_structures` accepts: pymatgen ``Structure`` objects,
-            ASE ``Atoms`` or paths to structure files or folders (or one of these on its own).
-
-    Returns:
-        The hex digest. It covers, per crystal, the lattice matrix, the species and the fractional coordinates
-        rounded to 1e-6; for a file, its name (without the folder) and the SHA-256 of its bytes; for a folder, that
-        of each structure file in it.
-
-    Raises:
-        ValueError: an item of another type, naming it (``structures[i]``).
-        FileNotFoundError: a path that does not exist.
-    """
-    from ase import Atoms
-    from pymatgen.core import IStructure
-
-    digest = hashlib.sha256()
-    for i, item in enumerate(input_items(structures)):
-        if isinstance(item, (str, Path)):
-            for file in input_files(item):
-                digest.update(f"file:{file.name}:{file_sha256(file)};".encode())
-        elif isinstance(item, IStructure):
-            digest.update(f"structure:{len(item)}:".encode())
-            digest.update(_rounded(item.lattice.matrix))
-            digest.update(",".join(site.species_string for site in item).encode())
-            digest.update(_rounded(item.frac_coords))
-        elif isinstance(item, Atoms):
-            digest.update(f"atoms:{len(item)}:{[bool(p) for p in item.pbc]}:".encode())
-            digest.update(_rounded(item.cell.array))
-            digest.update(np.asarray(item.numbers, dtype=np.int64).tobytes())
-            digest.update(_rounded(item.get_scaled_positions(wrap=False)))
-        else:
-            raise ValueError(
-                f"structures[{i}] is a {type(item).__name__}; expected a pymatgen Structure, ASE Atoms or a path to "
-                "a file"
-            )
-    return digest.hexdigest()
-
-
-def fingerprint_labels(labels: dict[str, Sequence] | None) -> str:
-    """A stable SHA-256 (hex) of the labels stored with the graphs: names in order and values (NaN included)."""
-    digest = hashlib.sha256()
-    for key, values in (labels or {}).items():
-        digest.update(f"label:{key}:{len(values)}:".encode())
-        try:
-            array = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):  # non-numeric labels: hash their JSON text
-            digest.update(json.dumps(list(values), default=str).encode())
-        else:
-            digest.update(np.nan_to_num(array, nan=math.pi * 1e300).tobytes())
-    return digest.hexdigest()
-
-
-def cache_key(
-    structures_fingerprint: str,
-    element_types: Sequence[str],
-    cutoff: float,
-    backend_name: str,
-    matgl_version: str,
-    *,
-    labels_fingerprint: str = "",
-) -> str:
-    """A short SHA-256 (:data:`KEY_LENGTH` hex digits) naming one cache folder.
-
-    Args:
-        structures_fingerprint: From :func:`fingerprint_structures`.
-        element_types: The model's element types, in order (the order fixes each atom's ``node_type``).
-        cutoff: Neighbour cutoff in Å; ``4`` and ``4.0`` give the same key.
-        backend_name: ``"dgl"`` or ``"pyg"``.
-        matgl_version: The installed matgl's version.
-        labels_fingerprint: From :func:`fingerprint_labels`, when labels are stored with the graphs.
-
-    Returns:
-        The key.
-    """
-    payload = {
-        "format": CACHE_FORMAT,
-        "structures": structures_fingerprint,
-        "labels": labels_fingerprint,
-        "element_types": [str(e) for e in element_types],
-        "cutoff": repr(float(cutoff)),
-        "backend": backend_name,
-        "matgl": matgl_version,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
-
-
-def cache_folder(
-    structures: Any,
-    *,
-    element_types: Sequence[str],
-    cutoff: float,
-    cache_dir: str | Path,
-    labels: dict[str, Sequence] | None = None,
-) -> Path:
-    """The folder :func:`cached_dataset` uses for these arguments (it may not exist yet)."""
-    key = cache_key(
-        fingerprint_structures(structures),
-        element_types,
-        cutoff,
-        get_backend().name,
-        matgl_version(),
-        labels_fingerprint=fingerprint_labels(labels),
-    )
-    return Path(cache_dir) / key
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------------
@@ -207,7 +69,7 @@ class CachedGraphs:
 
     Attributes:
         dataset: The graphs, items ``(graph, lattice, state_attr, labels)``, streamed from disk one shard at a time:
-            matgl's ``MGLDiskDataset`` on PyG, :class:`~matgl_cdssl._dgl_shards.ShardedGraphs` on DGL.
+            matgl's ``MGLDiskDataset`` on PyG, :class:`~matgl_cdssl._backend._dgl_shards.ShardedGraphs` on DGL.
         hit: True when the graphs were loaded from the cache without converting.
         folder: The cache folder.
         names: The name of every cached crystal; item ``i`` has ``structure_index == i``.
@@ -460,7 +322,7 @@ def split_cached(cached: CachedGraphs, parts: dict[str, Sequence[int]], shard_si
     """Subsets of a cached dataset (a training/validation split, say) that stream like the whole.
 
     On DGL the subsets are ``torch.utils.data.Subset`` views of the cached shards, which
-    :class:`~matgl_cdssl._dgl_shards.ShardBatchSampler` batches shard by shard. On PyG, matgl's loaders
+    :class:`~matgl_cdssl._backend._dgl_shards.ShardBatchSampler` batches shard by shard. On PyG, matgl's loaders
     batch ``MGLDiskDataset`` objects shard by shard and take no subsets, so each part is written once as a dataset
     of its own (by matgl's ``write_mgl_shards``, from the cached graphs: nothing is converted again) under
     ``<cache folder>/splits/<key>/<part>`` and reused by later calls with the same indices and ``shard_size``.

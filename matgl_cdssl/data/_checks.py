@@ -7,6 +7,7 @@ cache of :mod:`matgl_cdssl.data` (and so every app) calls these; none repeats th
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MIN_INTERATOMIC_DISTANCE",
     "check_label_lengths",
+    "check_targets",
     "check_values",
     "connectivity_problem",
     "isolated_atoms",
@@ -135,3 +137,30 @@ def isolated_atoms(g: Any) -> list[int]:
     backend = get_backend()
     degree = torch.bincount(backend.topology(g).src, minlength=backend.frac_coords(g).shape[0])
     return torch.nonzero(degree == 0).flatten().tolist()
+
+
+def check_targets(targets: Sequence[float] | None, target_weight: float) -> dict[str, list[float]] | None:
+    """The labels of a property learnt beside the pretext, checked: ``{"target": values}`` (None without targets).
+
+    Unlike :func:`check_values`, a missing label (None or NaN) is allowed: that crystal counts for the pretext only.
+
+    Raises:
+        ValueError: a value that is not a number or is infinite (naming its index), no label at all, or a
+            ``target_weight`` that is not positive.
+    """
+    if targets is None:
+        return None
+    if not (math.isfinite(float(target_weight)) and float(target_weight) > 0):
+        raise ValueError(f"target_weight must be a positive number when targets are given; got {target_weight!r}")
+    values = []
+    for i, value in enumerate(targets):
+        try:
+            value = float("nan") if value is None else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"targets[{i}] is {value!r}, not a number (NaN for a crystal without a label)") from None
+        if math.isinf(value):
+            raise ValueError(f"targets[{i}] is {value}; labels must be finite (NaN for a crystal without one)")
+        values.append(value)
+    if not any(math.isfinite(v) for v in values):
+        raise ValueError("targets has no label: every value is NaN")
+    return {"target": values}

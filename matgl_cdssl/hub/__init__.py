@@ -7,10 +7,24 @@
 - :func:`load_model`, :func:`list_models`, :func:`get_card`, :func:`register`: named pretrained weights shipped in
   ``matgl_cdssl/pretrained/<name>/`` with a model card and checksums, loadable offline by name, also through plain
   ``matgl.load_model`` after :func:`register`.
+
+Loading a folder never runs code that its files may hold: every torch file is first read by an unpickler that builds
+only tensors, numpy arrays and matgl's target transformers (``_safe_load``), on both matgl lines.
 """
 
 from __future__ import annotations
 
+from matgl_cdssl.hub._cards import (
+    MATGL_COPIES,
+    PretrainedCard,
+    get_card,
+    list_models,
+    matgl_copy,
+    pretrained_folder,
+    register_pretrained,
+    resolve,
+    source_folder,
+)
 from matgl_cdssl.hub._copy import READOUT, new_like
 from matgl_cdssl.hub._ensemble import ENSEMBLE_FILE, Ensemble, is_ensemble
 from matgl_cdssl.hub._io import (
@@ -24,20 +38,7 @@ from matgl_cdssl.hub._io import (
     read_skipped,
     save_pretrained,
 )
-from matgl_cdssl.hub._registry import (
-    MATGL_COPIES,
-    PretrainedCard,
-    get_card,
-    list_models,
-    load_model,
-    matgl_copy,
-    megnet_of,
-    pretrained_folder,
-    register,
-    register_pretrained,
-    resolve,
-    source_folder,
-)
+from matgl_cdssl.hub._registry import load_model, megnet_of, register
 
 __all__ = [
     "CONFIG_FILE",

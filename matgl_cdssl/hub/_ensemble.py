@@ -35,7 +35,7 @@ class Ensemble(nn.Module):
 
     Args:
         members: The models (at least one), with the same element types and cutoff.
-        metadata: What to record in ``ensemble.json`` (target, seeds, metrics, ...).
+        metadata: What to record in ``ensemble.json`` (target, seeds, each member's start, metrics, ...).
     """
 
     def __init__(self, members: Sequence[nn.Module], metadata: dict[str, Any] | None = None) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from matgl_cdssl._backend import AGGREGATION_SIDE, BACKEND, get_backend, matgl_version, package_version
+from matgl_cdssl.hub._safe_load import check_model_files, safe_load
 from matgl_cdssl.method import make_head
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     saved from matgl 2.x's DGL line) loads on both lines: matgl 2.2.x opens it itself; on matgl >= 3 the MEGNet is
     rebuilt from its ``init_args`` with its weights converted from the DGL convention, and wrapped again with its
     target transformer (:func:`_load_transformed_megnet`). Any other path or name is passed to ``matgl.load_model``
-    unchanged, so matgl's own models keep working.
+    unchanged, so matgl's own models keep working. Every file unpickled is first read with
+    :func:`~matgl_cdssl.hub._safe_load.safe_load`, so a folder whose files would run code is refused.
 
     Args:
         name_or_path: A CDSSL model folder, or any path or name ``matgl.load_model`` understands.
@@ -177,6 +179,10 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
 
     Returns:
         The model.
+
+    Raises:
+        pickle.UnpicklingError: ``model.pt`` or ``state.pt`` asks for anything but tensors, numpy arrays and matgl's
+            target transformers (code it would run), naming the file.
     """
     get_backend()
     import matgl
@@ -185,13 +191,15 @@ def load_folder(name_or_path: str | Path, **kwargs: Any) -> nn.Module:
     if BACKEND == "pyg" and _is_transformed_megnet(path):
         return _load_transformed_megnet(path)
     if not (path / CONFIG_FILE).is_file():
+        check_model_files(name_or_path, **kwargs)
         return matgl.load_model(name_or_path, **kwargs)
     cfg = read_config(path)
     if cfg.get("backend", BACKEND) == BACKEND:
+        check_model_files(path)
         return matgl.load_model(path)
-    init_args = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    init_args = safe_load(path / "model.pt")
     model = get_backend().megnet_class(**init_args)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state = safe_load(path / "state.pt")
     model.load_state_dict(convert_weights(state, to=BACKEND))
     logger.info(
         "Converted %s weights written by matgl %s to the %s convention", path, cfg.get("matgl_version"), BACKEND
@@ -218,10 +226,10 @@ def _load_transformed_megnet(path: Path) -> nn.Module:
     """
     from matgl.models import TransformedTargetModel
 
-    saved = torch.load(path / "model.pt", map_location="cpu", weights_only=False)  # holds matgl's Normalizer
+    saved = safe_load(path / "model.pt")  # holds matgl's Normalizer
     init_args = {k: v for k, v in saved["model"]["init_args"].items() if v is not None}
     model = get_backend().megnet_class(**init_args)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state = safe_load(path / "state.pt")
     inner = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict(convert_weights(inner, to="pyg"))
     logger.info("Rebuilt %s (a matgl 2.x TransformedTargetModel) with weights converted to the PyG convention", path)
@@ -234,7 +242,7 @@ def load_head(path: str | Path, model: nn.Module) -> nn.Module:
     cfg = read_config(path)
     head = make_head(model, tuple(cfg.get("head_hidden", (64,))))
     if (path / HEAD_FILE).is_file():
-        head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
+        head.load_state_dict(safe_load(path / HEAD_FILE))
     else:
         logger.warning("%s has no %s; the pretext head starts from random weights", path, HEAD_FILE)
     return head

@@ -1,7 +1,7 @@
 """Is the scratch arm weak because of its schedule? CDSSL against scratch under both benchmark schedules.
 
-    python scripts/compare_protocols.py docs/results/benchmark-0.3 docs/results/benchmark-0.2 \
-        --out docs/results/benchmark-0.3/protocols.md
+    python studies/benchmark-0.3/compare_protocols.py docs/results/archive/benchmark-0.3 \
+        docs/results/archive/benchmark-0.2 --out docs/results/archive/benchmark-0.3/protocols.md
 
 The two folders are benchmark results (``runs.csv``) of the same tasks, sizes and seeds (so the same splits) under two
 protocols: here 0.3 (rates halved on a validation plateau) and 0.2 (matgl's cosine decay over the epoch cap, which

@@ -1,16 +1,17 @@
 """Does longer pretraining help downstream? Finetune checkpoints along the run on the sigma sweep's selection tasks.
 
-    python scripts/downstream_vs_epochs.py /work/runs/cdssl-megnet-mp-2026.12 --out docs/results/cdssl-megnet-mp-2026.12
+    python studies/cdssl-megnet-mp-2026.12/downstream_vs_epochs.py runs/cdssl-megnet-mp-2026.12 \
+        --out docs/results/cdssl-megnet-mp-2026.12
 
-The selection tasks are those of ``scripts/sigma_sweep.py``: formation energy per atom and band gap of crystals of the
-90% pretraining split (in hash order, positions 6,000 to 6,399: 200 training and 200 validation labels), finetuned for
-80 epochs without early stopping; the metric is the best **validation** MAE (the hold-out pool, where every test set
-comes from, is never touched). Each checkpoint's backbone gets the same fresh readout (from the seed), so that only
-the pretraining differs. Checkpoints: the first release (``CDSSL-MEGNet-MP-2026.11``, 32 epochs), then every kept
-checkpoint of the continuation run (``checkpoints/every/epoch=<e>.ckpt``: 32 + e + 1 epochs in all). Finished
+The selection tasks are those of ``studies/sigma_sweep/sigma_sweep.py``: formation energy per atom and band gap of
+crystals of the 90% pretraining split (in hash order, positions 6,000 to 6,399: 200 training and 200 validation labels),
+finetuned for 80 epochs without early stopping; the metric is the best **validation** MAE (the hold-out pool, where
+every test set comes from, is never touched). Each checkpoint's backbone gets the same fresh readout (from the seed), so
+that only the pretraining differs. Checkpoints: the first release (``CDSSL-MEGNet-MP-2026.11``, 32 epochs), then every
+kept checkpoint of the continuation run (``checkpoints/every/epoch=<e>.ckpt``: 32 + e + 1 epochs in all). Finished
 evaluations are kept in ``downstream.jsonl``, so a rerun evaluates only new checkpoints; ``downstream.md`` and
-``downstream.png`` (downstream validation MAE, mean ± standard error over the seeds run, and the pretext validation
-loss against pretraining epochs) are redrawn. ``--seeds 1 2 --at 32 48 64`` adds seeds for some checkpoints only.
+``downstream.png`` (downstream validation MAE, mean ± standard error over the seeds run, and the pretext validation loss
+against pretraining epochs) are redrawn. ``--seeds 1 2 --at 32 48 64`` adds seeds for some checkpoints only.
 
 ``--average 76 80 84 88 92`` evaluates, instead of the checkpoints, the uniform average of those checkpoints'
 weights (stochastic weight averaging over the end of the run, Izmailov et al. 2018), recorded as ``average 76-92``
@@ -22,9 +23,10 @@ release is not among its checkpoints), such as the sigma-at-length run of ``conf
 
 from __future__ import annotations
 
+import matgl_cdssl  # noqa: F401  first: on matgl 2.2.x it selects the DGL backend before matgl is imported
+
 # isort: split
 import argparse
-import json
 import re
 import time
 import warnings
@@ -32,15 +34,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matgl.models import MEGNet
 
-from matgl_cdssl._backend import get_backend
 from matgl_cdssl.analysis import read_metrics
 from matgl_cdssl.apps import finetune
+from matgl_cdssl.bench import Ledger
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import load_model, new_like
 
-MP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
-FIRST_METRICS = Path(__file__).resolve().parents[1] / "docs" / "results" / "cdssl-megnet-mp" / "metrics.csv"
+MP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
+FIRST_METRICS = Path(__file__).resolve().parents[2] / "docs" / "results" / "cdssl-megnet-mp" / "metrics.csv"
 TASKS = {"formation_energy_per_atom_eV": "formation energy", "band_gap_eV": "band gap"}
 FIRST_EPOCHS = 32
 
@@ -63,7 +66,7 @@ def _backbone(source: Path | str | tuple[Path, ...]) -> torch.nn.Module:
     if isinstance(source, str):
         return load_model(source, fresh_readout=False)
     states = [_weights(path) for path in (source if isinstance(source, tuple) else (source,))]
-    model = get_backend().megnet_class()  # matgl's defaults, as the run's
+    model = MEGNet()  # matgl's defaults, as the run's
     model.load_state_dict({k: torch.stack([state[k].float() for state in states]).mean(0) for k in states[0]})
     return model
 
@@ -82,8 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / "downstream.jsonl"
-    done = {r["key"] for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else set()
+    done = _ledger(args.out)
 
     ids, structures = read_mp_split(args.data, "pretrain")
     labels = pd.read_csv(args.data, usecols=["material_id", *TASKS]).set_index("material_id")
@@ -109,10 +111,14 @@ def main() -> None:
                 record = {"key": key, "pretraining_epochs": epochs, "checkpoint": name or str(source), "seed": seed,
                           "task": title, "val_MAE": result.metrics["best_val_MAE"],
                           "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
-                with log.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                done.append(record)
                 print(record, flush=True)
     report(args.run, args.out, args.continues)
+
+
+def _ledger(out: Path) -> Ledger:
+    """The finished evaluations in ``out/downstream.jsonl``, each found by its ``key`` (checkpoint/seed/task)."""
+    return Ledger(out / "downstream.jsonl", key=lambda record: record["key"])
 
 
 def _pm(mean: float, sem: float) -> str:
@@ -129,7 +135,7 @@ def report(run: Path, out: Path, continues: int = FIRST_EPOCHS) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = pd.DataFrame(list(map(json.loads, (out / "downstream.jsonl").read_text().splitlines())))
+    frame = pd.DataFrame(list(_ledger(out)))
     averaged = frame["checkpoint"].str.startswith("average")
     stats = _stats(frame[~averaged], "pretraining_epochs")
     tasks = list(stats["mean"].columns)

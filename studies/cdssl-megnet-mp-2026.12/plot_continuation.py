@@ -1,6 +1,7 @@
 """Plot the pretext validation curve of the first release's run followed by its continuation (the second release).
 
-    python scripts/plot_continuation.py /work/runs/cdssl-megnet-mp-2026.12 --out docs/results/cdssl-megnet-mp-2026.12
+    python studies/cdssl-megnet-mp-2026.12/plot_continuation.py runs/cdssl-megnet-mp-2026.12 \
+        --out docs/results/cdssl-megnet-mp-2026.12
 
 Reads ``docs/results/cdssl-megnet-mp/metrics.csv`` (the 32 epochs behind CDSSL-MEGNet-MP-2026.11) and the
 continuation run's ``metrics.csv``, copies the latter to ``--out``, and draws the validation loss and MAE (with the
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt
 
 from matgl_cdssl.analysis import read_metrics
 
-FIRST = Path(__file__).resolve().parents[1] / "docs" / "results" / "cdssl-megnet-mp" / "metrics.csv"
+FIRST = Path(__file__).resolve().parents[2] / "docs" / "results" / "cdssl-megnet-mp" / "metrics.csv"
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Downstream check of pretrained weights: short finetunes from CDSSL weights vs from random initialisation.
 
-    python scripts/evaluate_pretrained.py MODEL_DIR --out docs/results/cdssl-megnet-mp/downstream.json
+    python studies/cdssl-megnet-mp/evaluate_pretrained.py MODEL_DIR --out docs/results/cdssl-megnet-mp/downstream.json
 
 The task is Materials Project formation energy per atom, drawn from the hold-out pool that pretraining never saw.
 For each seed, the pool is shuffled and split into ``--n-train`` training, ``--n-val`` validation and ``--n-test``
@@ -22,13 +22,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+from matgl.models import MEGNet
 
-from matgl_cdssl._backend import get_backend
 from matgl_cdssl.apps import finetune
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import new_like
 
-MP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
+MP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
             model = (
                 new_like(matgl_cdssl.load_model(args.model_dir), weights="backbone")
                 if arm == "CDSSL"
-                else get_backend().megnet_class()
+                else MEGNet()  # matgl's default architecture
             )
             result = finetune(
                 model,

@@ -34,6 +34,7 @@ import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models ar
 # isort: split
 from matgl.models import MEGNet
 
+from matgl_cdssl.apps import TrainOptions
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import load_model, megnet_of, new_like
 
@@ -43,6 +44,8 @@ LEAKY = {"formation_energy_per_atom_eV": "formation energy (eV/atom)"}
 #: Starts that saw MP formation-energy labels (matgl's supervised model, and what was made from it or with them).
 SAW_EFORM = ("MEGNet-MP-2018.6.1-Eform", "eform")
 EPOCHS = 80
+#: The sigma sweep's finetuning: 80 epochs of matgl's cosine decay from 1e-3, batch 16, L1, no early stopping.
+SWEEP = TrainOptions(max_epochs=EPOCHS, patience=None, lr_patience=None, batch_size=16, lr=1e-3, loss="l1_loss")
 
 
 def backbone(start: str) -> torch.nn.Module | None:
@@ -89,7 +92,7 @@ def main() -> None:
                     init = new_like(model, weights="backbone", seed=seed)
                 tic = time.perf_counter()
                 result = matgl_cdssl.finetune(init, chosen[:200], y[:200], val_structures=chosen[200:],
-                                              val_targets=y[200:], max_epochs=EPOCHS, patience=None, seed=seed,
+                                              val_targets=y[200:], options=SWEEP, seed=seed,
                                               skip_invalid=True, enable_progress_bar=False,
                                               enable_model_summary=False)  # fmt: skip
                 record = {"start": start, "seed": seed, "task": task, "val_MAE": result.metrics["best_val_MAE"],

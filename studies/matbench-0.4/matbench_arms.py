@@ -1,9 +1,10 @@
 """Every arm on matbench's own tasks and folds, each arm with its own learning rate, beside the leaderboard.
 
-    python scripts/matbench_arms.py --tasks matbench_jdft2d matbench_phonons --out docs/results/matbench
+    python studies/matbench-0.4/matbench_arms.py --tasks matbench_jdft2d matbench_phonons \
+        --out docs/results/matbench-0.4
 
 For each task and arm (``CDSSL``: ``CDSSL-MEGNet-MP``; ``scratch``: the same architecture from random initialisation;
-``supervised``: matgl's formation-energy MEGNet), :func:`~matgl_cdssl.apps.run_matbench` picks the arm's learning rate
+``supervised``: matgl's formation-energy MEGNet), :func:`~matgl_cdssl.bench.run_matbench` picks the arm's learning rate
 from ``--lr-grid`` (and, for pretrained arms, the backbone's scale from ``--backbone-lr-scales``) on the validation data
 carved from the first fold's training data, then runs matbench's five folds with it: early stopping on the fold's
 validation MAE (``--patience``) under a generous epoch cap (``--max-epochs``), the rates halved after
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matgl_cdssl.apps import load_results, resume_results, run_matbench
+from matgl_cdssl.bench import load_results, resume_results, run_matbench
 
 #: Matbench v0.1 leaderboard figures (mean test MAE over the 5 folds) that the issue compares with.
 LEADERBOARD = {
@@ -37,6 +38,7 @@ LEADERBOARD = {
     "matbench_phonons": {"unit": "cm^-1", "MEGNet (kgcnn)": 28.76, "best: MEGNet (kgcnn)": 28.76, "dummy": 323.98},
 }
 ARMS = ("CDSSL", "scratch", "supervised")
+DRIVER = "studies/matbench-0.4/matbench_arms.py"
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def _run(task: str, arm: str, path: Path, args: argparse.Namespace, benchmark) -
 
 
 def _table(rows: dict, args: argparse.Namespace) -> str:
-    lines = [f"Command: `python scripts/matbench_arms.py --tasks {' '.join(args.tasks)} --arms {' '.join(args.arms)} "
+    lines = [f"Command: `python {DRIVER} --tasks {' '.join(args.tasks)} --arms {' '.join(args.arms)} "
              f"--lr-grid {' '.join(map(str, args.lr_grid))} --backbone-lr-scales "
              f"{' '.join(map(str, args.backbone_lr_scales))} --max-epochs {args.max_epochs} "
              f"--patience {args.patience} --lr-patience {args.lr_patience} --val-fraction {args.val_fraction:g} "

@@ -1,9 +1,9 @@
 """Does an ensemble's spread mean something, and does denoising during finetuning help? Two measurements.
 
-    python scripts/ensembles_and_denoising.py calibration --out docs/results/predict   # test crystals
-    python scripts/ensembles_and_denoising.py denoising --out docs/results/predict     # validation only
+    python studies/predict/ensembles_and_denoising.py calibration --out docs/results/predict   # test crystals
+    python studies/predict/ensembles_and_denoising.py denoising --out docs/results/predict     # validation only
 
-Both finetune ``CDSSL-MEGNet-MP`` on the benchmark's tasks and splits (``matgl_cdssl.apps._benchmark._splits``: the
+Both finetune ``CDSSL-MEGNet-MP`` on the benchmark's tasks and splits (``matgl_cdssl.bench.task_splits``: the
 same training, validation and test crystals as ``cdssl benchmark``) with the benchmark's rule for the budget
 (``BenchmarkSettings``: lr 3e-3, batch 32, L1, cosine decay, early stopping after a third of the epochs), with the
 sample budget given by ``--sample-budget`` (the CPU budget of one session; the benchmark's default is 20,000).
@@ -17,7 +17,8 @@ sample budget given by ``--sample-budget`` (the CPU budget of one session; the b
 - ``denoising``: ``finetune(..., denoising_weight=w)`` for w in ``--weights`` at 50 and 250 labels, 3 seeds; the best
   validation MAE of each run (the test crystals are not touched). Writes ``denoising.jsonl`` and ``denoising.md``.
 
-Finished runs are kept in the JSONL files, so an interrupted run resumes where it stopped.
+Finished runs are kept in the JSONL files (run ledgers, ``matgl_cdssl.bench.Ledger``, keyed on each run's ``key``),
+so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -26,23 +27,21 @@ import matgl_cdssl  # on matgl 2.2.x this selects the DGL backend (before or aft
 
 # isort: split
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from matgl_cdssl.apps import BenchmarkSettings, calibration, finetune, load_task, predict_all
-from matgl_cdssl.apps._benchmark import _splits
+from matgl_cdssl.apps import calibration, finetune, predict_all
+from matgl_cdssl.bench import BenchmarkSettings, Ledger, load_task, task_splits
 
 TASKS = ("mp_formation_energy", "perov_heat_ref")
 
 
-def _done(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
+def _ledger(path: Path) -> Ledger:
+    """The finished runs recorded in ``path``, each found by its ``key``."""
+    return Ledger(path, key=lambda record: record["key"])
 
 
 def _data(task, split, n):
@@ -74,11 +73,10 @@ def _options(settings: BenchmarkSettings, n: int, sample_budget: int) -> dict:
 
 
 def run_calibration(args: argparse.Namespace, settings: BenchmarkSettings) -> None:
-    log = args.out / "calibration.jsonl"
-    done = _done(log)
+    done = _ledger(args.out / "calibration.jsonl")
     for name in TASKS:
         task = load_task(name)
-        split = _splits(task, (250, 1000), args.seed, settings)
+        split = task_splits(task, (250, 1000), args.seed, settings)
         for n in (250, 1000):
             key = f"{name}/{n}/{args.seed}/{args.members}/scaled"
             if key in done:
@@ -117,10 +115,9 @@ def run_calibration(args: argparse.Namespace, settings: BenchmarkSettings) -> No
                 "epochs": [int(r.metrics["epochs"]) for r in result.results],
                 "wall_s": round(time.perf_counter() - start, 1),
             }
-            with log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            done.append(record)
             print(f"{key}: ensemble MAE {record['test_MAE']:.4f}, member MAE {np.mean(record['member_test_MAE']):.4f}")
-    _calibration_report(args.out, list(_done(log).values()))
+    _calibration_report(args.out, list(done))
 
 
 def _calibration_report(out: Path, records: list[dict]) -> None:
@@ -177,12 +174,11 @@ def _calibration_plot(path: Path, records: list[dict]) -> None:
 
 
 def run_denoising(args: argparse.Namespace, settings: BenchmarkSettings) -> None:
-    log = args.out / "denoising.jsonl"
-    done = _done(log)
+    done = _ledger(args.out / "denoising.jsonl")
     for name in TASKS:
         task = load_task(name)
         for seed in (0, 1, 2):
-            split = _splits(task, (50, 250), seed, settings)
+            split = task_splits(task, (50, 250), seed, settings)
             for n in (50, 250):
                 data = _data(task, split, n)
                 data.pop("test")  # validation only
@@ -203,10 +199,9 @@ def run_denoising(args: argparse.Namespace, settings: BenchmarkSettings) -> None
                         **result.metrics,
                         "wall_s": round(time.perf_counter() - start, 1),
                     }
-                    with log.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    done.append(record)
                     print(f"{key}: best validation MAE {record['best_val_MAE']:.4f}")
-    _denoising_report(args.out, list(_done(log).values()))
+    _denoising_report(args.out, list(done))
 
 
 def _denoising_report(out: Path, records: list[dict]) -> None:

@@ -12,7 +12,7 @@ to ``--out`` (default ``docs/results/representation``):
 One random initialisation is one draw: the probes and kNN correlations are repeated for ``--extra-seeds`` (default
 1 2 3 4), reported as the range over the random initialisations.
 
-    OMP_NUM_THREADS=1 python scripts/representation_results.py [--n 1000] [--method umap] [--out DIR]
+    OMP_NUM_THREADS=1 python studies/representation/representation_results.py [--n 1000] [--method umap] [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import platform
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from matgl_cdssl._backend import get_backend, matgl_version
 from matgl_cdssl.analysis import embed, format_probe_table, plot_map, probe_models, structure_properties
 from matgl_cdssl.hub import new_like
 
@@ -78,9 +78,11 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     all_frame.to_csv(args.out / "probe.csv", index=False)
-    command = "OMP_NUM_THREADS=1 python scripts/representation_results.py" + "".join(f" {a}" for a in sys.argv[1:])
+    driver = "studies/representation/representation_results.py"
+    command = f"OMP_NUM_THREADS=1 python {driver}" + "".join(f" {a}" for a in sys.argv[1:])
     setup = (
-        f"matgl {matgl_version()} ({get_backend().name}), torch {torch.__version__}, Python {platform.python_version()}"
+        f"matgl {version('matgl')} ({matgl_cdssl.BACKEND}), torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
     )
     notes = []
     for _, r in frame.drop_duplicates("property").iterrows():

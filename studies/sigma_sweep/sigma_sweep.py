@@ -1,6 +1,6 @@
 """Choose sigma for CDSSL-MEGNet-MP: short pretraining runs, judged by downstream *validation* MAE.
 
-    python scripts/sigma_sweep.py --out docs/results/sigma_sweep [--sigmas 0.02 0.05 0.1 0.2 0.3]
+    python studies/sigma_sweep/sigma_sweep.py --out docs/results/sigma_sweep [--sigmas 0.02 0.05 0.1 0.2 0.3]
 
 For each sigma, MEGNet (matgl's default architecture and 4 Å cutoff) is pretrained for ``--epochs`` epochs on the
 first ``--n-pretrain`` crystals (in hash order) of the 90% pretraining split. It is then finetuned on two small
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matgl.models import MEGNet
 
-from matgl_cdssl._backend import get_backend
 from matgl_cdssl.apps import finetune
 from matgl_cdssl.data import read_mp_split
 
-MP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
+MP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
 TASKS = {"formation_energy_per_atom_eV": "formation energy", "band_gap_eV": "band gap"}
 
 
@@ -84,7 +84,7 @@ def main() -> None:
             pd.DataFrame(rows).to_csv(args.out / "sweep.csv", index=False)
 
     if not args.append:
-        downstream(get_backend().megnet_class, "scratch", {})
+        downstream(MEGNet, "scratch", {})  # matgl's default MEGNet
     for sigma in args.sigmas:
         run = args.out / f"sigma_{sigma}"
         tic = time.perf_counter()

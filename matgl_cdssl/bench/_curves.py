@@ -1,6 +1,6 @@
 """Training curves of the benchmark's runs: why an arm ends where it does (under-trained, stuck, or overfitting).
 
-:func:`~matgl_cdssl.apps.benchmark` keeps every run it trains as Lightning's ``CSVLogger`` writes it, in
+:func:`~matgl_cdssl.bench.benchmark` keeps every run it trains as Lightning's ``CSVLogger`` writes it, in
 ``OUTPUT_DIR/curves/<run>/metrics.csv`` (:func:`curve_name`): the training and validation MAE of each epoch and the
 learning rate(s). :func:`plot_curves` draws the arms of one configuration side by side.
 """

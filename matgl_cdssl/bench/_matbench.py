@@ -11,10 +11,10 @@ Matbench: A. Dunn, Q. Wang, A. Ganose, D. Dopp, A. Jain, npj Comput. Mater. 6, 1
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import json
 import logging
+import operator
 import re
 import time
 import warnings
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matgl_cdssl._backend import BACKEND
-from matgl_cdssl.apps._benchmark import _weights_digest, arm_start
-from matgl_cdssl.apps._finetune import finetune
-from matgl_cdssl.apps._predict import predict_all
-from matgl_cdssl.apps._tuning import Candidate, candidates, tune
+from matgl_cdssl.apps import finetune, predict_all
+from matgl_cdssl.bench._ledger import Ledger, weights_digest
+from matgl_cdssl.bench._matbench_data import check_task, load_data, write_results
+from matgl_cdssl.bench._protocol import Candidate, arm_start, candidates, tune
 from matgl_cdssl.hub import new_like
 
 if TYPE_CHECKING:
@@ -37,154 +37,12 @@ if TYPE_CHECKING:
     from matbench.bench import MatbenchBenchmark
     from torch import nn
 
-__all__ = [
-    "DEFAULT_TASKS",
-    "SHIPPED",
-    "load_results",
-    "resume_results",
-    "run_matbench",
-    "shipped_frame",
-    "supported_tasks",
-    "write_results",
-]
+__all__ = ["DEFAULT_TASKS", "run_matbench"]
 
 logger = logging.getLogger(__name__)
 
 #: The task run when none is named.
 DEFAULT_TASKS = ("matbench_perovskites",)
-
-_INSTALL = (
-    "matbench is not installed. Install it next to a current matminer: `pip install -c constraints/<backend>.txt "
-    "matminer` then `pip install --no-deps matbench==0.6` (see docs/matbench.md)."
-)
-
-
-SHIPPED = ("matbench_jdft2d", "matbench_phonons")
-"""Matbench tasks whose data ship in ``matgl_cdssl/benchmark_data`` (complete, matbench's ids and order), so that
-:func:`run_matbench` runs them offline; matbench's own folds (``matbench_v0.1_validation.json``) select the rows."""
-
-
-def shipped_frame(name: str) -> Any:
-    """The shipped data of a Matbench task as matbench loads it: index = matbench ids, ``structure`` and the target.
-
-    Example:
-        >>> frame = shipped_frame("matbench_jdft2d")
-        >>> len(frame), list(frame.columns), frame.index[0]
-        (636, ['structure', 'exfoliation_en'], 'mb-jdft2d-001')
-    """
-    import pandas as pd
-
-    from matgl_cdssl.apps._benchmark import _read_json_gz, _structures
-
-    if name not in SHIPPED:
-        raise ValueError(f"{name!r} is not shipped; shipped matbench tasks: {', '.join(SHIPPED)}")
-    rows = _read_json_gz(f"{name}.json.gz")
-    target = _matbench_metadata()[name]["target"]
-    index = pd.Index([r["id"] for r in rows], name="mbid")
-    return pd.DataFrame({"structure": _structures(rows), target: [r["target"] for r in rows]}, index=index)
-
-
-def _matbench_metadata() -> dict[str, Any]:
-    try:
-        from matbench.metadata import mbv01_metadata
-    except ImportError as exc:
-        raise ImportError(_INSTALL) from exc
-    return mbv01_metadata
-
-
-def supported_tasks() -> list[str]:
-    """Names of the matbench v0.1 tasks that the runner supports: regression on crystal structures."""
-    return [
-        name
-        for name, meta in _matbench_metadata().items()
-        if meta["input_type"] == "structure" and meta["task_type"] == "regression"
-    ]
-
-
-def _check_task(name: str) -> None:
-    """Raise a ValueError naming ``name`` unless it is a matbench structure regression task."""
-    metadata = _matbench_metadata()
-    supported = supported_tasks()
-    if name not in metadata:
-        raise ValueError(f"{name!r} is not a matbench v0.1 task; supported tasks: {', '.join(supported)}")
-    meta = metadata[name]
-    if name not in supported:
-        raise ValueError(
-            f"matbench task {name!r} is {meta['task_type']} on {meta['input_type']} inputs; only regression on "
-            f"crystal structures is supported ({', '.join(supported)})"
-        )
-
-
-def write_results(benchmark: MatbenchBenchmark, path: str | Path) -> Path:
-    """Write a benchmark in matbench's results format (``benchmark.as_dict()`` as JSON).
-
-    A plain name is written by matbench's own ``to_file``. A name ending in ``.gz`` (matbench's conventional
-    ``results.json.gz``) is gzip-compressed: matbench 0.6's ``to_file`` would write uncompressed text under it.
-    Read either back with :func:`load_results`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            json.dump(benchmark.as_dict(), f)
-    else:
-        benchmark.to_file(str(path))
-    return path
-
-
-def load_results(path: str | Path) -> MatbenchBenchmark:
-    """Read a results file written by :func:`write_results` (or matbench's ``to_file``), gzipped or not.
-
-    Matbench validates the file as it loads it; matbench 0.6 accepts only tasks with every fold recorded.
-    """
-    from matbench.bench import MatbenchBenchmark
-
-    return MatbenchBenchmark.from_dict(_read_json(path))
-
-
-def _read_json(path: str | Path) -> dict[str, Any]:
-    """A results file's JSON, gzip-compressed or not."""
-    path = Path(path)
-    with path.open("rb") as f:
-        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _load(task: Any) -> None:
-    """Load a task's data: the shipped rows for a shipped task (no download), else matbench's own download."""
-    if task.df is None and task.dataset_name in SHIPPED:
-        task.df = shipped_frame(task.dataset_name)  # matbench's own rows and ids, shipped
-    task.load()
-
-
-def resume_results(path: str | Path) -> MatbenchBenchmark:
-    """The folds recorded in the results file of an unfinished run, in a benchmark to continue with.
-
-    matbench 0.6 reads back only files with every fold recorded (:func:`load_results`). This rebuilds a
-    ``MatbenchBenchmark`` with the file's metadata and, through matbench's own ``task.record``, each fold the file
-    holds (its predictions and parameters); ``run_matbench(benchmark=...)`` then runs the remaining folds and keeps
-    the learning rate those folds chose. The tasks' data are loaded (shipped tasks offline).
-
-    Example (a run stopped after fold 0)::
-
-        mb = run_matbench(["matbench_jdft2d"], benchmark=resume_results("r.json.gz"), output="r.json.gz")
-    """
-    from matbench.bench import MatbenchBenchmark
-
-    saved = _read_json(path)
-    benchmark = MatbenchBenchmark(autoload=False, subset=list(saved["tasks"]))
-    if saved.get("user_metadata"):
-        benchmark.add_metadata(saved["user_metadata"])
-    for task in benchmark.tasks:
-        _load(task)
-        for fold in task.folds:
-            result = saved["tasks"][task.dataset_name]["results"].get(task.folds_map[fold], {})
-            if not result.get("data"):
-                continue
-            ids = task.get_test_data(fold, include_target=False).index
-            task.record(fold, [result["data"][i] for i in ids], params=result.get("parameters") or {})
-    return benchmark
 
 
 def _version(package: str) -> str:
@@ -223,7 +81,7 @@ class _FoldRun:
     kept and reused instead of being trained again. With a ``selection`` file, each candidate's validation MAE is
     appended to it as soon as it is known (one JSON line, keyed by the arm's weights, the task, fold, seed, rates and
     finetune options), so that a selection stopped half-way continues with the candidates left; the choice's first
-    fold is then trained again with the same seed.
+    fold is then trained again with the same seed. The file is a :class:`~matgl_cdssl.bench.Ledger` keyed on that key.
     """
 
     def __init__(
@@ -257,16 +115,17 @@ class _FoldRun:
         if len(grid) == 1 or all(task.is_recorded.values()):
             return grid[0], []
         first = task.folds[0]
-        known = self._known()
+        known = Ledger(self.selection, key=operator.itemgetter("key"))
         reused = [c for c in grid if self._key(first, c) in known]
 
         def score(candidate: Candidate) -> list[float]:
             key = self._key(first, candidate)
             if key not in known:
                 self.kept[first, candidate] = self(first, candidate)
-                known[key] = self.kept[first, candidate][0].metrics["best_val_MAE"]
-                self._remember(key, first, candidate, known[key])
-            return [known[key]]
+                known.append({"key": key, "task": task.dataset_name, "fold": first, "lr": candidate.lr,
+                              "backbone_lr": candidate.backbone_lr,
+                              "best_val_MAE": self.kept[first, candidate][0].metrics["best_val_MAE"]})  # fmt: skip
+            return [known[key]["best_val_MAE"]]
 
         choice, scores = tune(score, grid)
         for candidate in grid:  # only the choice's run is reused
@@ -280,27 +139,13 @@ class _FoldRun:
     @functools.cached_property
     def digest(self) -> str:
         """The arm's weights digest (only a selection needs it)."""
-        return _weights_digest(self.template, weights=self.kind != "none")
+        return weights_digest(self.template, weights=self.kind != "none")
 
     def _key(self, fold: int, candidate: Candidate) -> str:
         """What a candidate's validation MAE depends on: the arm's weights, the data, the seed, rates and options."""
         payload = [self.digest, self.task.dataset_name, fold, self.seed + fold, candidate.lr, candidate.backbone_lr,
                    sorted(_scalars(self.kwargs).items())]  # fmt: skip
         return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
-
-    def _known(self) -> dict[str, float]:
-        """The validation MAEs that the selection file holds, by key."""
-        if self.selection is None or not self.selection.is_file():
-            return {}
-        return {r["key"]: r["best_val_MAE"] for r in map(json.loads, self.selection.read_text().splitlines())}
-
-    def _remember(self, key: str, fold: int, candidate: Candidate, value: float) -> None:
-        if self.selection is None:
-            return
-        record = {"key": key, "task": self.task.dataset_name, "fold": fold, "lr": candidate.lr,
-                  "backbone_lr": candidate.backbone_lr, "best_val_MAE": value}  # fmt: skip
-        with self.selection.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def run_matbench(
@@ -328,7 +173,7 @@ def run_matbench(
     Args:
         tasks: Matbench v0.1 task names (regression on structures, see :func:`supported_tasks`); default
             ``matbench_perovskites``, or every task of ``benchmark`` when one is given.
-        model: The arm (:func:`~matgl_cdssl.apps.arm_start`): a registered name such as ``"CDSSL-MEGNet-MP"``, a
+        model: The arm (:func:`~matgl_cdssl.bench.arm_start`): a registered name such as ``"CDSSL-MEGNet-MP"``, a
             model folder or a MEGNet (its backbone copied for each fold, with a fresh readout), ``"scratch"``
             (``CDSSL-MEGNet-MP``'s architecture from random initialisation) or ``"supervised"`` (matgl's
             formation-energy MEGNet).
@@ -374,7 +219,7 @@ def run_matbench(
         if missing:
             raise ValueError(f"task(s) {missing} are not in the given benchmark (it has {available})")
     for name in names:
-        _check_task(name)
+        check_task(name)
     for key in ("val_structures", "val_targets", "test_structures", "test_targets"):
         if key in finetune_kwargs:
             raise ValueError(f"{key!r} comes from each matbench fold; it cannot be a finetune option of run_matbench")
@@ -412,7 +257,7 @@ def run_matbench(
         unknown = [f for f in chosen if f not in task.folds]
         if unknown:
             raise ValueError(f"{task.dataset_name}: no fold(s) {unknown}; its folds are {list(task.folds)}")
-        _load(task)
+        load_data(task)
         fold_run = _FoldRun(task, template, kind, seed, finetune_kwargs, _selection_file(output))
         choice, scores = fold_run.choose(grid)
         for fold in chosen:

@@ -12,7 +12,7 @@ state and label files) and read back by ``MGLDataset``, one shard in memory at a
   in them are shuffled from ``seed`` and the epoch, and under DDP each rank reads shards of its own. Its semantics
   follow matgl >= 3's ``ShardBatchSampler``.
 
-A private detail of the DGL backend: only :mod:`matgl_cdssl._backend` uses this module.
+A private detail of the DGL backend: only :mod:`matgl_cdssl._backend._dgl` uses this module.
 """
 
 from __future__ import annotations
