@@ -239,24 +239,34 @@ def test_plateau_schedule_halves_every_rate_when_validation_stalls(backend, samp
 
 
 def test_the_shorter_run_inside_a_longer_one_is_the_shorter_run(backend, sample):
-    """fit(shorter=(patience, max_epochs)) reports the run that the smaller cap would have been, tested itself."""
+    """fit(shorter=(patience, max_epochs)) under the plateau schedule reports the shorter run, trained alone."""
     s, y = sample.structures, sample.labels["band_gap_eV"]
     data = {"val_structures": s[24:32], "val_targets": y[24:32], "test_structures": s[32:48], "test_targets": y[32:48]}
 
     def run(**options):
         torch.manual_seed(0)  # the same fresh MEGNet every time
         model = backend.megnet_class()
-        return finetune(model, s[:24], y[:24], batch_size=8, lr=3e-3, enable_progress_bar=False, **data, **options)
+        return finetune(model, s[:24], y[:24], batch_size=8, lr=1e-3, lr_patience=1, enable_progress_bar=False,
+                        **data, **options)  # fmt: skip
 
-    short = run(max_epochs=4, patience=None)
-    longer = run(max_epochs=7, patience=None, shorter=(100, 4))
+    short = run(max_epochs=6, patience=None)
+    longer = run(max_epochs=9, patience=None, shorter=(100, 6))
     inside = {k.removeprefix("shorter_"): v for k, v in longer.metrics.items() if k.startswith("shorter_")}
-    assert inside["epochs"] == short.metrics["epochs"] == 4  # stopped by the shorter cap, not its patience
+    assert inside["epochs"] == short.metrics["epochs"] == 6  # stopped by the shorter cap, not its patience
+    assert short.metrics["best_epoch"] > 0  # a later epoch than the first, which any schedule would share
     assert inside["best_epoch"] == short.metrics["best_epoch"]
     assert inside["best_val_MAE"] == pytest.approx(short.metrics["best_val_MAE"], rel=1e-6)
     assert inside["test_MAE"] == pytest.approx(short.metrics["test_MAE"], rel=1e-6)
-    assert longer.metrics["epochs"] == 7
+    assert longer.metrics["epochs"] == 9
     assert longer.metrics["best_val_MAE"] <= inside["best_val_MAE"]
+
+
+def test_a_shorter_run_under_the_cosine_schedule_is_refused(backend, sample):
+    """Under the cosine decay the cap sets the schedule: a longer run does not hold the shorter one."""
+    s, y = sample.structures, sample.labels["band_gap_eV"]
+    with pytest.raises(ValueError, match="shorter= needs the plateau schedule"):
+        finetune(backend.megnet_class(), s[:16], y[:16], val_structures=s[16:24], val_targets=y[16:24], max_epochs=4,
+                 lr_patience=None, shorter=(100, 2), enable_progress_bar=False)  # fmt: skip
 
 
 class _StartOfTraining(L.Callback):

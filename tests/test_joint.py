@@ -68,6 +68,7 @@ def test_the_property_is_megnets_own_prediction_in_the_starts_units(crystals, tm
     assert config["target"]["std"] == pytest.approx(1.07266128)
     assert config["target"]["weight"] == 1.0
     assert config["target"]["n_labelled"] == len(y)
+    assert config["target"]["name"] is None  # an unnamed sequence
     supervised = load_model(SUPERVISED).eval()
     _, val = train_val_split(len(structures), 0.5, 0)
     with torch.no_grad():
@@ -102,6 +103,7 @@ def test_a_joint_folder_continues_in_its_own_units(crystals, tmp_path):
 @pytest.mark.parametrize(
     ("targets", "weight", "message"),
     [
+        ({"a": [0.0] * 16, "b": [0.0] * 16}, 1.0, "names one property"),
         ([math.nan] * 16, 1.0, "every value is NaN"),
         ([0.0] * 3 + ["abc"] + [0.0] * 12, 1.0, r"targets\[3\] is 'abc'"),
         ([0.0] * 5 + [math.inf] + [0.0] * 10, 1.0, r"targets\[5\] is inf"),
@@ -139,5 +141,26 @@ def test_cli_reads_the_property_from_the_csv(sample, tmp_path, capsys):
     config = json.loads((out / "model" / "cdssl.json").read_text())
     assert config["target"]["weight"] == 0.5
     assert config["target"]["n_labelled"] == 11
+    assert config["target"]["name"] == "eform"  # what the readout learnt, for the leakage of weights made this way
     assert main(["pretrain", *args, "--target", "band_gap"]) != 0
     assert "train.csv: no column 'band_gap'" in capsys.readouterr().err
+
+
+def test_the_folder_says_which_labels_its_weights_saw(crystals, tmp_path):
+    from matgl_cdssl.bench import leaks
+    from matgl_cdssl.hub import labels_seen
+
+    structures, y = crystals
+    named = {"formation_energy_per_atom_eV": y}
+    matgl_cdssl.pretrain(structures, targets=named, max_epochs=0, output_dir=tmp_path / "joint", **QUIET)
+    matgl_cdssl.pretrain(structures, model=SUPERVISED, max_epochs=0, output_dir=tmp_path / "inherits", **QUIET)
+    matgl_cdssl.pretrain(structures, max_epochs=0, output_dir=tmp_path / "plain", **QUIET)
+    matgl_cdssl.pretrain(structures, targets=y, max_epochs=0, output_dir=tmp_path / "unnamed", **QUIET)
+    assert labels_seen(tmp_path / "joint" / "model") == ("formation_energy_per_atom_eV",)
+    assert labels_seen(tmp_path / "inherits" / "model") == ("mp_formation_energy",)  # from matgl's supervised start
+    assert labels_seen(tmp_path / "plain" / "model") == ()
+    assert labels_seen(tmp_path / "unnamed" / "model") is None  # not recorded: the report cannot clear it
+    for folder in ("joint", "inherits"):
+        seen = labels_seen(tmp_path / folder / "model")
+        assert leaks("mp_formation_energy", seen)
+        assert not leaks("mp_band_gap", seen)

@@ -15,13 +15,15 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import re
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("matbench")
+if os.environ.get("CI") != "true":  # CI installs matbench (scripts/setup-env.sh): there, a missing one fails
+    pytest.importorskip("matbench")
 
 # Only modules and classes at module level: matbench's RecursiveDotDict objects break doctest collection.
 import matbench.data_ops
@@ -31,7 +33,7 @@ from pymatgen.core import Structure
 from sklearn.model_selection import KFold
 
 from matgl_cdssl.apps import FinetuneResult, predict
-from matgl_cdssl.bench import load_results, load_task, run_matbench, supported_tasks, write_results
+from matgl_cdssl.bench import MATBENCH_PROTOCOL, load_results, load_task, run_matbench, supported_tasks, write_results
 from matgl_cdssl.hub import load_model
 
 TASK = "matbench_perovskites"
@@ -238,26 +240,80 @@ def test_run_matbench_on_a_shipped_task_offline(tmp_path):
     assert math.isfinite(task.results["fold_0"]["scores"]["mae"])
 
 
-def test_each_arm_chooses_its_learning_rate_on_the_first_folds_validation_data(injected):
+def test_each_fold_chooses_on_its_own_carve_out_and_refits_on_the_whole_training_fold(injected, monkeypatch):
+    """No run that chooses fold k's rate or epochs, nor its refit, sees a crystal of fold k's test set (by id)."""
+    import matgl_cdssl.bench._matbench as runner
+
+    real, calls = runner.finetune, []
+
+    def finetune(model, structures, *args, **kwargs):  # watches the real finetune: which crystals each run gets
+        result = real(model, structures, *args, **kwargs)
+        calls.append({"crystals": [id(s) for s in structures], "kwargs": kwargs, "metrics": result.metrics,
+                      "rates": kwargs["callbacks"][-1]})  # fmt: skip
+        return result
+
+    monkeypatch.setattr(runner, "finetune", finetune)
     mb = MatbenchBenchmark(autoload=False, subset=[TASK])
     run_matbench(benchmark=mb, output=None, folds=[0, 1], model="supervised", lr_grid=[1e-4, 3e-3],
-                 backbone_lr_scales=(1.0, 0.1), **TINY)  # fmt: skip
+                 **{**TINY, "max_epochs": 3, "lr_patience": 1})  # fmt: skip
     task = getattr(mb, TASK)
-    first, second = (task.results[task.folds_map[f]].parameters for f in (0, 1))
-    selection = {(r["lr"], r["backbone_lr"]): r["best_val_MAE"] for r in first["lr_selection"]}
-    assert set(selection) == {(1e-4, None), (1e-4, 1e-5), (3e-3, None), (3e-3, 3e-3 * 0.1)}  # 2 rates x 2 backbones
-    chosen = (first["lr"], first["backbone_lr"])
-    assert selection[chosen] == min(selection.values())  # the lowest validation MAE of fold 0 wins
-    assert first["best_val_MAE"] == selection[chosen]  # fold 0's run is the selection's run of the choice
-    assert (second["lr"], second["backbone_lr"]) == chosen  # every fold runs with the choice
-    assert len({round(v, 6) for v in selection.values()}) == 4  # the candidates really trained differently
+    by_object = {id(s): i for i, s in task.df["structure"].items()}
+    assert len(calls) == 2 * 3  # per fold: two candidates on the carve-out, then the refit
+    selections = []
+    for fold in (0, 1):
+        split = task.validation[task.folds_map[fold]]
+        train_ids, test_ids = set(split.train), set(split.test)
+        params = task.results[task.folds_map[fold]].parameters
+        *carve_outs, refit = calls[3 * fold : 3 * fold + 3]
+        for call in calls[3 * fold : 3 * fold + 3]:
+            seen = {by_object[c] for c in call["crystals"]}
+            assert not seen & test_ids  # never this fold's test crystals
+            assert seen == train_ids  # the fold's training data (the carve-out validates on a part of it)
+        assert all(call["kwargs"].get("val_fraction") is None for call in carve_outs)  # the fold's own carve-out
+        assert refit["kwargs"]["val_fraction"] == 0  # the refit: the whole training fold, no validation
+        assert refit["metrics"] == {"epochs": params["refit"]["epochs"]}
+        assert params["refit"] == {"epochs": params["best_epoch"] + 1, "n_train": len(train_ids)}
+        assert refit["kwargs"]["max_epochs"] == params["best_epoch"] + 1
+        # The choice comes from this fold's carve-out runs alone: their validation MAEs are the fold's selection.
+        scores = {(c["kwargs"]["lr"], c["kwargs"]["backbone_lr"]): c["metrics"]["best_val_MAE"] for c in carve_outs}
+        selection = {(r["lr"], r["backbone_lr"]): r["best_val_MAE"] for r in params["lr_selection"]}
+        assert selection == scores
+        chosen = (params["lr"], params["backbone_lr"])
+        assert selection[chosen] == min(selection.values())
+        assert params["best_val_MAE"] == selection[chosen]  # the carve-out run reported is the choice's
+        # The refit repeats the chosen carve-out run's rates, epoch by epoch, for as many epochs as chosen.
+        chosen_run = next(c for c in carve_outs if (c["kwargs"]["lr"], c["kwargs"]["backbone_lr"]) == chosen)
+        assert refit["rates"].rates == chosen_run["rates"].rates[: params["refit"]["epochs"]]
+        assert params["protocol"] == MATBENCH_PROTOCOL
+        assert math.isfinite(params["carve_out"]["test_MAE"])
+        assert params["carve_out"]["test_MAE"] != pytest.approx(task.results[task.folds_map[fold]].scores.mae)
+        selections.append(selection)
+    assert selections[0] != selections[1]  # each fold chose on its own data
 
-    # A later call (e.g. resuming with the remaining folds) keeps the recorded choice instead of choosing again.
-    run_matbench(benchmark=mb, output=None, folds=[2], model="supervised", lr_grid=[1e-4, 3e-3],
-                 backbone_lr_scales=(1.0, 0.1), **TINY)  # fmt: skip
-    third = task.results[task.folds_map[2]].parameters
-    assert (third["lr"], third["backbone_lr"]) == chosen
-    assert third["lr_selection"] == first["lr_selection"]
+
+def test_the_refit_trains_a_fixed_number_of_epochs_without_validation(injected):
+    """finetune(val_fraction=0), the refit's engine: every crystal trains, the last epoch is kept."""
+    from matgl_cdssl.apps import finetune
+
+    structures, targets = list(injected["structure"][:16]), injected["e_form"][:16].to_numpy()
+    result = finetune("CDSSL-MEGNet-MP", structures, targets, val_fraction=0, max_epochs=2,
+                      lr_patience=None, batch_size=8, enable_progress_bar=False)  # fmt: skip
+    assert result.metrics == {"epochs": 2.0}  # no best epoch: there is no validation
+    assert result.data_mean == pytest.approx(float(np.mean(targets)), rel=1e-5)  # all 16 crystals trained
+    with pytest.raises(ValueError, match=r"without validation data .* no plateau to halve the rates on"):
+        finetune("CDSSL-MEGNet-MP", structures, targets, val_fraction=0, max_epochs=1, enable_progress_bar=False)
+
+
+def test_folds_recorded_under_another_protocol_are_not_continued(injected):
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    task = getattr(mb, TASK)
+    task.load()
+    # As the 0.4 runner recorded its folds: one rate chosen on fold 0 for all, the carve-out model's predictions.
+    test_ids = task.get_test_data(0, include_target=False).index
+    task.record(0, np.zeros(len(test_ids)), params={"lr": 1e-3, "backbone_lr": None, "lr_selection": []})
+    with pytest.raises(ValueError, match=r"fold\(s\) \[0\] were recorded under another protocol"):
+        run_matbench(benchmark=mb, output=None, folds=[1], **TINY)
+    assert not task.is_recorded[1]
 
 
 def test_scratch_has_no_backbone_rate_to_choose_and_lr_grid_excludes_lr(injected):
@@ -284,12 +340,13 @@ def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_
     with gzip.open(path, "rt") as f:
         saved = json.load(f)["tasks"][TASK]["results"]["fold_0"]
     assert dict(task.results["fold_0"]["data"]) == pytest.approx(saved["data"])  # the same predictions, re-recorded
-    chosen = saved["parameters"]["lr"]
     run_matbench(TASK, output=path, benchmark=resumed, model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
     done = load_results(path)  # every fold now: matbench reads it back
     task = getattr(done, TASK)
     assert all(task.is_recorded.values())
-    assert {task.results[task.folds_map[f]].parameters["lr"] for f in task.folds} == {chosen}  # not chosen again
+    assert dict(task.results["fold_0"]["data"]) == pytest.approx(saved["data"])  # fold 0 kept, not run again
+    assert task.results["fold_0"].parameters["lr_selection"] == saved["parameters"]["lr_selection"]
+    assert all(len(task.results[task.folds_map[f]].parameters["lr_selection"]) == 2 for f in task.folds)
 
 
 def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected, tmp_path, monkeypatch):
@@ -318,13 +375,18 @@ def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected,
     scores = {r["lr"]: r["best_val_MAE"] for r in params["lr_selection"]}
     assert scores[1e-3] == kept[0]["best_val_MAE"]  # read back, not trained again ...
     assert trained[0] == (3e-3, None, 2)  # ... only the candidate left was
-    # The choice's first fold is trained once more if its run was in the stopped process; with the same seed it
-    # reproduces the score it was chosen by.
-    assert trained[1:] == ([(1e-3, None, 2)] if params["lr"] == 1e-3 else [])
+    # The choice's carve-out run is trained once more if it was in the stopped process; with the same seed it
+    # reproduces the score it was chosen by. Then the refit, for the chosen number of epochs.
+    refit = (params["lr"], None, params["best_epoch"] + 1)
+    assert trained[1:] == [*([(1e-3, None, 2)] if params["lr"] == 1e-3 else []), refit]
     assert params["best_val_MAE"] == pytest.approx(scores[params["lr"]], rel=1e-5)
+    # The same fold and options again: the selection is read back, only the choice's run and the refit train.
+    trained.clear()
+    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    assert trained == [(params["lr"], None, 2), refit]
     # Other finetune options are another selection: nothing is read back.
     trained.clear()
-    run_matbench(TASK, output=path, folds=[1], model="scratch", lr_grid=[1e-3, 3e-3], **{**TINY, "max_epochs": 1})
+    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **{**TINY, "max_epochs": 1})
     assert trained[:2] == [(1e-3, None, 1), (3e-3, None, 1)]
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -44,6 +45,39 @@ def test_list_models_and_card():
     readme = (pretrained_folder(NAME) / "README.md").read_text()
     assert "freshly initialised" in readme
     assert card.files["state.pt"] in readme
+
+
+def test_the_card_says_which_labels_the_weights_saw(tmp_path, capsys, monkeypatch):
+    """Leakage is a property of the weights: the card, matgl's shipped copy and a model folder each answer it."""
+    from matgl_cdssl.hub import labels_seen, matgl_copy
+
+    card = get_card(NAME)
+    assert card.labels_seen == ()  # label-free pretraining
+    old = {k: v for k, v in card.to_dict().items() if k != "labels_seen"}  # a card.json written before the field
+    assert PretrainedCard.from_dict(old) == card
+    joint = PretrainedCard.from_dict({**card.to_dict(), "labels_seen": ["mp_formation_energy"]})
+    assert PretrainedCard.from_dict(json.loads(json.dumps(joint.to_dict()))).labels_seen == ("mp_formation_energy",)
+    assert labels_seen(NAME) == ()
+    eform = "MEGNet-MP-2018.6.1-Eform"
+    assert labels_seen(eform) == labels_seen(matgl_copy(eform)) == ("mp_formation_energy",)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "cdssl.json").write_text(json.dumps({"sigma": 0.3}))
+    assert labels_seen(folder) == ()  # pretrained without labels
+    (folder / "cdssl.json").write_text(json.dumps({"target": {"weight": 1.0, "mean": 0.0, "std": 1.0}}))
+    assert labels_seen(folder) is None  # a joint pretraining that does not say on which labels: not recorded
+    (folder / "cdssl.json").write_text(json.dumps({"target": {"weight": 1.0}, "labels_seen": ["mp_band_gap"]}))
+    assert labels_seen(folder) == ("mp_band_gap",)
+    assert labels_seen(tmp_path / "elsewhere") is None
+    assert main(["list", "CDSSL-MEGNet-MP-*"]) == 0
+    assert capsys.readouterr().out.strip().endswith("[no labels seen]")
+    from matgl_cdssl.hub import _cards
+
+    monkeypatch.setitem(_cards._REGISTRY, "CDSSL-joint-test", replace(joint, name="CDSSL-joint-test"))
+    assert main(["list", "CDSSL-joint*"]) == 0
+    assert "CDSSL-joint-test: " in (out := capsys.readouterr().out)
+    assert out.strip().endswith("[labels seen: mp_formation_energy]")
+    assert labels_seen("CDSSL-joint-test") == ("mp_formation_energy",)
 
 
 def test_shipped_model_json_is_small_and_the_skipped_crystals_have_their_own_file():

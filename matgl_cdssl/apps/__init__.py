@@ -10,14 +10,15 @@ from __future__ import annotations
 from matgl_cdssl.apps._callbacks import ShorterRun
 from matgl_cdssl.apps._finetune import FinetuneResult, PropertyModule, finetune, fit
 from matgl_cdssl.apps._optim import cosine_schedule, optimizer_for, plateau_schedule, set_state_width, split_parameters
-from matgl_cdssl.apps._options import LOSSES, TrainOptions
+from matgl_cdssl.apps._options import LOSSES, RELIABLE_VAL, TrainOptions
 from matgl_cdssl.apps._predict import EnsembleResult, Predictions, calibration, predict, predict_all
 from matgl_cdssl.apps._pretrain import pretrain
-from matgl_cdssl.apps._runs import LOGGERS
+from matgl_cdssl.apps._runs import LOGGERS, process_count
 
 __all__ = [
     "LOGGERS",
     "LOSSES",
+    "RELIABLE_VAL",
     "EnsembleResult",
     "FinetuneResult",
     "Predictions",
@@ -33,6 +34,7 @@ __all__ = [
     "predict",
     "predict_all",
     "pretrain",
+    "process_count",
     "set_state_width",
     "split_parameters",
 ]

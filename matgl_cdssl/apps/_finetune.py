@@ -21,6 +21,7 @@ from matgl_cdssl.apps._callbacks import ShorterRun
 from matgl_cdssl.apps._optim import cosine_schedule, optimizer_for, plateau_schedule, set_state_width
 from matgl_cdssl.apps._options import RELIABLE_VAL, TrainOptions
 from matgl_cdssl.apps._predict import EnsembleResult
+from matgl_cdssl.apps._runs import deterministic_on_cpu
 from matgl_cdssl.data import build_dataset, check_values, train_val_split
 from matgl_cdssl.hub import load_head, megnet_of, new_like, read_config, source_folder
 from matgl_cdssl.method import GaussianPositionNoise, pretext
@@ -172,8 +173,9 @@ def finetune(
         structures: Training crystals (see :func:`~matgl_cdssl.data.read_structures`).
         targets: One value per training crystal.
         val_structures: Validation crystals; if None, ``val_fraction`` of the training crystals (at most ``max_val``,
-            at least ``min_val``) are held out, drawn from ``seed``. Fewer than 150 validation crystals (the
-            smallest of the benchmark's tested rule) give a warning: the best epoch then follows a noisy MAE.
+            at least ``min_val``) are held out, drawn from ``seed`` (``val_fraction=0``: no validation, see
+            :func:`fit`). Fewer than 150 validation crystals (the smallest of the benchmark's tested rule) give a
+            warning: the best epoch then follows a noisy MAE.
         val_targets: Their values.
         test_structures: Optional test crystals, evaluated with the restored best weights.
         test_targets: Their values.
@@ -183,7 +185,8 @@ def finetune(
             (:func:`~matgl_cdssl.apps.set_state_width`). When given, the validation and test sets need theirs too.
         val_state_attr: State attributes of the validation crystals.
         test_state_attr: State attributes of the test crystals.
-        seed: Seeds the split, the readout initialisation and the batch order.
+        seed: Seeds the split, the readout initialisation and the batch order. On the CPU the same seed and data give
+            identical weights at the same thread count (see :func:`fit`).
         output_dir: Where to keep checkpoints; a temporary folder when None.
         skip_invalid: Leave out invalid crystals (and their targets), each with a warning, instead of raising.
         ensemble: Train this many members, member ``k`` from seed ``seed + k`` (its own readout initialisation and
@@ -238,14 +241,15 @@ def finetune(
         return ds, skipped
 
     train, _ = dataset(structures, targets, "targets", state_attr)
-    if val_structures is None:
+    val = None  # val_fraction=0 without val_structures: no validation (fit trains max_epochs, keeps the last)
+    if val_structures is None and opts.val_fraction != 0:
         if not opts.val_fraction > 0:
             raise ValueError(f"val_fraction must be positive without a validation set; got {opts.val_fraction!r}")
         train_idx, val_idx = train_val_split(len(train), opts.val_share(len(train)), seed, min_val=opts.min_val)
         train, val = Subset(train, train_idx), Subset(train, val_idx)
-    else:
+    elif val_structures is not None:
         val, _ = dataset(val_structures, val_targets, "val_targets", val_state_attr)
-    if len(val) < RELIABLE_VAL:
+    if val is not None and len(val) < RELIABLE_VAL:
         warnings.warn(
             f"finetune: the validation set has {len(val)} crystals, fewer than {RELIABLE_VAL} (the smallest of the "
             "benchmark's tested rule): the best epoch, early stopping and the learning-rate schedule follow a noisy "
@@ -323,9 +327,22 @@ def fit(
     ``lightning.Trainer``.
     ``head`` and ``sigma`` are the pretext head and noise level for ``denoising_weight > 0``. ``shorter``:
     ``(patience, max_epochs)`` of a shorter run to report too (:class:`~matgl_cdssl.apps.ShorterRun`), as the metrics
-    ``shorter_best_val_MAE``, ``shorter_best_epoch``, ``shorter_epochs`` and ``shorter_test_MAE``.
+    ``shorter_best_val_MAE``, ``shorter_best_epoch``, ``shorter_epochs`` and ``shorter_test_MAE``; it needs the
+    plateau schedule (``lr_patience``), else a ValueError. ``val=None`` trains ``max_epochs`` epochs on ``train``
+    and keeps the last (a refit on all the labelled data for a number of epochs chosen on validation before); there
+    is then no plateau to halve the rates on (``lr_patience=None``) and no best epoch.
+
+    On the CPU the Trainer's ``deterministic`` defaults to True, as in :func:`pretrain`: the same seed and data give
+    identical weights at the same thread count (across thread counts too when the process starts with
+    ``MKL_CBWR=AVX2,STRICT``; see docs/benchmark.md, "Reproducibility"). Pass ``deterministic=False`` to leave it off.
     """
     opts, trainer_kwargs = TrainOptions.take(options, kwargs)
+    if val is None and opts.lr_patience is not None:
+        raise ValueError("without validation data (val=None) there is no plateau to halve the rates on: give "
+                         "lr_patience=None")  # fmt: skip
+    if shorter is not None and opts.lr_patience is None:  # the cap sets the cosine schedule: no shorter run inside
+        raise ValueError("shorter= needs the plateau schedule (lr_patience): under matgl's cosine decay the epoch cap "
+                         "sets the schedule, so a longer run does not hold the shorter one")  # fmt: skip
     L.seed_everything(seed, workers=True, verbose=False)
     y = np.array([float(next(iter(item[3].values()))) for item in train])
     head = head if opts.denoising_weight else None
@@ -348,17 +365,18 @@ def fit(
         denoising_weight=opts.denoising_weight,
         seed=seed,
     )
-    train_loader, val_loader = get_backend().loaders(train, val, batch_size=opts.batch_size)
-    with tempfile.TemporaryDirectory() as tmp:
+    train_loader, val_loader = get_backend().loaders(train, train if val is None else val, batch_size=opts.batch_size)
+    with tempfile.TemporaryDirectory() as tmp, deterministic_on_cpu(trainer_kwargs):
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val_MAE", mode="min")
         callbacks = [checkpoint, *([EarlyStopping("val_MAE", patience=opts.patience)] if opts.patience else [])]
+        callbacks = callbacks if val is not None else []
         short = ShorterRun(*shorter) if shorter is not None else None
         trainer_kwargs.setdefault("logger", False)
         trainer_kwargs.setdefault("enable_model_summary", False)
         trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks, *([short] if short else [])]
         trainer = L.Trainer(max_epochs=opts.max_epochs, default_root_dir=root, **trainer_kwargs)
-        trainer.fit(module, train_loader, val_loader)
+        trainer.fit(module, train_loader, val_loader if val is not None else None)
         _, test_loader = get_backend().loaders(test, test, batch_size=64) if test is not None else (None, None)
         shorter_metrics = {}
         if short is not None and short.state is not None:
@@ -367,13 +385,11 @@ def fit(
                                "shorter_epochs": float(short.epochs or trainer.current_epoch)}  # fmt: skip
             if test_loader is not None:
                 shorter_metrics["shorter_test_MAE"] = _test_mae(trainer, module, test_loader)
-        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(best["state_dict"])
-        metrics = {
-            "best_val_MAE": float(checkpoint.best_model_score),
-            "best_epoch": float(best["epoch"]),
-            "epochs": float(trainer.current_epoch),
-        }
+        metrics = {"epochs": float(trainer.current_epoch)}
+        if val is not None:  # the best validation epoch's weights (without validation, the last epoch's)
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+            module.load_state_dict(best["state_dict"])
+            metrics = {"best_val_MAE": float(checkpoint.best_model_score), "best_epoch": float(best["epoch"])} | metrics
         if test_loader is not None:
             metrics["test_MAE"] = _test_mae(trainer, module, test_loader)
         metrics |= shorter_metrics

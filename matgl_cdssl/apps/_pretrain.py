@@ -1,10 +1,10 @@
 """``pretrain``: the engineering around :class:`~matgl_cdssl.method.CDSSLModule` (model, data, Trainer, outputs).
 
 :func:`pretrain` runs four steps, each a function of its own: :func:`_resolve_model` (a new MEGNet, a folder or a
-name, with its pretext head), :func:`_datasets` (in memory or through the graph cache, split by
-:func:`~matgl_cdssl.data.train_val_split`), :func:`_trainer` (Lightning with checkpoints, loggers and determinism,
-plus the callbacks of :mod:`~matgl_cdssl.apps._callbacks`: the DDP freeze, the divergence guard and the wall clock)
-and :func:`_save` (the model folder of :func:`~matgl_cdssl.hub.save_pretrained`).
+name, with its pretext head), :func:`~matgl_cdssl.apps._pretrain_data.datasets` (in memory or through the graph
+cache, split by :func:`~matgl_cdssl.data.train_val_split`), :func:`_trainer` (Lightning with checkpoints, loggers and
+determinism, plus the callbacks of :mod:`~matgl_cdssl.apps._callbacks`: the DDP freeze, the divergence guard and the
+wall clock) and :func:`_save` (the model folder of :func:`~matgl_cdssl.hub.save_pretrained`).
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import Subset
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.apps._callbacks import DivergenceGuard, FreezeUnreached, PieceTimer
+from matgl_cdssl.apps._pretrain_data import Data, datasets
 from matgl_cdssl.apps._runs import (
     check_loggers,
     make_loggers,
@@ -33,8 +33,16 @@ from matgl_cdssl.apps._runs import (
     resume_from,
     set_aside_metrics,
 )
-from matgl_cdssl.data import build_dataset, cached_dataset, check_targets, split_cached, train_val_split
-from matgl_cdssl.hub import load_head, load_model, megnet_of, read_config, save_pretrained, source_folder
+from matgl_cdssl.data import check_targets
+from matgl_cdssl.hub import (
+    labels_seen,
+    load_head,
+    load_model,
+    megnet_of,
+    read_config,
+    save_pretrained,
+    source_folder,
+)
 from matgl_cdssl.method import CDSSLModule, check_sigma
 
 if TYPE_CHECKING:
@@ -70,7 +78,7 @@ def pretrain(
     graph_cache: str | Path | None = None,
     val_grad_norm: bool = False,
     keep_every: int | None = None,
-    targets: Sequence[float] | None = None,
+    targets: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     target_weight: float = 1.0,
     **trainer_kwargs: Any,
 ) -> nn.Module:
@@ -124,19 +132,20 @@ def pretrain(
             ``output_dir/checkpoints/every/epoch=<e>.ckpt`` (``e`` counts from 0, as in Lightning: ``epoch=7`` holds
             the weights after 8 epochs), for looking back along a long run; by default only the best and the last
             are kept.
-        targets: A property of the crystals, one value per crystal in the order of ``structures`` (NaN where a crystal
-            has none), learnt next to the pretext: the loss is the pretext loss plus ``target_weight`` times the MSE of
-            MEGNet's own prediction on the clean crystals (:func:`~matgl_cdssl.method.property_loss`), so that 30k
-            cheap labels and the denoising task shape one start. The labels are standardised with the start's
-            normaliser (matgl's ``TransformedTargetModel``, or an earlier run's ``cdssl.json``) when it has one, else
-            with the mean and standard deviation of the training crystals' labels; both are saved in ``cdssl.json``
-            (``target``). The readout is then trained, and kept in the saved folder.
+        targets: A property of the crystals, learnt next to the pretext: one value per crystal in the order of
+            ``structures`` (NaN where a crystal has none), or ``{name: values}`` to record the property's name. The
+            loss is the pretext loss plus ``target_weight`` times the MSE of MEGNet's own prediction on the clean
+            crystals (:func:`~matgl_cdssl.method.property_loss`), so that 30k cheap labels and the denoising task
+            shape one start. The labels are standardised with the start's normaliser (matgl's
+            ``TransformedTargetModel``, or an earlier joint run's ``cdssl.json``) when it has one, else with the mean
+            and standard deviation of all the given labels; the weight, both and the name are saved in
+            ``cdssl.json`` (``target``). The readout is then trained, and kept in the saved folder.
         target_weight: Weight of the property's loss when ``targets`` is given.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
     Returns:
         The pretrained MEGNet, with the weights of the epoch with the lowest validation loss (the last epoch when
-        ``val_fraction`` is 0). Its Set2Set readout and output MLP are untouched by pretraining.
+        ``val_fraction`` is 0). Without ``targets``, its Set2Set readout and output MLP are untouched by pretraining.
 
     Raises:
         ValueError: Bad input, naming the offending structure (see :func:`~matgl_cdssl.data.build_dataset`), a
@@ -160,11 +169,14 @@ def pretrain(
     start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
 
+    seen = _labels_seen(model, targets)
     model, head, head_hidden, normaliser = _resolve_model(model, cutoff, element_types, head_hidden)
     world_size = process_count(trainer_kwargs)
     labels = check_targets(targets, target_weight)
-    data = _datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size, labels)
+    data = datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size, labels)
     target = _target_scale(labels, normaliser, target_weight)
+    if labels is not None:  # what the readout learnt, for the card of weights made this way (leakage)
+        target["name"] = next(iter(targets)) if isinstance(targets, Mapping) else None
     if graph_cache is not None and world_size > 1:
         # The shard samplers give each rank whole shards of its own; Lightning's sampler would not.
         trainer_kwargs.setdefault("use_distributed_sampler", False)
@@ -206,7 +218,8 @@ def pretrain(
             module.load_state_dict(best["state_dict"])
             logger.info("Restored the best epoch (%s = %.5g)", monitor, float(checkpoint.best_model_score))
         if output_dir is not None and trainer.is_global_zero:
-            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start, target=target, clock=clock)
+            _save(module, trainer, checkpoint, data, root / "model", seed=seed, start=start, target=target, clock=clock,
+                  seen=seen)  # fmt: skip
     return module.model
 
 
@@ -246,6 +259,18 @@ def _resolve_model(
     return model, head, tuple(head_hidden), normaliser
 
 
+def _labels_seen(model: Any, targets: Any) -> list[str] | None:
+    """The labels the saved weights will have seen: the start's plus the named property learnt beside the pretext.
+
+    The start's come from :func:`~matgl_cdssl.hub.labels_seen`; None where either is unknown (a model object, an
+    unnamed property).
+    """
+    start = () if model is None else labels_seen(model) if isinstance(model, (str, Path)) else None
+    if start is None or (targets is not None and not isinstance(targets, Mapping)):
+        return None
+    return sorted({*start, *(targets if targets is not None else ())})
+
+
 def _target_scale(
     labels: dict[str, list[float]] | None, normaliser: tuple[float, float] | None, target_weight: float
 ) -> dict[str, Any]:
@@ -261,65 +286,6 @@ def _target_scale(
         std = float(values.std()) if len(values) > 1 else 1.0
         normaliser = (float(values.mean()), std if std > 0 else 1.0)
     return {"weight": float(target_weight), "mean": normaliser[0], "std": normaliser[1], "n_labelled": len(values)}
-
-
-@dataclass
-class _Data:
-    """What step 2 gives: the training and validation sets, their indices and the crystals left out."""
-
-    train: Any
-    val: Any
-    train_idx: list[int]
-    val_idx: list[int]
-    skipped: list[tuple[str, str]]
-
-
-def _datasets(
-    structures: Sequence[Any],
-    model: nn.Module,
-    cache_dir: str | Path | None,
-    val_fraction: float,
-    seed: int,
-    skip_invalid: bool,
-    world_size: int,
-    labels: dict[str, list[float]] | None = None,
-) -> _Data:
-    """Step 2: read, check and convert the crystals (in memory, or through the graph cache), then split them.
-
-    The split (:func:`~matgl_cdssl.data.train_val_split`, sorted) is drawn over the valid crystals, with or without a
-    cache. With a cache, each part streams (:func:`~matgl_cdssl.data.split_cached`): on PyG a dataset of its own with
-    shards of at most 1000 crystals and at least one per rank, on DGL a view of the cache's shards. ``labels`` (one
-    value per input crystal) travel with the graphs, first, so that batches carry them.
-    """
-    if cache_dir is None:
-        dataset, _names, skipped = build_dataset(
-            structures, element_types=model.element_types, cutoff=model.cutoff, skip_invalid=skip_invalid, labels=labels
-        )
-    else:
-        cached = cached_dataset(
-            structures,
-            element_types=model.element_types,
-            cutoff=model.cutoff,
-            cache_dir=cache_dir,
-            skip_invalid=skip_invalid,
-            labels=labels,
-        )
-        logger.info(
-            "Graph cache %s: %d crystals (%s)", cached.folder, len(cached.dataset), "hit" if cached.hit else "miss"
-        )
-        dataset, skipped = cached.dataset, cached.skipped
-    train_idx, val_idx = (sorted(part) for part in train_val_split(len(dataset), val_fraction, seed))
-    if cache_dir is None:
-        train, val = Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1])
-        return _Data(train, val, train_idx, val_idx, skipped)
-    parts = []
-    for name, idx in (("train", train_idx), ("val", val_idx)):
-        if not idx:  # no validation: the loader needs a set of the same kind, which is never iterated
-            parts.append(parts[0])
-            continue
-        shard_size = max(1, min(1000, math.ceil(len(idx) / world_size)))
-        parts.append(split_cached(cached, {name: idx}, shard_size=shard_size)[name])
-    return _Data(parts[0], parts[1], train_idx, val_idx, skipped)
 
 
 def _trainer(
@@ -347,7 +313,7 @@ def _fit(
     trainer: L.Trainer,
     module: CDSSLModule,
     loaders: tuple,
-    data: _Data,
+    data: Data,
     root: Path,
     ckpt_path: Any,
     determinism: tuple[bool, bool],
@@ -374,13 +340,14 @@ def _save(
     module: CDSSLModule,
     trainer: L.Trainer,
     checkpoint: ModelCheckpoint,
-    data: _Data,
+    data: Data,
     folder: Path,
     *,
     seed: int,
     start: float,
     target: dict[str, Any],
     clock: PieceTimer,
+    seen: list[str] | None,
 ) -> None:
     """Step 4: the model folder (:func:`~matgl_cdssl.hub.save_pretrained`) with how it was pretrained."""
     config = {
@@ -400,4 +367,6 @@ def _save(
     }
     if target["weight"]:  # a joint run: its readout was trained on this property, in these units
         config["target"] = target
+    if seen is not None:
+        config["labels_seen"] = seen
     save_pretrained(module.model, folder, head=module.head, config=config, skipped=data.skipped)

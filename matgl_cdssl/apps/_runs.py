@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,13 +12,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOGGERS",
     "check_loggers",
+    "deterministic_on_cpu",
     "make_loggers",
     "merge_metrics",
     "on_cpu",
@@ -34,6 +36,30 @@ def on_cpu(trainer_kwargs: dict[str, Any]) -> bool:
     """Whether the Trainer will run on the CPU."""
     accelerator = trainer_kwargs.get("accelerator", "auto")
     return accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+
+
+@contextmanager
+def deterministic_on_cpu(trainer_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Make the Trainer deterministic on the CPU (unless the caller chose), and give torch's setting back afterwards.
+
+    On the CPU, ``deterministic=True`` (torch's ``use_deterministic_algorithms``) replaces the threaded, racing
+    accumulation of ``index_put_(accumulate=True)`` (the backward of gathering node or edge features by index) with a
+    sorted one: two runs with the same seed at the same thread count then give identical weights. Across thread
+    counts MKL's matrix products still split their sums by thread (the weight gradients, summed over all edges) unless
+    the process starts with ``MKL_CBWR=AVX2,STRICT`` (see docs/benchmark.md, "Reproducibility"). The setting is
+    process-wide, and the Trainer sets it when it is made: the caller's ``(deterministic, warn_only)`` is restored on
+    leaving, also after an error.
+
+    Args:
+        trainer_kwargs: The Trainer's keyword arguments; ``deterministic`` defaults to True in them on the CPU.
+    """
+    if on_cpu(trainer_kwargs):
+        trainer_kwargs.setdefault("deterministic", True)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def process_count(trainer_kwargs: dict[str, Any]) -> int:

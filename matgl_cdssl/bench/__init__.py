@@ -3,13 +3,14 @@
 A benchmark is planned, run and reported in separate steps, each its own module:
 
 - the tasks, their shipped data and splits (:class:`TaskData`, :data:`TASKS`, :func:`load_task`, :func:`task_splits`);
-- the protocol: the arms, the budget and the rate selection (:class:`BenchmarkSettings`, :func:`arm_start`,
-  :func:`candidates`, :func:`choose`);
+- the protocol: the arms, the budget, the seeds and the rate selection (:class:`BenchmarkSettings`,
+  :data:`PROTOCOLS`, :func:`arm_start`, :func:`candidates`, :func:`choose`, :func:`beyond_edges`);
 - the plan: which runs a benchmark needs (:class:`Run`, :func:`tuning_runs`, :func:`curve_runs`, ...), pure functions;
 - the ledger: the append-only file of finished runs, keyed on their fingerprints (:class:`Ledger`);
 - the runner, which trains the runs that the ledger lacks, with :func:`~matgl_cdssl.apps.fit`;
 - the report: tables, markdown and plots from the ledger's records (:func:`report`, :func:`summarise`,
-  :func:`plot_curves`).
+  :func:`plot_curves`); every pair of arms told win, tie or loss by a paired interval over seeds (:func:`paired`,
+  :func:`tally`); the convergence and extension checks judged on validation data (``convergence.md``).
 
 :func:`run_matbench` runs matbench's own folds, with the same arms and rate selection.
 """
@@ -17,9 +18,20 @@ A benchmark is planned, run and reported in separate steps, each its own module:
 from __future__ import annotations
 
 from matgl_cdssl.bench._benchmark import benchmark
+from matgl_cdssl.bench._checks import CRITERION, EXTENSION_HEADING
 from matgl_cdssl.bench._curves import COLORS, curve_name, plot_curves, read_curve
-from matgl_cdssl.bench._ledger import Ledger, run_fingerprint, run_key, weights_digest
-from matgl_cdssl.bench._matbench import DEFAULT_TASKS, run_matbench
+from matgl_cdssl.bench._ledger import (
+    Ledger,
+    Stamp,
+    data_digest,
+    environment,
+    run_fingerprint,
+    run_key,
+    task_digest,
+    upgrade_ledger,
+    weights_digest,
+)
+from matgl_cdssl.bench._matbench import DEFAULT_TASKS, MATBENCH_PROTOCOL, run_matbench
 from matgl_cdssl.bench._matbench_data import (
     SHIPPED,
     load_results,
@@ -28,35 +40,44 @@ from matgl_cdssl.bench._matbench_data import (
     supported_tasks,
     write_results,
 )
+from matgl_cdssl.bench._paired import CONFIDENCE, WIDE, paired, paired_interval, tally
 from matgl_cdssl.bench._plan import (
+    Grids,
     Run,
     Setup,
+    base_grids,
     chosen_rates,
     convergence_runs,
     curve_runs,
+    edge_grids,
     extension_runs,
     tune_sizes,
     tuning_runs,
 )
 from matgl_cdssl.bench._protocol import (
     ARMS,
+    PROTOCOL_DATES,
+    PROTOCOLS,
     QUICK,
     SUPERVISED,
-    SUPERVISED_LEAKS,
     BenchmarkSettings,
     Candidate,
+    arm_labels_seen,
     arm_start,
     arm_templates,
+    beyond_edges,
     candidates,
     choose,
+    spread,
     tune,
 )
-from matgl_cdssl.bench._report import EXTENSION_HEADING, LEARNED, BenchmarkResult, report, summarise
+from matgl_cdssl.bench._report import LEARNED, BenchmarkResult, report, summarise
 from matgl_cdssl.bench._tasks import (
     CURVE,
     DEFAULT_SUITE,
     TASKS,
     TaskData,
+    leaks,
     load_task,
     median_predictor_mae,
     read_shipped,
@@ -68,36 +89,52 @@ from matgl_cdssl.bench._tasks import (
 __all__ = [
     "ARMS",
     "COLORS",
+    "CONFIDENCE",
+    "CRITERION",
     "CURVE",
     "DEFAULT_SUITE",
     "DEFAULT_TASKS",
     "EXTENSION_HEADING",
     "LEARNED",
+    "MATBENCH_PROTOCOL",
+    "PROTOCOLS",
+    "PROTOCOL_DATES",
     "QUICK",
     "SHIPPED",
     "SUPERVISED",
-    "SUPERVISED_LEAKS",
     "TASKS",
+    "WIDE",
     "BenchmarkResult",
     "BenchmarkSettings",
     "Candidate",
+    "Grids",
     "Ledger",
     "Run",
     "Setup",
+    "Stamp",
     "TaskData",
+    "arm_labels_seen",
     "arm_start",
     "arm_templates",
+    "base_grids",
     "benchmark",
+    "beyond_edges",
     "candidates",
     "choose",
     "chosen_rates",
     "convergence_runs",
     "curve_name",
     "curve_runs",
+    "data_digest",
+    "edge_grids",
+    "environment",
     "extension_runs",
+    "leaks",
     "load_results",
     "load_task",
     "median_predictor_mae",
+    "paired",
+    "paired_interval",
     "plot_curves",
     "read_curve",
     "read_shipped",
@@ -108,13 +145,17 @@ __all__ = [
     "run_matbench",
     "shipped_frame",
     "shipped_structures",
+    "spread",
     "summarise",
     "supported_tasks",
+    "tally",
+    "task_digest",
     "task_sizes",
     "task_splits",
     "tune",
     "tune_sizes",
     "tuning_runs",
+    "upgrade_ledger",
     "weights_digest",
     "write_results",
 ]

@@ -9,19 +9,22 @@ so an interrupted benchmark resumes where it stopped), report (:func:`~matgl_cds
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matgl_cdssl.bench._ledger import Ledger, weights_digest
+from matgl_cdssl.bench._ledger import Ledger, Stamp, weights_digest
 from matgl_cdssl.bench._plan import (
     Setup,
+    base_grids,
     chosen_rates,
     convergence_runs,
     curve_runs,
+    edge_grids,
     extension_runs,
     tuning_runs,
 )
-from matgl_cdssl.bench._protocol import ARMS, QUICK, BenchmarkSettings, arm_templates, candidates
+from matgl_cdssl.bench._protocol import ARMS, QUICK, BenchmarkSettings, arm_labels_seen, arm_templates
 from matgl_cdssl.bench._report import BenchmarkResult, report
 from matgl_cdssl.bench._runner import Runner, valid_part
 from matgl_cdssl.bench._tasks import (
@@ -48,7 +51,7 @@ def benchmark(
     arms: Sequence[str] = ARMS,
     tasks: Sequence[str | TaskData] | None = None,
     sizes: Sequence[int | str] | Mapping[str, Sequence[int | str]] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] | None = None,
     output_dir: str | Path = "cdssl-benchmark",
     settings: BenchmarkSettings | None = None,
     quick: bool = False,
@@ -73,7 +76,9 @@ def benchmark(
             or a mapping from task names to their own sizes (a task it does not name keeps its own curve; a
             built-in task that is not run is ignored, so one mapping serves several calls); None: each task's own
             learning curve (``TaskData.sizes``, else :data:`CURVE`).
-        seeds: One split and one initialisation per seed (the first also chooses each arm's learning rate).
+        seeds: One split and one initialisation per seed (the first also chooses each arm's learning rate), the same
+            at every size; None: the settings' (:meth:`BenchmarkSettings.seeds_at`: under the 0.5 protocol 5 seeds at
+            250 labels or fewer, 3 above).
         output_dir: Where ``runs.jsonl`` (the cache), ``runs.csv``, ``results.md`` and ``results.png`` go.
         settings: The selection rule and the budget (:class:`BenchmarkSettings`), the same for every arm.
         quick: The small suite of :data:`QUICK` (for CI and docs); it overrides tasks, sizes, seeds and settings.
@@ -83,15 +88,16 @@ def benchmark(
             ``results.md``. Every crystal is checked before any training starts; without it the first invalid one
             raises, naming it.
         check_convergence: Also train every arm at each task's two largest sizes with twice the budget
-            (:meth:`BenchmarkSettings.doubled`), and write ``convergence.md``: the change of the test MAE, which
-            should stay below 3%. True: the first seed; a number N: the first N seeds, and the criterion applies to
-            the change of the mean over them (single runs of small validation sets pick their best epoch noisily);
-            a mapping from task names to such numbers gives each task its own (a task it does not name: 0, not
-            checked).
+            (:meth:`BenchmarkSettings.doubled`), and write ``convergence.md``: the change of the best validation MAE,
+            which should stay below 3% (the test MAE is listed as information only). True: the first seed; a number
+            N: the first N seeds of the size, and the criterion applies to the change of the mean over them (single
+            runs of small validation sets pick their best epoch noisily); a mapping from task names to such numbers
+            gives each task its own (a task it does not name: 0, not checked).
         check_extension: The same, with only the patience and the epoch cap doubled
             (:meth:`BenchmarkSettings.extended`): the longer run follows the same schedule and goes on where the
             shorter one stopped, so a change means that the shorter one stopped too early. A second table in
-            ``convergence.md``; the same forms as ``check_convergence``.
+            ``convergence.md``; the same forms as ``check_convergence``. It needs the plateau schedule
+            (``lr_patience``): under the cosine decay it is refused.
         curves: Keep each run's training and validation MAE and learning rate per epoch (Lightning's CSV logger) in
             ``OUTPUT_DIR/curves/<run>/metrics.csv`` (:func:`~matgl_cdssl.bench.curve_name`), for
             :func:`~matgl_cdssl.bench.plot_curves`: whether an arm ends under-trained, stuck or overfitting.
@@ -102,11 +108,13 @@ def benchmark(
 
     Raises:
         ValueError: an unknown task, a task with too few crystals for the sizes, sizes for a name that is neither a
-            built-in task nor one run, or non-finite targets.
+            built-in task nor one run, non-finite targets, or the extension check under the cosine schedule.
     """
     if quick:
         tasks, sizes, seeds, settings = QUICK["tasks"], QUICK["sizes"], QUICK["seeds"], QUICK["settings"]
     settings = settings or BenchmarkSettings()
+    if seeds is not None:  # the same seeds at every size
+        settings = replace(settings, seeds=tuple(seeds), seeds_small=tuple(seeds))
     tasks = tasks if tasks is not None else DEFAULT_SUITE
     names = [t if isinstance(t, str) else t.name for t in tasks]
     checks = {"check_convergence": check_convergence, "check_extension": check_extension}
@@ -115,7 +123,10 @@ def benchmark(
             raise ValueError(f"{option}: given for {unknown}, neither a built-in task ({', '.join(TASKS)}) nor one run")
     check_seeds = {option: given if isinstance(given, Mapping) else dict.fromkeys(names, given)
                    for option, given in checks.items()}  # fmt: skip
+    if any(check_seeds["check_extension"].values()):
+        settings.extended()  # refuses the cosine schedule before anything is loaded or trained
     loaded = [load_task(t) if isinstance(t, str) else t for t in tasks]
+    stamp = Stamp.of(loaded, trainer_kwargs)  # the data as given and the environment: runs reused only alike
     templates = arm_templates(arms, model)
     reference = templates["scratch"][0]  # every arm has its element types and cutoff (checked)
     left_out: list[tuple[str, str, str]] = []
@@ -130,30 +141,31 @@ def benchmark(
     model_name = model if isinstance(model, (str, Path)) else type(model).__name__
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(output_dir / "runs.jsonl")
+    ledger = Ledger(output_dir / "runs.jsonl", stamp=stamp)
 
     sizes_of = {t.name: task_sizes(t, sizes, settings) for t in loaded}
     setup = Setup(
         tasks=loaded,
         sizes=sizes_of,
-        seeds=seeds,
-        splits={(t.name, seed): task_splits(t, sizes_of[t.name], seed, settings) for t in loaded for seed in seeds},
+        seeds=settings.all_seeds,
+        splits={(t.name, s): task_splits(t, sizes_of[t.name], s, settings) for t in loaded for s in settings.all_seeds},
         arms=list(templates),
         digests={arm: weights_digest(net, weights=kind != "none") for arm, (net, kind) in templates.items()},
-        grids={
-            arm: candidates(settings.lr_grid, settings.backbone_lr_scales, pretrained=kind != "none")
-            for arm, (_, kind) in templates.items()
-        },
+        grids={arm: settings.grid(pretrained=kind != "none") for arm, (_, kind) in templates.items()},
         settings=settings,
     )
     execute = Runner(setup, templates, ledger, str(model_name), progress, trainer_kwargs, graphs, curves)
 
     # Plan, and run what the ledger lacks: the rate selection first, since the other runs use the rates it chooses.
-    tuning = tuning_runs(setup)
+    # A choice at the edge of its grid is tried against one step beyond it, by the same rule (extend_edges).
+    grids = base_grids(setup)
     tuned = any(len(g) > 1 for g in setup.grids.values())  # with one rate per arm there is nothing to choose
     if tuned:
-        execute(tuning, "choosing learning rates")
-    chosen = chosen_rates(setup, lambda run: ledger[run.key]["best_val_MAE"])
+        execute(tuning_runs(setup, grids), "choosing learning rates")
+    chosen = chosen_rates(setup, lambda run: ledger[run.key]["best_val_MAE"], grids)
+    if (wider := edge_grids(setup, grids, chosen)) != grids:
+        execute(tuning_runs(setup, wider), "beyond the grids' edges")
+        chosen = chosen_rates(setup, lambda run: ledger[run.key]["best_val_MAE"], wider)
     plan = curve_runs(setup, chosen)
     pairs = convergence_runs(setup, chosen, check_seeds["check_convergence"])
     extended = extension_runs(setup, chosen, check_seeds["check_extension"])
@@ -161,10 +173,13 @@ def benchmark(
 
     # Report, from the ledger's records.
     trivial = {(t.name, seed): median_predictor_mae(t, setup.splits[t.name, seed], sizes_of[t.name]) for t in loaded
-               for seed in seeds}  # fmt: skip
+               for seed in setup.seeds}  # fmt: skip
     runs = [{**ledger[r.key], "median_MAE": trivial[r.task, r.seed][r.n_train]} for r in plan]
-    selection = [{**ledger[r.key], "chosen": r.candidate == chosen[r.task, r.arm]} for r in tuning]
+    selection = [{**ledger[r.key], "chosen": r.candidate == chosen[r.task, r.arm]}
+                 | ({"beyond": r.candidate not in grids[r.task, r.arm]} if wider != grids else {})
+                 for r in tuning_runs(setup, wider)]  # fmt: skip
+    seen = {arm: arm_labels_seen(arm, model) for arm in templates}
     convergence = [(ledger[base.key], ledger[twice.key]) for base, twice in pairs]
     extension = [({**ledger[r.key], **ledger[r.key]["shorter"]}, ledger[r.key]) for r in extended]  # the run inside
     return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence,
-                  extension=extension)  # fmt: skip
+                  extension=extension, settings=settings, seen=seen)  # fmt: skip

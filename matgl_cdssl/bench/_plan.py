@@ -2,30 +2,35 @@
 
 - :func:`tuning_runs`: every candidate rate of every arm at the tuning sizes, first seed (the rate selection);
 - :func:`chosen_rates`: each arm's rate per task, from the tuning runs' best validation MAEs;
-- :func:`curve_runs`: every task, seed, size and arm at its chosen rate (the learning curves, the table);
+- :func:`edge_grids`: each grid one step beyond the edge where its choice sits (the selection goes on there);
+- :func:`curve_runs`: every task, size, its seeds and arm at its chosen rate (the learning curves, the table);
 - :func:`convergence_runs`: ``(run, the same run at twice the budget)`` at each checked task's two largest sizes;
 - :func:`extension_runs`: those runs with twice the patience and cap, the same schedule, the base run inside.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl.bench._ledger import run_fingerprint
-from matgl_cdssl.bench._protocol import BenchmarkSettings, Candidate, choose
+from matgl_cdssl.bench._protocol import BenchmarkSettings, Candidate, beyond_edges, choose
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable
 
     from matgl_cdssl.bench._tasks import TaskData
 
 __all__ = [
+    "Grids",
     "Run",
     "Setup",
+    "base_grids",
     "chosen_rates",
     "convergence_runs",
     "curve_runs",
+    "edge_grids",
     "extension_runs",
     "tune_sizes",
     "tuning_runs",
@@ -70,7 +75,8 @@ class Setup:
     Attributes:
         tasks: The tasks (their crystals checked, under ``skip_invalid``).
         sizes: Each task's training sizes, by name.
-        seeds: The seeds; the first one chooses the rates.
+        seeds: Every seed some size runs; the first one chooses the rates (which seeds each size runs:
+            :meth:`~matgl_cdssl.bench.BenchmarkSettings.seeds_at`).
         splits: Each ``(task, seed)``'s split (:func:`~matgl_cdssl.bench.task_splits`).
         arms: The arms, in the table's order.
         digests: Each arm's :func:`~matgl_cdssl.bench.weights_digest`.
@@ -98,29 +104,42 @@ class Setup:
         return Run(task.name, n_train, seed, arm, candidate, budget, fingerprint, shorter)
 
 
+Grids = Mapping[tuple[str, str], Sequence[Candidate]]
+"""Each ``(task, arm)``'s candidates."""
+
+
 def tune_sizes(setup: Setup, task: TaskData) -> list[int]:
     """The sizes at which the arms choose their rates on ``task``: its sizes among ``tune_sizes``, else its smallest."""
     sizes = setup.sizes[task.name]
     return [n for n in sizes if n in setup.settings.tune_sizes] or list(sizes[:1])
 
 
-def tuning_runs(setup: Setup) -> list[Run]:
-    """Every candidate of every arm at each task's tuning sizes, with the first seed."""
+def base_grids(setup: Setup) -> dict[tuple[str, str], list[Candidate]]:
+    """Each ``(task, arm)``'s grid: the arm's candidates (:meth:`~matgl_cdssl.bench.BenchmarkSettings.grid`)."""
+    return {(t.name, arm): list(grid) for t in setup.tasks for arm, grid in setup.grids.items()}
+
+
+def tuning_runs(setup: Setup, grids: Grids | None = None) -> list[Run]:
+    """Every candidate of every arm's grid (default :func:`base_grids`) at each task's tuning sizes, first seed."""
+    grids = base_grids(setup) if grids is None else grids
     return [
         setup.run(t, setup.seeds[0], n, arm, c)
         for t in setup.tasks
         for arm in setup.arms
-        for c in setup.grids[arm]
+        for c in grids[t.name, arm]
         for n in tune_sizes(setup, t)
     ]
 
 
-def chosen_rates(setup: Setup, best_val_mae: Callable[[Run], float]) -> dict[tuple[str, str], Candidate]:
+def chosen_rates(setup: Setup, best_val_mae: Callable[[Run], float],
+                 grids: Grids | None = None) -> dict[tuple[str, str], Candidate]:  # fmt: skip
     """Each ``(task, arm)``'s rate: its only candidate, or the one that the tuning runs' validation MAEs choose.
 
     ``best_val_mae`` gives a run of :func:`tuning_runs` its best validation MAE (from the ledger);
-    :func:`~matgl_cdssl.bench.choose` picks the lowest geometric mean over the tuning sizes.
+    :func:`~matgl_cdssl.bench.choose` picks the lowest geometric mean over the tuning sizes, among ``grids``
+    (default :func:`base_grids`).
     """
+    grids = base_grids(setup) if grids is None else grids
 
     def scores(t: TaskData, arm: str, c: Candidate) -> list[float]:
         return [best_val_mae(setup.run(t, setup.seeds[0], n, arm, c)) for n in tune_sizes(setup, t)]
@@ -128,17 +147,32 @@ def chosen_rates(setup: Setup, best_val_mae: Callable[[Run], float]) -> dict[tup
     return {
         (t.name, arm): grid[0] if len(grid) == 1 else choose({c: scores(t, arm, c) for c in grid})
         for t in setup.tasks
-        for arm, grid in setup.grids.items()
+        for arm in setup.arms
+        for grid in [grids[t.name, arm]]
     }
 
 
+def edge_grids(
+    setup: Setup, grids: Grids, chosen: Mapping[tuple[str, str], Candidate]
+) -> dict[tuple[str, str], list[Candidate]]:
+    """``grids`` with one step beyond each edge on which the chosen candidate sits (:func:`beyond_edges`).
+
+    Without :attr:`~matgl_cdssl.bench.BenchmarkSettings.extend_edges`, or for a grid of one candidate, the grid as
+    it is.
+    """
+    if not setup.settings.extend_edges:
+        return {key: list(grid) for key, grid in grids.items()}
+    return {key: [*grid, *(beyond_edges(grid, chosen[key]) if len(grid) > 1 else [])] for key, grid in grids.items()}
+
+
 def curve_runs(setup: Setup, chosen: Mapping[tuple[str, str], Candidate]) -> list[Run]:
-    """Every task, seed, size and arm at the arm's chosen rate and the base budget: the learning curves."""
+    """Every task, size, seed of that size and arm at the arm's chosen rate and the base budget: the curves."""
     return [
         setup.run(t, seed, n, arm, chosen[t.name, arm])
         for t in setup.tasks
         for seed in setup.seeds
         for n in setup.sizes[t.name]
+        if seed in setup.settings.seeds_at(n)
         for arm in setup.arms
     ]
 
@@ -152,8 +186,9 @@ def _longer_runs(
 ) -> list[tuple[Run, Run]]:
     """``(run, the same run with the longer budget)`` at each checked task's two largest sizes, every arm.
 
-    Each task with its first ``seeds[task]`` seeds (a task that ``seeds`` does not name: none). ``budget`` is asked
-    only for a run to check (a budget without a patience has no doubled one, and needs none when nothing is checked).
+    Each task with the first ``seeds[task]`` seeds of the size (a task that ``seeds`` does not name: none).
+    ``budget`` is asked only for a run to check (a budget without a patience has no doubled one, and needs none when
+    nothing is checked; the extension of the cosine schedule raises).
     """
     return [
         (setup.run(t, seed, n, arm, chosen[t.name, arm]), setup.run(t, seed, n, arm, chosen[t.name, arm], budget(),
@@ -161,7 +196,7 @@ def _longer_runs(
         for t in setup.tasks
         for n in setup.sizes[t.name][-2:]
         for arm in setup.arms
-        for seed in setup.seeds[:int(seeds.get(t.name, 0))]
+        for seed in setup.settings.seeds_at(n)[:int(seeds.get(t.name, 0))]
     ]  # fmt: skip
 
 
@@ -174,7 +209,8 @@ def convergence_runs(setup: Setup, chosen: Mapping[tuple[str, str], Candidate],
 def extension_runs(setup: Setup, chosen: Mapping[tuple[str, str], Candidate], seeds: Mapping[str, int]) -> list[Run]:
     """The runs with twice the patience and cap (:meth:`~matgl_cdssl.bench.BenchmarkSettings.extended`).
 
-    Each reports the base run found inside it (``shorter``), so that both come from the same machine.
+    Each reports the base run found inside it (``shorter``), so that both come from the same machine. Under the
+    cosine schedule there is no run inside a longer one: a ValueError when any run is to be checked.
     """
     shorter = (setup.settings.patience, setup.settings.max_epochs)
     return [longer for _, longer in _longer_runs(setup, chosen, seeds, setup.settings.extended, shorter)]

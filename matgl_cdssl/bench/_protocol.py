@@ -7,11 +7,12 @@ its learning rate and the same budget (:class:`BenchmarkSettings`):
 - ``scratch``: the same architecture, initialised from the seed;
 - ``supervised``: transfer from matgl's supervised formation-energy MEGNet (its backbone, a fresh readout).
 
-Learning-rate selection on validation data: each arm picks its own learning rate from a small grid
-(:func:`candidates`) and, when it starts from pretrained weights, whether its backbone learns at a lower rate. The
-rule is the same for every arm: train each candidate on the same tuning split(s), and keep the one whose best
-validation MAE, combined over the splits by a geometric mean (so that no split's unit or scale dominates), is lowest
-(:func:`choose`). Test data are never used.
+Learning-rate selection on validation data: each arm picks its own learning rate from a grid of the same number of
+candidates (:meth:`BenchmarkSettings.grid`) and, when it starts from pretrained weights, whether its backbone learns
+at a lower rate. The rule is the same for every arm: train each candidate on the same tuning split(s), and keep the
+one whose best validation MAE, combined over the splits by a geometric mean (so that no split's unit or scale
+dominates), is lowest (:func:`choose`); where the choice sits at the edge of the grid, one step beyond that edge is
+tried too (:func:`beyond_edges`). Test data are never used.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matgl_cdssl.hub import megnet_of
+from matgl_cdssl.apps import RELIABLE_VAL, TrainOptions
+from matgl_cdssl.hub import labels_seen, megnet_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -33,15 +35,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARMS",
+    "PROTOCOLS",
     "QUICK",
     "SUPERVISED",
-    "SUPERVISED_LEAKS",
     "BenchmarkSettings",
     "Candidate",
+    "arm_labels_seen",
     "arm_start",
     "arm_templates",
+    "beyond_edges",
     "candidates",
     "choose",
+    "spread",
     "tune",
 ]
 
@@ -52,42 +57,79 @@ supervised formation-energy MEGNet (:data:`SUPERVISED`)."""
 
 #: matgl's supervised formation-energy MEGNet, shipped for the ``"supervised"`` arm (see benchmark_data/ATTRIBUTION.md).
 SUPERVISED = "MEGNet-MP-2018.6.1-Eform"
-#: Tasks whose labels the supervised arm's pretraining saw (Materials Project formation energies): leakage.
-SUPERVISED_LEAKS = ("mp_formation_energy",)
+
+#: The training options' defaults (:class:`~matgl_cdssl.apps.TrainOptions`): the budget's defaults are read from it.
+_TRAIN = TrainOptions()
 
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """The selection rule and the budget, identical for every arm.
+    """The selection rule, the seeds and the budget, identical for every arm.
 
-    Each arm picks its own learning rate per task from ``lr_grid`` (and, when it starts from pretrained weights, the
-    backbone's rate as a fraction of it from ``backbone_lr_scales``): every candidate trains at the ``tune_sizes``
-    (those among the benchmark's sizes; the smallest size if none is) with the first seed, and the lowest geometric
-    mean of the best validation MAEs wins (:func:`choose`). Every run then trains until its
-    validation MAE has not improved for ``patience`` epochs, under a cap of ``max_epochs``, its rates halved
-    whenever the validation MAE has not improved for ``lr_patience`` epochs (None: matgl's cosine decay over the cap,
-    the 0.2 protocol), and its best validation epoch is tested. The validation set has ``clip(n_train // 4, min_val,
-    max_val)`` crystals. :meth:`doubled` is the same rule with twice the budget (the convergence check).
+    Each arm picks its own learning rate per task from its grid (:meth:`grid`): a pretrained arm every rate of
+    ``lr_grid`` times every backbone scale of ``backbone_lr_scales``; scratch, which has no backbone to spare, as
+    many rates spread over the range of ``lr_grid`` (``equal_grids``; False: ``lr_grid`` itself, the 0.4 protocol).
+    Every candidate trains at the ``tune_sizes`` (those among the benchmark's sizes; the smallest size if none is)
+    with the first seed, and the lowest geometric mean of the best validation MAEs wins (:func:`choose`); with
+    ``extend_edges``, a choice at the edge of its grid is tried against one step beyond that edge, by the same rule
+    (:func:`beyond_edges`). Every run then trains until its validation MAE has not improved for ``patience`` epochs,
+    under a cap of ``max_epochs``, its rates halved whenever the validation MAE has not improved for ``lr_patience``
+    epochs (None: matgl's cosine decay over the cap, the 0.2 protocol), and its best validation epoch is tested. The
+    validation set has ``clip(n_train // 4, min_val, max_val)`` crystals. Sizes up to ``small_size`` run the seeds
+    ``seeds_small``, larger ones ``seeds`` (the first seed of ``seeds`` chooses the rates). :meth:`doubled` is the
+    same rule with twice the budget (the convergence check), :meth:`extended` twice the patience and the cap alone.
 
-    The defaults are the 0.4 protocol (docs/benchmark.md, "Protocol"); the 0.3 protocol is ``max_epochs=1000,
-    patience=100, lr_patience=20, min_val=50`` with ``tune_sizes=(100,)``.
+    The budget's defaults (loss, batch, patience, cap, schedule, ``max_val``) are those of
+    :class:`~matgl_cdssl.apps.TrainOptions`, ``min_val`` its :data:`~matgl_cdssl.apps.RELIABLE_VAL`. The defaults are
+    the 0.5 protocol (:data:`PROTOCOLS`, docs/benchmark.md, "Protocol"); ``PROTOCOLS["0.4"]`` is 0.4; the 0.3 protocol
+    is 0.4 with ``max_epochs=1000, patience=100, lr_patience=20, min_val=50`` and ``tune_sizes=(100,)``.
+    Only the budget enters a run's fingerprint (:func:`~matgl_cdssl.bench.run_fingerprint`), never the grid, the
+    seeds or ``protocol``.
     """
 
+    protocol: str = "0.5"
     lr_grid: tuple[float, ...] = (1e-3, 3e-3)
     backbone_lr_scales: tuple[float, ...] = (1.0, 0.1)
+    equal_grids: bool = True
+    extend_edges: bool = True
     tune_sizes: tuple[int, ...] = (100, 250)
-    freeze_backbone: bool = False
-    batch_size: int = 32
-    loss: str = "l1_loss"
-    max_epochs: int = 2000
-    patience: int = 200
-    lr_patience: int | None = 40
-    min_val: int = 150
-    max_val: int = 500
+    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds_small: tuple[int, ...] = (0, 1, 2, 3, 4)
+    small_size: int = 250
+    freeze_backbone: bool = _TRAIN.freeze_backbone
+    batch_size: int = _TRAIN.batch_size
+    loss: str = _TRAIN.loss
+    max_epochs: int = _TRAIN.max_epochs
+    patience: int | None = _TRAIN.patience
+    lr_patience: int | None = _TRAIN.lr_patience
+    min_val: int = RELIABLE_VAL
+    max_val: int = _TRAIN.max_val
 
     def n_val(self, n_train: int) -> int:
         """Validation crystals for a training set of ``n_train``."""
         return int(np.clip(n_train // 4, self.min_val, self.max_val))
+
+    def seeds_at(self, n_train: int) -> tuple[int, ...]:
+        """The seeds of a training size: ``seeds_small`` up to ``small_size`` labels, else ``seeds``."""
+        return self.seeds_small if n_train <= self.small_size else self.seeds
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed some size runs, ``seeds`` first (its first seed chooses the rates)."""
+        return tuple(dict.fromkeys((*self.seeds, *self.seeds_small)))
+
+    def grid(self, *, pretrained: bool) -> list[Candidate]:
+        """An arm's candidates: ``lr_grid`` x ``backbone_lr_scales`` when ``pretrained``; else the scratch rates.
+
+        Example:
+            >>> [str(c) for c in BenchmarkSettings().grid(pretrained=False)]  # as many as a pretrained arm's 4
+            ['lr=0.001', 'lr=0.0014', 'lr=0.0021', 'lr=0.003']
+        """
+        full = candidates(self.lr_grid, self.backbone_lr_scales, pretrained=True)
+        if pretrained:
+            return full
+        rates = spread(self.lr_grid, len(full)) if self.equal_grids else self.lr_grid
+        return candidates(rates, (1.0,), pretrained=False)
 
     def doubled(self) -> BenchmarkSettings:
         """Twice the budget: the epoch cap, the patience and the schedule's patience.
@@ -103,11 +145,28 @@ class BenchmarkSettings:
         """Twice the epoch cap and the patience, the same schedule (the extension check).
 
         With the plateau schedule (``lr_patience``) the longer run repeats the shorter one epoch for epoch and goes
-        on after it would have stopped, so its test MAE changes only if a later epoch validates better: whether the
-        run stopped too early, with nothing else changed. (Under matgl's cosine decay the cap sets the schedule, and
-        this is :meth:`doubled`.)
+        on after it would have stopped, so its validation MAE changes only if a later epoch validates better:
+        whether the run stopped too early, with nothing else changed.
+
+        Raises:
+            ValueError: under matgl's cosine decay (``lr_patience=None``), where the cap sets the schedule, so the
+                longer run follows another schedule from its first epoch and holds no shorter run to compare.
         """
+        if self.lr_patience is None:
+            raise ValueError("the extension check needs the plateau schedule (lr_patience, --lr-patience N): under "
+                             "matgl's cosine decay (lr_patience=None) the epoch cap sets the schedule, so the longer "
+                             "run does not repeat the shorter one; use the convergence check instead")  # fmt: skip
         return replace(self, max_epochs=2 * self.max_epochs, patience=2 * self.patience)
+
+
+#: The named protocols: 0.5 (the default: equal grids, edges extended, 5 seeds up to 250 labels), and 0.4 (scratch
+#: chooses from ``lr_grid`` alone, no edge extension, 3 seeds everywhere), which rebuilds the 0.4 report from its cache.
+PROTOCOLS = {
+    "0.5": BenchmarkSettings(),
+    "0.4": BenchmarkSettings(protocol="0.4", equal_grids=False, extend_edges=False, seeds_small=(0, 1, 2)),
+}
+#: The day each protocol was frozen (0.5: before any test number under it was looked at).
+PROTOCOL_DATES = {"0.4": "2026-12-02", "0.5": "2026-12-06"}
 
 
 QUICK = {
@@ -115,7 +174,15 @@ QUICK = {
     "sizes": (50, 250),
     "seeds": (0,),
     "settings": BenchmarkSettings(
-        lr_grid=(3e-3,), backbone_lr_scales=(1.0,), max_epochs=40, patience=10, lr_patience=3, min_val=50, max_val=100
+        lr_grid=(3e-3,),
+        backbone_lr_scales=(1.0,),
+        seeds=(0,),
+        seeds_small=(0,),
+        max_epochs=40,
+        patience=10,
+        lr_patience=3,
+        min_val=50,
+        max_val=100,
     ),
     "n_test": 200,
 }
@@ -138,6 +205,18 @@ def arm_start(arm: str | Path | nn.Module, model: str | Path | nn.Module = "CDSS
     if isinstance(arm, str) and arm == "supervised":
         return megnet_of(Path(str(files("matgl_cdssl").joinpath(f"benchmark_data/{SUPERVISED}")))), "backbone"
     return megnet_of(arm), "backbone"
+
+
+def arm_labels_seen(arm: str | Path | nn.Module, model: str | Path | nn.Module) -> tuple[str, ...] | None:
+    """The labels an arm's weights saw (:func:`~matgl_cdssl.hub.labels_seen`); None: not recorded.
+
+    Scratch uses no weights (none); ``"CDSSL"`` is ``model``'s, ``"supervised"`` :data:`SUPERVISED`'s; a MEGNet
+    given as an object does not record them.
+    """
+    source = {"CDSSL": model, "supervised": SUPERVISED}.get(arm, arm) if isinstance(arm, str) else arm
+    if isinstance(arm, str) and arm == "scratch":
+        return ()
+    return labels_seen(source) if isinstance(source, (str, Path)) else None
 
 
 def arm_templates(arms: Sequence[str], model: str | Path | nn.Module) -> dict[str, tuple[nn.Module, str]]:
@@ -185,6 +264,60 @@ def candidates(lr_grid: Sequence[float], backbone_lr_scales: Sequence[float], *,
     scales = backbone_lr_scales if pretrained else (1.0,)
     grid = [Candidate(float(lr), None if s == 1 else float(lr) * float(s)) for lr in lr_grid for s in scales]
     return list(dict.fromkeys(grid))
+
+
+def spread(lr_grid: Sequence[float], k: int) -> tuple[float, ...]:
+    """``k`` rates spread geometrically over the range of ``lr_grid``, rounded to two significant digits inside it.
+
+    Example:
+        >>> spread([1e-3, 3e-3], 4)
+        (0.001, 0.0014, 0.0021, 0.003)
+        >>> spread([3e-3], 4)  # a single rate has no range to spread over
+        (0.003,)
+    """
+    lo, hi = min(lr_grid), max(lr_grid)
+    if k < 2 or lo == hi:
+        return tuple(dict.fromkeys(float(r) for r in sorted(lr_grid)))
+    inner = (float(f"{lo * (hi / lo) ** (i / (k - 1)):.2g}") for i in range(1, k - 1))
+    return (float(lo), *inner, float(hi))
+
+
+def _scale(c: Candidate) -> float:
+    return 1.0 if c.backbone_lr is None else float(f"{c.backbone_lr / c.lr:.6g}")
+
+
+def _beyond(values: Sequence[float], value: float, upper: float = math.inf) -> float | None:
+    """One step (the ratio of the two outermost values) beyond the edge of ``values`` that ``value`` sits on.
+
+    Rounded to two significant digits, as the grids are.
+    """
+    values = sorted(set(values))
+    if len(values) < 2 or value not in (values[0], values[-1]):
+        return None
+    step = values[1] / values[0] if value == values[0] else values[-1] / values[-2]
+    new = float(f"{(value / step if value == values[0] else value * step):.2g}")
+    return new if new <= upper and new not in values else None
+
+
+def beyond_edges(grid: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:
+    """The candidates one step beyond each edge of ``grid`` that ``chosen`` sits on, its other rate kept.
+
+    A step is the ratio of the grid's two outermost values on that side: in the rate, and (for a pretrained arm's
+    grid) in the backbone scale, which stays at most 1. A grid of one rate has no edge to go beyond.
+
+    Example:
+        >>> grid = candidates([1e-3, 3e-3], [1.0, 0.1], pretrained=True)
+        >>> [str(c) for c in beyond_edges(grid, Candidate(3e-3, 3e-4))]
+        ['lr=0.009, backbone_lr=0.0009', 'lr=0.003, backbone_lr=3e-05']
+    """
+    lr = _beyond([c.lr for c in grid], chosen.lr)
+    scale = _beyond([_scale(c) for c in grid], _scale(chosen), upper=1.0)
+    out = []
+    if lr is not None:
+        out.append(Candidate(lr, None if chosen.backbone_lr is None else float(f"{lr * _scale(chosen):.2g}")))
+    if scale is not None:
+        out.append(Candidate(chosen.lr, None if scale == 1 else float(f"{chosen.lr * scale:.2g}")))
+    return [c for c in out if c not in grid]
 
 
 def choose(scores: Mapping[Candidate, Sequence[float]]) -> Candidate:

@@ -1,28 +1,35 @@
 """The benchmark's report: ``runs.csv``, ``results.md`` (mean ± standard error), ``convergence.md`` and ``results.png``.
 
 Everything here is written from run records alone (the ledger's), so a report is rewritten from ``runs.jsonl``
-without training anything.
+without training anything. ``results.md`` opens with the protocol, its settings and the day it was frozen, and
+tells wins from noise: every pair of arms, per configuration, by a paired interval over the seeds
+(:mod:`~matgl_cdssl.bench._paired`), leaving out the arms whose weights saw a task's labels. Under the 0.4 settings
+it keeps 0.4's layout ("CDSSL wins N of M"), so that the 0.4 report rebuilds byte for byte from its cache.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matgl_cdssl.bench._checks import checks_markdown
 from matgl_cdssl.bench._curves import COLORS
-from matgl_cdssl.bench._protocol import SUPERVISED, SUPERVISED_LEAKS
+from matgl_cdssl.bench._paired import arm_order, paired, paired_markdown
+from matgl_cdssl.bench._protocol import PROTOCOL_DATES, PROTOCOLS, SUPERVISED, BenchmarkSettings
+from matgl_cdssl.bench._tasks import leaks
+from matgl_cdssl.hub import labels_seen
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     import pandas as pd
 
-__all__ = ["EXTENSION_HEADING", "LEARNED", "BenchmarkResult", "report", "summarise"]
+__all__ = ["LEARNED", "BenchmarkResult", "report", "summarise"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,8 @@ def report(
     selection: Sequence[dict] = (),
     convergence: Sequence[tuple[dict, dict]] = (),
     extension: Sequence[tuple[dict, dict]] = (),
+    settings: BenchmarkSettings | None = None,
+    seen: Mapping[str, Sequence[str] | None] | None = None,
 ) -> BenchmarkResult:
     """Summarise runs into ``runs.csv``, ``results.md`` (mean ± standard error) and ``results.png``.
 
@@ -61,6 +70,8 @@ def report(
         convergence: ``(run, the same run with twice the budget)`` pairs, tabulated in ``convergence.md``.
         extension: ``(run, the same run with twice the patience and cap, the same schedule)`` pairs, a second table
             in ``convergence.md``.
+        settings: The protocol's settings, written at the head of ``results.md`` (the 0.4 protocol's: its layout).
+        seen: Each arm's labels seen (:func:`~matgl_cdssl.hub.labels_seen`); None: read off the runs' ``model``.
 
     Returns:
         A :class:`BenchmarkResult`.
@@ -72,8 +83,11 @@ def report(
     frame = frame.sort_values(["task", "n_train", "seed", "arm"]).reset_index(drop=True)
     paths = {"runs_csv": output_dir / "runs.csv", "table_md": output_dir / "results.md"}
     frame.to_csv(paths["runs_csv"], index=False)
-    summary = summarise(frame)
-    table = _markdown(summary)
+    seen = _seen_by_records(frame) if seen is None else seen
+    summary = summarise(frame, seen)
+    legacy = settings is not None and settings.protocol == "0.4"
+    table = ("" if settings is None or legacy else _header(settings)) + _markdown(summary, seen, legacy=legacy)
+    table += "" if legacy or summary.empty else paired_markdown(paired(frame, seen))
     if left_out:
         table += f"\n{len(left_out)} invalid crystal(s) left out (skip_invalid):\n\n"
         table += "".join(f"- {task}: {name} {reason}\n" for task, name, reason in left_out)
@@ -81,10 +95,7 @@ def report(
         table += "\n" + _selection_markdown(pd.DataFrame(list(selection)))
     if convergence or extension:
         paths["convergence_md"] = output_dir / "convergence.md"
-        parts = [_convergence_markdown(convergence)] if convergence else []
-        if extension:
-            parts.append(f"{EXTENSION_HEADING}\n\n{_convergence_markdown(extension)}")
-        paths["convergence_md"].write_text("\n".join(parts))
+        paths["convergence_md"].write_text(checks_markdown(convergence, extension))
     paths["table_md"].write_text(table)
     try:
         if len(summary):  # a benchmark of scratch alone compares nothing: no figure
@@ -108,110 +119,56 @@ def _selection_markdown(frame: pd.DataFrame) -> str:
         for rate, part in group.groupby("rate", sort=False):
             text = f"{rate}: " + ", ".join(f"{v:.4g} (n={n})" for n, v in zip(part["n_train"], part["best_val_MAE"],
                                                                                 strict=True))  # fmt: skip
+            text += " (beyond the edge)" if part.get("beyond", pd.Series([False])).any() else ""
             cells.append(f"**{text}**" if part["chosen"].all() else text)
         lines.append(f"| {task} | {arm} | {'; '.join(cells)} |")
+    if "beyond" in frame and frame["beyond"].any():
+        where = frame[frame["beyond"]].drop_duplicates(["task", "arm"])
+        lines += [
+            "",
+            "The choice sat at the edge of its grid, so one step beyond that edge was tried, by the same "
+            "rule: " + "; ".join(f"{t} {a}" for t, a in zip(where["task"], where["arm"], strict=True)) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
-EXTENSION_HEADING = "## Extension: twice the patience and the epoch cap, the same schedule"
-"""The heading of ``convergence.md``'s second table (``check_extension``)."""
+def _header(settings: BenchmarkSettings) -> str:
+    """The protocol, the day it was frozen and every setting, so that the report says under what rule it was made."""
+    named = PROTOCOLS.get(settings.protocol)
+    what = f"protocol {settings.protocol}" + ("" if settings == named else " with other settings")
+    values = ", ".join(f"{f.name}={getattr(settings, f.name)!r}" for f in fields(settings))
+    grids = {kind: len(settings.grid(pretrained=kind == "pretrained")) for kind in ("pretrained", "scratch")}
+    return (
+        f"# Benchmark, {what}\n\nThe protocol {settings.protocol} was frozen on "
+        f"{PROTOCOL_DATES.get(settings.protocol, 'an unrecorded day')}, before any of its test numbers was looked "
+        "at; every choice (rates, grid edges, the checks' criteria) is made on validation data. Settings: "
+        f"{values}. Candidates per arm: {grids['pretrained']} for a pretrained arm, {grids['scratch']} for "
+        "scratch (before any step beyond an edge).\n\n"
+    )
 
 
-def _convergence_markdown(pairs: Sequence[tuple[dict, dict]]) -> str:
-    """Each run at the chosen budget against the same run at twice the budget, and the mean over seeds if several.
-
-    What "twice the budget" doubles is read off the pairs: the patience and the cap, and the schedule's patience
-    too unless the pairs come from :meth:`BenchmarkSettings.extended`.
-    """
-    lines = ["| task | n_train | arm | seed | test MAE | test MAE, twice the budget | change | epochs (best / run) | "
-             "epochs at twice the budget |", "|---|---:|---|---|---:|---:|---:|---|---|"]  # fmt: skip
-    groups: dict[tuple, list[tuple[dict, dict]]] = {}
-    for base, twice in pairs:
-        groups.setdefault((base["task"], base["n_train"], base["arm"]), []).append((base, twice))
-    means = {key: [float(np.mean([pair[k]["test_MAE"] for pair in group])) for k in (0, 1)]
-             for key, group in groups.items()}  # fmt: skip
-    worst_run = 0.0
-    for (task, n, arm), group in groups.items():
-        for base, twice in group:
-            change = twice["test_MAE"] / base["test_MAE"] - 1
-            worst_run = max(worst_run, abs(change))
-            lines.append(f"| {task} | {n} | {arm} | {base['seed']} | {base['test_MAE']:.4f} | "
-                         f"{twice['test_MAE']:.4f} | {100 * change:+.1f}% | {base['best_epoch']} / "
-                         f"{base['epochs_run']} | {twice['best_epoch']} / {twice['epochs_run']} |")  # fmt: skip
-        if len(group) > 1:
-            mean, mean_twice = means[task, n, arm]
-            lines.append(f"| {task} | {n} | {arm} | **mean of {len(group)}** | {mean:.4f} | {mean_twice:.4f} | "
-                         f"**{100 * (mean_twice / mean - 1):+.1f}%** | | |")  # fmt: skip
-    base, twice = pairs[0]
-    if not base.get("lr_patience"):
-        schedule, doubles = "cosine decay over the cap", "both"
-    else:
-        schedule = f"rates halved after {base['lr_patience']} epochs without improvement"
-        doubles = (
-            "all three"
-            if twice["lr_patience"] != base["lr_patience"]
-            else "the patience and the cap, not the schedule: the longer run repeats the shorter one and goes on"
-        )
-    # The criterion judges the mean where several seeds were checked, else the run: the "mean" of a single run.
-    change = {key: abs(twice / base - 1) for key, (base, twice) in means.items()}
-    judged = max(change.values())
-    worst_mean = max((change[key] for key, group in groups.items() if len(group) > 1), default=0.0)
-    several = {len(group) > 1 for group in groups.values()}
-    largest = f"Largest change of a single run: {100 * worst_run:.2f}%"
-    if several == {True}:
-        largest += f"; of a mean over seeds: {100 * worst_mean:.2f}%"
-    elif True in several:  # some tasks checked with several seeds, others with one
-        largest += (f"; of a mean over seeds: {100 * worst_mean:.2f}%; of what the criterion judges (the mean where "
-                    f"several seeds were checked, else the run): {100 * judged:.2f}%")  # fmt: skip
-    verdict = "below" if judged < 0.03 else "NOT below"
-    lines += ["", f"Budget: early stopping after {base['patience']} epochs without improvement, at most "
-              f"{base['max_epochs']} epochs, {schedule}; twice the budget doubles {doubles}. {largest} ({verdict} "
-              "the 3% criterion)."]  # fmt: skip
-    return "\n".join(lines + _verdict_at_twice_the_budget(means)) + "\n"
+def _seen_by_records(frame: pd.DataFrame) -> dict[str, tuple[str, ...] | None]:
+    """Each arm's labels seen, read off the ``model`` its runs record (scratch uses no weights: none)."""
+    models = frame.drop_duplicates("arm").set_index("arm")["model"] if "model" in frame else {}
+    return {arm: () if arm == "scratch" else labels_seen(str(models[arm])) if arm in models else None
+            for arm in frame["arm"].unique()}  # fmt: skip
 
 
-def _verdict_at_twice_the_budget(means: dict[tuple, list[float]]) -> list[str]:
-    """Each arm against scratch at the chosen budget and with both at twice the budget.
-
-    ``means``: the mean test MAE over the seeds checked, at each budget, per (task, n_train, arm).
-    """
-    rows = []
-    for (task, n, arm), (base, twice) in means.items():
-        scratch = means.get((task, n, "scratch"))
-        if arm != "scratch" and scratch is not None:
-            rows.append(f"| {task} | {n} | {arm} | {100 * (base / scratch[0] - 1):+.1f}% | "
-                        f"{100 * (twice / scratch[1] - 1):+.1f}% |")  # fmt: skip
-    if not rows:
-        return []
-    return ["", "Each arm against scratch (mean test MAE over the seeds checked) at the chosen budget, and with both "
-            "at twice the budget: a verdict that holds at twice the budget does not rest on under-trained runs.", "",
-            "| task | n_train | arm | vs scratch | vs scratch, both at twice the budget |", "|---|---:|---|---:|---:|",
-            *rows]  # fmt: skip
-
-
-def _arm_order(arms: Sequence[str]) -> list[str]:
-    """The arms in table order: CDSSL, supervised, any others, scratch last."""
-    first = [a for a in ("CDSSL", "supervised") if a in arms]
-    return [
-        *first,
-        *sorted(a for a in arms if a not in (*first, "scratch")),
-        *(["scratch"] if "scratch" in arms else []),
-    ]
-
-
-def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+def summarise(frame: pd.DataFrame, seen: Mapping[str, Sequence[str] | None] | None = None) -> pd.DataFrame:
     """Per (task, n_train): mean and standard error of the test MAE of each arm, and the relative changes.
 
     ``change`` is CDSSL against scratch, ``change_<arm>`` any other arm against scratch, and ``CDSSL_vs_supervised``
-    CDSSL against supervised transfer; ``leakage`` marks the tasks whose labels the supervised arm was trained on.
+    CDSSL against supervised transfer; ``leakage`` names the arms whose weights saw the task's labels (``seen``, each
+    arm's :func:`~matgl_cdssl.hub.labels_seen`; None: read off the runs' ``model``), empty if none.
     Only seeds that finished every arm are counted, so that the arms are always compared on the same splits.
     """
     import pandas as pd
 
+    seen = _seen_by_records(frame) if seen is None else seen
     rows = []
     for (task, n), group in frame.groupby(["task", "n_train"], sort=True):
         wide = group.pivot_table(index="seed", columns="arm", values="test_MAE").dropna()
-        arms = _arm_order(list(wide.columns))
+        arms = arm_order(list(wide.columns))
         if wide.empty or "scratch" not in arms or len(arms) < 2:
             continue
         row = {"task": task, "unit": group["unit"].iloc[0], "n_train": int(n), "seeds": len(wide)}
@@ -223,7 +180,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             row["change" if arm == "CDSSL" else f"change_{arm}"] = row[f"{arm}_mean"] / row["scratch_mean"] - 1
         if "CDSSL" in arms and "supervised" in arms:
             row["CDSSL_vs_supervised"] = row["CDSSL_mean"] / row["supervised_mean"] - 1
-        row["leakage"] = "supervised" in arms and task in SUPERVISED_LEAKS
+        row["leakage"] = ", ".join(arm for arm in arms if leaks(task, seen.get(arm)))
         if "median_MAE" in group:
             row["median_MAE"] = float(group.drop_duplicates("seed")["median_MAE"].mean())
         rows.append(row)
@@ -239,11 +196,12 @@ LEARNED = 0.95
 """A configuration counts as learned when the better arm's MAE is below this fraction of the median predictor's."""
 
 
-def _markdown(summary: pd.DataFrame) -> str:
+def _markdown(summary: pd.DataFrame, seen: Mapping[str, Sequence[str] | None], *, legacy: bool) -> str:
+    """The table of means, and under ``legacy`` (the 0.4 layout) its "CDSSL wins N of M" lines."""
     if summary.empty:
         return "No configuration to compare: every comparison needs scratch and at least one other arm (runs.csv).\n"
     trivial = "median_MAE" in summary
-    arms = _arm_order([c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")])
+    arms = arm_order([c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")])
     others = [a for a in arms if a not in ("CDSSL", "scratch", "supervised")]
     versus = "CDSSL_vs_supervised" in summary
     header = ["task", "n_train", "seeds", *(f"{a} test MAE" for a in arms)]
@@ -258,7 +216,9 @@ def _markdown(summary: pd.DataFrame) -> str:
         cells += [f"{100 * r['CDSSL_vs_supervised']:+.1f}%"] if versus else []
         cells += [f"{r['median_MAE']:.4f}"] if trivial else []
         lines.append("| " + " | ".join(cells) + " |")
-    if len(summary) and "change" in summary:
+    if not legacy:
+        return "\n".join(lines + _notes(summary, seen, arms, trivial)) + "\n"
+    if "change" in summary:
         wins = int((summary["change"] < 0).sum())
         small = summary[summary["n_train"] <= 250]
         lines += [
@@ -297,6 +257,30 @@ def _markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _notes(summary: pd.DataFrame, seen: Mapping[str, Sequence[str] | None], arms: Sequence[str],
+           trivial: bool) -> list[str]:  # fmt: skip
+    """What the table's numbers are, which rows leak and where no arm learned anything (the 0.5 layout)."""
+    notes = ["", "Mean ± standard error of the test MAE over seeds; change = arm mean / scratch mean - 1 (negative: "
+             "the arm is better)." + (" Median predictor: the test MAE of predicting the training labels' median."
+                                  if trivial else "")]  # fmt: skip
+    leaking = {arm: seen[arm] for arm in arms if seen.get(arm)}
+    if leaking:
+        notes.append("†: leakage, an arm's weights saw the task's labels ("
+                     + "; ".join(f"{arm}: {', '.join(labels)}" for arm, labels in leaking.items())
+                     + "); its comparisons there are left out of every count below.")  # fmt: skip
+    unknown = [arm for arm in arms if seen.get(arm, None) is None and arm != "scratch"]
+    if unknown:
+        notes.append(f"The labels that the weights of {', '.join(unknown)} saw are not recorded (no model card or "
+                     "labels_seen in cdssl.json): their rows are not checked for leakage.")  # fmt: skip
+    if trivial:
+        best = summary[[f"{a}_mean" for a in arms]].min(axis=1)
+        missed = summary[~(best < LEARNED * summary["median_MAE"])]
+        notes.append(f"No arm at least {100 * (1 - LEARNED):.0f}% below the median predictor (nothing learned): "
+                     + ("; ".join(f"{t} {n}" for t, n in zip(missed["task"], missed["n_train"], strict=True)) or "none")
+                     + ".")  # fmt: skip
+    return notes
+
+
 def _plot(summary: pd.DataFrame, path: Path) -> Path:
     import matplotlib
 
@@ -308,7 +292,7 @@ def _plot(summary: pd.DataFrame, path: Path) -> Path:
     for ax, task in zip(axes[0], tasks, strict=True):
         part = summary[summary["task"] == task]
         x = np.arange(len(part))
-        arms = _arm_order([c[: -len("_mean")] for c in part.columns if c.endswith("_mean") and part[c].notna().any()])
+        arms = arm_order([c[: -len("_mean")] for c in part.columns if c.endswith("_mean") and part[c].notna().any()])
         width = 0.8 / len(arms)
         for k, arm in enumerate(arms):
             ax.bar(x + (k - (len(arms) - 1) / 2) * width, part[f"{arm}_mean"], width, capsize=2,

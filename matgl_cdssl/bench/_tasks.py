@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_SUITE",
     "TASKS",
     "TaskData",
+    "leaks",
     "load_task",
     "median_predictor_mae",
     "read_shipped",
@@ -94,6 +95,23 @@ DEFAULT_SUITE = ("mp_formation_energy", "mp_band_gap", "perov_heat_ref", "matben
 """The tasks :func:`~matgl_cdssl.bench.benchmark` runs when none are named. ``mp_magnetization`` (69% of its labels
 are zero) and ``perov_ind_gap`` (96% zero) stay loadable by name, but no arm beats predicting their median: they say
 nothing about representations (docs/benchmark.md)."""
+
+
+def leaks(task: str, seen: Sequence[str] | None) -> bool:
+    """Whether weights that saw the labels ``seen`` (:func:`~matgl_cdssl.hub.labels_seen`) saw those of ``task``.
+
+    ``seen`` names benchmark tasks (``"mp_formation_energy"``), or, for a property learnt beside the pretext, the
+    column it came from: a built-in task's own label column counts for that task too (Materials Project and
+    perovskite columns; matbench's generic ``"target"`` does not).
+
+    Example:
+        >>> seen = ["formation_energy_per_atom_eV"]
+        >>> leaks("mp_formation_energy", seen), leaks("mp_band_gap", seen)
+        (True, False)
+    """
+    seen = set(seen or ())
+    builtin = TASKS.get(task)
+    return task in seen or (builtin is not None and builtin.label != "target" and builtin.label in seen)
 
 
 def read_shipped(name: str) -> list[dict]:
@@ -172,6 +190,14 @@ def task_sizes(
         full -= 1
     resolved = set()
     for n in wanted:
+        if n == "full" and full < 1:
+            test = f"{task.n_test} go to its test set" if task.test_structures is None else "its test set is apart"
+            raise ValueError(
+                f"task {task.name!r}: training size 'full' leaves no crystal to train on: the task has "
+                f"{len(task.structures)} crystals, {test}, and validation needs {settings.n_val(1)} "
+                f"(min_val={settings.min_val}): give it at least {settings.n_val(1) + 1} crystals outside the test "
+                f"set (fewer test crystals, n_test) or a smaller min_val"
+            )
         if n == "full":
             resolved.add(full)
         elif isinstance(n, str) or int(n) < 1:

@@ -2,8 +2,9 @@
 
 One small module per command group, each adding its subcommands with ``add_parser(subparsers)``:
 :mod:`~matgl_cdssl.cli._pretrain` (``pretrain``), :mod:`~matgl_cdssl.cli._finetune` (``finetune``, ``benchmark``,
-``matbench``), :mod:`~matgl_cdssl.cli._predict` (``predict``), :mod:`~matgl_cdssl.cli._analysis` (``embed``,
-``probe``, ``plot``) and :mod:`~matgl_cdssl.cli._hub` (``info``, ``list``, ``register``). Defaults are read from the
+``matbench``), :mod:`~matgl_cdssl.cli._ledger` (``upgrade-ledger``), :mod:`~matgl_cdssl.cli._predict` (``predict``),
+:mod:`~matgl_cdssl.cli._analysis` (``embed``, ``probe``, ``plot``) and :mod:`~matgl_cdssl.cli._hub` (``info``,
+``list``, ``register``). Defaults are read from the
 signatures of the functions the options go to (:func:`~matgl_cdssl.cli._options.add_option`), so each lives in one
 place. The library logs; only this package prints.
 """
@@ -15,7 +16,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from matgl_cdssl.cli import _analysis, _finetune, _hub, _predict, _pretrain
+from matgl_cdssl.cli import _analysis, _finetune, _hub, _ledger, _predict, _pretrain
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``cdssl`` argument parser (no network access)."""
     parser = argparse.ArgumentParser(prog="cdssl", description="Crystal denoising self-supervised learning for matgl.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (_pretrain, _finetune, _predict, _analysis, _hub):
+    for group in (_pretrain, _finetune, _ledger, _predict, _analysis, _hub):
         group.add_parser(sub)
     return parser
 

@@ -11,7 +11,16 @@ from typing import Any
 
 from matgl_cdssl._backend import get_backend
 from matgl_cdssl.apps import LOSSES, TrainOptions, finetune
-from matgl_cdssl.bench import DEFAULT_SUITE, DEFAULT_TASKS, TASKS, BenchmarkSettings, TaskData, benchmark, run_matbench
+from matgl_cdssl.bench import (
+    DEFAULT_SUITE,
+    DEFAULT_TASKS,
+    PROTOCOLS,
+    TASKS,
+    BenchmarkSettings,
+    TaskData,
+    benchmark,
+    run_matbench,
+)
 from matgl_cdssl.cli._options import (
     add_option,
     add_trainer_options,
@@ -155,14 +164,21 @@ def add_parser(sub: Any) -> None:
     add_option(p, benchmark, "sizes", type=_size, nargs="+", help="training sizes, or full (default: each task's own)")
     p.add_argument("--task-sizes", type=_task_sizes, nargs="+", default=(), metavar="TASK=SIZES",
                    help="one task's own sizes instead of --sizes, e.g. matbench_phonons=50,100,250,500")  # fmt: skip
-    add_option(p, benchmark, "seeds", type=int, nargs="+", help="seeds: one split and initialisation each")
+    add_option(p, benchmark, "seeds", type=int, nargs="+",
+               help="seeds, one split and initialisation each, at every size (default: the protocol's, see "
+               "--seeds-small)")  # fmt: skip
     add_option(p, benchmark, "arms", nargs="+", help="CDSSL, scratch, supervised (matgl's Eform MEGNet), or a folder")
     add_option(p, benchmark, "skip_invalid", help="leave out crystals that the checks reject, and list them")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=BenchmarkSettings().protocol,
+                   help="the protocol whose settings the other options change (0.4: scratch chooses from --lr-grid "
+                   "alone, no step beyond a grid's edge, 3 seeds, 0.4's report layout)")  # fmt: skip
     settings = BenchmarkSettings()
     for name, kind, nargs, what in (
         ("lr_grid", positive_float, "+", "learning rates each arm chooses from, on validation data"),
         ("backbone_lr_scales", positive_float, "+", "backbone rate / lr, to choose from (pretrained arms)"),
         ("tune_sizes", positive_int, "+", "training sizes at which the rates are chosen (first seed)"),
+        ("seeds_small", non_negative_int, "+", "without --seeds: the seeds of sizes up to --small-size"),
+        ("small_size", positive_int, None, "without --seeds: sizes up to this many labels run --seeds-small"),
         ("max_epochs", positive_int, None, "epoch cap of a run"),
         ("patience", positive_int, None, "early stopping: epochs without a better validation MAE"),
         ("lr_patience", non_negative_int, None, "halve the rates after N epochs without improvement; 0: cosine"),
@@ -199,7 +215,8 @@ def add_parser(sub: Any) -> None:
         type=positive_float,
         nargs="+",
         metavar="LR",
-        help="choose the learning rate per task on the first fold's validation data (instead of --lr)",
+        help="choose the learning rate in each fold on validation data carved from its training data, then refit "
+        "on the whole training fold (instead of --lr)",
     )
     add_option(
         p,
@@ -272,12 +289,12 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 
 def benchmark_settings(args: argparse.Namespace) -> BenchmarkSettings:
-    """:class:`~matgl_cdssl.bench.BenchmarkSettings` with the options given on the command line; the others default."""
+    """The ``--protocol``'s :class:`~matgl_cdssl.bench.BenchmarkSettings` with the options given on the command line."""
     given = {f.name: getattr(args, f.name, None) for f in fields(BenchmarkSettings)}
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     if args.lr_patience == 0:  # 0 asks for matgl's cosine schedule
         changes["lr_patience"] = None
-    return replace(BenchmarkSettings(), **changes)
+    return replace(PROTOCOLS[getattr(args, "protocol", None) or BenchmarkSettings().protocol], **changes)
 
 
 def benchmark_command(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl._backend import BACKEND, matgl_version, package_version
-from matgl_cdssl.hub import list_models, register
+from matgl_cdssl.hub import labels_seen, list_models, register
 
 if TYPE_CHECKING:
     import argparse
@@ -33,9 +33,10 @@ def info_command(args: argparse.Namespace) -> int:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    """Print the named pretrained models with their descriptions."""
+    """Print the named pretrained models with their descriptions and the labels their weights saw."""
     for name, description in list_models(args.pattern).items():
-        print(f"{name}: {description}")
+        seen = labels_seen(name)
+        print(f"{name}: {description} [{'labels seen: ' + ', '.join(seen) if seen else 'no labels seen'}]")
     return 0
 
 

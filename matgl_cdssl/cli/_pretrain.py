@@ -166,7 +166,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
         if not all(isinstance(s, Path) and ".csv" in s.name for s in structures):
             print("cdssl pretrain: --target needs CSV input (the column is read from the same rows)", file=sys.stderr)
             return 2
-        options["targets"] = read_csv_column(structures, target)
+        options["targets"] = {target: read_csv_column(structures, target)}
     resume = args.resume == "last"
     if resume and not (Path(out) / "checkpoints" / "last.ckpt").is_file():
         print(

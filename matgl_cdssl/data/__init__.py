@@ -15,6 +15,7 @@ pool (:func:`in_holdout_pool`) that pretraining of ``CDSSL-MEGNet-MP`` never see
 from __future__ import annotations
 
 from matgl_cdssl.data._cache import CachedGraphs, cached_dataset, split_cached
+from matgl_cdssl.data._cache_keys import fingerprint_labels, fingerprint_structures
 from matgl_cdssl.data._checks import (
     MIN_INTERATOMIC_DISTANCE,
     check_label_lengths,
@@ -50,6 +51,8 @@ __all__ = [
     "check_values",
     "connectivity_problem",
     "csv_id_column",
+    "fingerprint_labels",
+    "fingerprint_structures",
     "hash_order",
     "in_holdout_pool",
     "input_items",

@@ -8,6 +8,7 @@ cache of :mod:`matgl_cdssl.data` (and so every app) calls these; none repeats th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,10 +140,14 @@ def isolated_atoms(g: Any) -> list[int]:
     return torch.nonzero(degree == 0).flatten().tolist()
 
 
-def check_targets(targets: Sequence[float] | None, target_weight: float) -> dict[str, list[float]] | None:
+def check_targets(
+    targets: Sequence[float] | Mapping[str, Sequence[float]] | None, target_weight: float
+) -> dict[str, list[float]] | None:
     """The labels of a property learnt beside the pretext, checked: ``{"target": values}`` (None without targets).
 
-    Unlike :func:`check_values`, a missing label (None or NaN) is allowed: that crystal counts for the pretext only.
+    ``targets`` is one value per crystal, or ``{name: values}`` for a named property (the graphs carry it as
+    ``"target"`` either way). Unlike :func:`check_values`, a missing label (None or NaN) is allowed: that crystal
+    counts for the pretext only.
 
     Raises:
         ValueError: a value that is not a number or is infinite (naming its index), no label at all, or a
@@ -150,6 +155,10 @@ def check_targets(targets: Sequence[float] | None, target_weight: float) -> dict
     """
     if targets is None:
         return None
+    if isinstance(targets, Mapping):
+        if len(targets) != 1:
+            raise ValueError(f"targets as a mapping names one property, {{name: values}}; got {len(targets)} entries")
+        (targets,) = targets.values()
     if not (math.isfinite(float(target_weight)) and float(target_weight) > 0):
         raise ValueError(f"target_weight must be a positive number when targets are given; got {target_weight!r}")
     values = []

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from matgl_cdssl.hub._cards import (
     MATGL_COPIES,
+    MATGL_LABELS,
     PretrainedCard,
     get_card,
+    labels_seen,
     list_models,
     matgl_copy,
     pretrained_folder,
@@ -45,6 +47,7 @@ __all__ = [
     "ENSEMBLE_FILE",
     "HEAD_FILE",
     "MATGL_COPIES",
+    "MATGL_LABELS",
     "READOUT",
     "SKIPPED_FILE",
     "Ensemble",
@@ -52,6 +55,7 @@ __all__ = [
     "convert_weights",
     "get_card",
     "is_ensemble",
+    "labels_seen",
     "list_models",
     "load_folder",
     "load_head",

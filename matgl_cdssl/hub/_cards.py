@@ -27,10 +27,12 @@ from typing import Any
 __all__ = [
     "CARD_FILE",
     "MATGL_COPIES",
+    "MATGL_LABELS",
     "PretrainedCard",
     "get_card",
     "is_registered",
     "known_names",
+    "labels_seen",
     "list_models",
     "looks_like_ours",
     "matgl_copy",
@@ -63,6 +65,9 @@ class PretrainedCard:
         training: Epochs, wall time, hardware and the command that reproduces it.
         notes: Anything else a user should know.
         changes: What changed against the family's previous release.
+        labels_seen: The labels the weights were trained on, in the benchmark's task vocabulary (e.g.
+            ``("mp_formation_energy",)``): the tasks on which they leak; empty for label-free (self-supervised)
+            weights. Cards written before this field load with it empty.
     """
 
     name: str
@@ -79,6 +84,7 @@ class PretrainedCard:
     training: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     changes: str = ""
+    labels_seen: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
@@ -96,17 +102,21 @@ class PretrainedCard:
         """Plain-dict form, as stored in ``card.json``."""
         d = asdict(self)
         d["citation"] = list(self.citation)
+        d["labels_seen"] = list(self.labels_seen)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainedCard:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{**d, "citation": tuple(d.get("citation", ()))})
+        return cls(**{**d, "citation": tuple(d.get("citation", ())), "labels_seen": tuple(d.get("labels_seen", ()))})
 
 
 #: matgl's own pretrained models of which a copy ships inside the package (``benchmark_data/``): loading one of these
 #: names reads the copy, offline, on either backend, instead of asking matgl to download it.
 MATGL_COPIES = ("MEGNet-MP-2018.6.1-Eform",)
+
+#: The labels each shipped matgl copy was trained on (:func:`labels_seen`): the Materials Project formation energies.
+MATGL_LABELS: dict[str, tuple[str, ...]] = {"MEGNet-MP-2018.6.1-Eform": ("mp_formation_energy",)}
 
 
 def matgl_copy(name: str | Path) -> Path | None:
@@ -250,6 +260,33 @@ def source_folder(name_or_path: str | Path) -> Path:
     if is_registered(name_or_path):
         return pretrained_folder(str(name_or_path))
     return matgl_copy(name_or_path) or Path(name_or_path)
+
+
+def labels_seen(name_or_path: str | Path) -> tuple[str, ...] | None:
+    """The labels that a model's weights were trained on, in the benchmark's task vocabulary; None: not recorded.
+
+    A registered name answers from its card (:attr:`PretrainedCard.labels_seen`); matgl's shipped copies
+    (:data:`MATGL_COPIES`, by name or by their folder) from :data:`MATGL_LABELS`; a CDSSL model folder from its
+    ``cdssl.json``: its ``"labels_seen"`` list, else empty for a label-free run and None for a joint pretraining
+    (a ``"target"`` entry) that does not name its property. Any other name or folder: None.
+
+    Example:
+        >>> labels_seen("CDSSL-MEGNet-MP"), labels_seen("MEGNet-MP-2018.6.1-Eform")
+        ((), ('mp_formation_energy',))
+    """
+    if is_registered(name_or_path):
+        return get_card(str(name_or_path)).labels_seen
+    for name, seen in MATGL_LABELS.items():
+        copy = matgl_copy(name)
+        if str(name_or_path) == name or (copy is not None and Path(name_or_path).resolve() == copy.resolve()):
+            return seen
+    config = Path(name_or_path) / "cdssl.json"
+    if not config.is_file():
+        return None
+    record = json.loads(config.read_text())
+    if "labels_seen" in record:
+        return tuple(record["labels_seen"])
+    return None if (record.get("target") or {}).get("weight") else ()
 
 
 _register_shipped()
