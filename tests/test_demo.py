@@ -7,6 +7,8 @@ tiny budget, so that the demo's code path is the one tested, not its numbers.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,19 @@ def test_the_demo_uses_only_the_public_api():
     assert _private_uses(DEMO) == []
 
 
+@pytest.fixture
+def demo_process_state():
+    """The demo, a script, quietens loggers and warnings for its process: give them back to the other tests."""
+    names = ("lightning", "lightning.pytorch", "matgl_cdssl")
+    levels = {name: logging.getLogger(name).level for name in names}
+    with warnings.catch_warnings():
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.mark.slow
-def test_the_demo_runs_every_step(tmp_path):
+def test_the_demo_runs_every_step(tmp_path, demo_process_state):
     demo = _demo()
     results = demo.main(["--quick", "--out", str(tmp_path)])
 

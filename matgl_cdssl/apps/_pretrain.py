@@ -26,9 +26,9 @@ from matgl_cdssl.apps._callbacks import DivergenceGuard, FreezeUnreached, PieceT
 from matgl_cdssl.apps._pretrain_data import Data, datasets
 from matgl_cdssl.apps._runs import (
     check_loggers,
+    deterministic_on_cpu,
     make_loggers,
     merge_metrics,
-    on_cpu,
     process_count,
     resume_from,
     set_aside_metrics,
@@ -196,7 +196,8 @@ def pretrain(
         target_std=target["std"],
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # On the CPU the Trainer is deterministic (unless the caller chose), and torch's setting is given back afterwards.
+    with tempfile.TemporaryDirectory() as tmp, deterministic_on_cpu(trainer_kwargs):
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         monitor = "val_Total_Loss" if data.val_idx else "train_Total_Loss"
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, save_last=True, mode="min")
@@ -206,13 +207,8 @@ def pretrain(
             every = ModelCheckpoint(root / "checkpoints" / "every", "{epoch}", every_n_epochs=int(keep_every),
                                     save_top_k=-1, save_on_train_epoch_end=True)  # fmt: skip
             trainer_kwargs["callbacks"].append(every)
-        # The Trainer's deterministic=True is process-wide: keep the caller's setting to give it back after the run.
-        determinism = (
-            torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-        )
         trainer = _trainer(trainer_kwargs, root, loggers, checkpoint, max_epochs, gradient_clip_val, val_grad_norm)
-        _fit(trainer, module, loaders, data, root, ckpt_path, determinism)
+        _fit(trainer, module, loaders, data, root, ckpt_path)
         if checkpoint.best_model_path:
             best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
             module.load_state_dict(best["state_dict"])
@@ -297,14 +293,12 @@ def _trainer(
     gradient_clip_val: float | None,
     val_grad_norm: bool,
 ) -> L.Trainer:
-    """Step 3: the Lightning Trainer, with the checkpoint callback, the loggers and (on the CPU) determinism."""
+    """Step 3: the Lightning Trainer, with the checkpoint callback and the loggers."""
     kwargs = dict(trainer_kwargs)
     kwargs.setdefault("logger", make_loggers(loggers, root))
     kwargs["callbacks"] = [*kwargs["callbacks"], checkpoint]
     if val_grad_norm:  # a gradient on validation batches
         kwargs.setdefault("inference_mode", False)
-    if on_cpu(kwargs):  # threaded scatter sums otherwise differ in the last bit from run to run
-        kwargs.setdefault("deterministic", True)
     kwargs.setdefault("default_root_dir", root)
     return L.Trainer(max_epochs=max_epochs, gradient_clip_val=gradient_clip_val, **kwargs)
 
@@ -316,12 +310,8 @@ def _fit(
     data: Data,
     root: Path,
     ckpt_path: Any,
-    determinism: tuple[bool, bool],
 ) -> None:
-    """Run ``trainer.fit``; keep the metrics of earlier runs on a resume, and restore what fitting changes globally.
-
-    ``determinism`` is the caller's ``(deterministic, warn_only)`` setting from before the Trainer was made.
-    """
+    """Run ``trainer.fit``; keep the metrics of earlier runs on a resume (also when the run stops with an error)."""
     earlier = set_aside_metrics(root) if ckpt_path is not None else None
     try:
         trainer.fit(
@@ -331,7 +321,6 @@ def _fit(
             ckpt_path=None if ckpt_path is None else str(ckpt_path),
         )
     finally:  # also when the run stops with an error (e.g. TrainingDiverged): keep the metrics
-        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
         if earlier is not None:
             merge_metrics(root, earlier)
 

@@ -105,6 +105,24 @@ class BenchmarkSettings:
     min_val: int = RELIABLE_VAL
     max_val: int = _TRAIN.max_val
 
+    def train_options(self, candidate: Candidate, *, freeze_backbone: bool | None = None) -> TrainOptions:
+        """The options a run of this budget trains with, at a candidate's rates.
+
+        Example:
+            >>> BenchmarkSettings().train_options(Candidate(3e-3)).replace(max_epochs=5).lr
+            0.003
+        """
+        return TrainOptions(
+            loss=self.loss,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            lr_patience=self.lr_patience,
+            batch_size=self.batch_size,
+            lr=candidate.lr,
+            backbone_lr=candidate.backbone_lr,
+            freeze_backbone=self.freeze_backbone if freeze_backbone is None else freeze_backbone,
+        )
+
     def n_val(self, n_train: int) -> int:
         """Validation crystals for a training set of ``n_train``."""
         return int(np.clip(n_train // 4, self.min_val, self.max_val))
