@@ -22,7 +22,6 @@ missing; ``OUT/selection.md`` is rewritten from it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +35,7 @@ import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models ar
 from matgl.models import MEGNet
 
 from matgl_cdssl.apps import TrainOptions
+from matgl_cdssl.bench import Ledger
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import load_model, megnet_of, new_like
 
@@ -47,6 +47,11 @@ SAW_EFORM = ("MEGNet-MP-2018.6.1-Eform", "eform")
 EPOCHS = 80
 #: The sigma sweep's finetuning: 80 epochs of matgl's cosine decay from 1e-3, batch 16, L1, no early stopping.
 SWEEP = TrainOptions(max_epochs=EPOCHS, patience=None, lr_patience=None, batch_size=16, lr=1e-3, loss="l1_loss")
+
+
+def run_key(record: dict) -> tuple:
+    """A selection run's key in the ledger: its start, seed and task."""
+    return record["start"], record["seed"], record["task"]
 
 
 def backbone(start: str) -> torch.nn.Module | None:
@@ -71,12 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
-    ledger = args.out / "selection.jsonl"
-    done = (
-        {(r["start"], r["seed"], r["task"]) for r in map(json.loads, ledger.read_text().splitlines())}
-        if (ledger.is_file())
-        else set()
-    )
+    ledger = Ledger(args.out / "selection.jsonl", key=run_key)
     ids, structures = read_mp_split(args.data, "pretrain")
     labels = pd.read_csv(args.data, usecols=["material_id", *args.tasks]).set_index("material_id")
     chosen, chosen_ids = structures[6000:6400], ids[6000:6400]
@@ -84,7 +84,7 @@ def main() -> None:
         model = backbone(start)
         for seed in args.seeds:
             for task in args.tasks:
-                if (start, seed, task) in done:
+                if (start, seed, task) in ledger:
                     continue
                 y = labels.loc[chosen_ids, task].to_numpy(dtype=float)
                 if model is None:
@@ -99,15 +99,14 @@ def main() -> None:
                 record = {"start": start, "seed": seed, "task": task, "val_MAE": result.metrics["best_val_MAE"],
                           "epochs": EPOCHS, "backend": matgl_cdssl.BACKEND,
                           "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
-                with ledger.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                ledger.append(record)
                 print(record, flush=True)
     report(args.out)
 
 
 def report(out: Path) -> None:
     """``selection.md``: each start's validation MAE per task (mean ± standard error over seeds)."""
-    frame = pd.DataFrame(list(map(json.loads, (out / "selection.jsonl").read_text().splitlines())))
+    frame = pd.DataFrame(list(Ledger(out / "selection.jsonl", key=run_key)))
     stats = frame.groupby(["start", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
     tasks = [t for t in [*CHOOSE, *LEAKY] if t in stats["mean"].columns]
     names = {**CHOOSE, **LEAKY}
