@@ -169,14 +169,15 @@ def pretrain(
     start = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
 
-    seen = _labels_seen(model, targets)
+    name = next(iter(targets)) if isinstance(targets, Mapping) else None  # the property's, when it is named
+    seen = _labels_seen(model, learnt=False if targets is None else name)
     model, head, head_hidden, normaliser = _resolve_model(model, cutoff, element_types, head_hidden)
     world_size = process_count(trainer_kwargs)
     labels = check_targets(targets, target_weight)
     data = datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size, labels)
     target = _target_scale(labels, normaliser, target_weight)
     if labels is not None:  # what the readout learnt, for the card of weights made this way (leakage)
-        target["name"] = next(iter(targets)) if isinstance(targets, Mapping) else None
+        target["name"] = name
     if graph_cache is not None and world_size > 1:
         # The shard samplers give each rank whole shards of its own; Lightning's sampler would not.
         trainer_kwargs.setdefault("use_distributed_sampler", False)
@@ -255,16 +256,16 @@ def _resolve_model(
     return model, head, tuple(head_hidden), normaliser
 
 
-def _labels_seen(model: Any, targets: Any) -> list[str] | None:
-    """The labels the saved weights will have seen: the start's plus the named property learnt beside the pretext.
+def _labels_seen(model: Any, *, learnt: str | bool | None) -> list[str] | None:
+    """The labels the saved weights will have seen: the start's plus the property ``learnt`` beside the pretext.
 
-    The start's come from :func:`~matgl_cdssl.hub.labels_seen`; None where either is unknown (a model object, an
-    unnamed property).
+    ``learnt`` is the property's name, None for an unnamed one, False without a property. The start's labels come
+    from :func:`~matgl_cdssl.hub.labels_seen`; None where either is unknown (a model object, an unnamed property).
     """
     start = () if model is None else labels_seen(model) if isinstance(model, (str, Path)) else None
-    if start is None or (targets is not None and not isinstance(targets, Mapping)):
+    if start is None or learnt is None:
         return None
-    return sorted({*start, *(targets if targets is not None else ())})
+    return sorted({*start, *([learnt] if learnt else [])})
 
 
 def _target_scale(
