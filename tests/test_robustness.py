@@ -7,6 +7,7 @@ and the offending sites or elements; with ``skip_invalid`` every bad one is list
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -378,3 +379,22 @@ def test_embed_on_random_crystals(drawn, megnet):
     messages = " ".join(str(w.message) for w in caught if "no neighbour within the cutoff" in str(w.message))
     assert all(name in messages for name in lonely)
     assert bool(messages) == bool(lonely)
+
+
+class _WorseEveryEpoch(L.Callback):
+    """Report a validation loss that grows with the epoch, so that epoch 0 stays the best (checkpoints run last)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        trainer.callback_metrics["val_Total_Loss"] = torch.tensor(float(trainer.current_epoch))
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(sample, tmp_path):
+    """Resuming continues after the last finished epoch, not after the best one (Lightning's save_last would)."""
+    out = tmp_path / "run"
+    pretrain(sample.structures[:16], max_epochs=3, batch_size=8, sigma=0.1, output_dir=out, enable_progress_bar=False,
+             callbacks=[_WorseEveryEpoch()])  # fmt: skip
+    checkpoints = out / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 2
+    best = [p for p in checkpoints.glob("epoch=*.ckpt")]
+    assert [p.name.split("-")[0] for p in best] == ["epoch=0"]  # the best epoch, restored into the saved model
+    assert json.loads((out / "model" / "cdssl.json").read_text())["best_score"] == 0.0

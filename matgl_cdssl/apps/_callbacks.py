@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -95,6 +96,14 @@ class FreezeUnreached(L.Callback):
         self.frozen = []
 
 
+def _last_saved(trainer: L.Trainer) -> str:
+    """The checkpoint to resume from: ``last.ckpt`` where one is kept, else the newest file any callback saved."""
+    saved = [Path(path) for cb in trainer.checkpoint_callbacks
+             for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")) if path]  # fmt: skip
+    saved = [path for path in saved if path.is_file()]
+    return str(max(saved, key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime))) if saved else ""
+
+
 class DivergenceGuard(L.Callback):
     """Log the global gradient norm (``train_Grad_Norm``, before any clipping); stop the run if it is NaN or infinite.
 
@@ -117,7 +126,7 @@ class DivergenceGuard(L.Callback):
         """
         norm = global_norm([p.grad for p in pl_module.parameters()])
         if not torch.isfinite(norm):
-            checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            checkpoint = _last_saved(trainer) or "none saved yet"
             raise TrainingDiverged(
                 f"non-finite gradient norm ({float(norm)}; training loss {self.loss if self.loss is not None else '?'})"
                 f" at epoch {trainer.current_epoch}, global step {trainer.global_step}. The run stopped before this "

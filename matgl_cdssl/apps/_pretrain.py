@@ -201,7 +201,10 @@ def pretrain(
     with tempfile.TemporaryDirectory() as tmp, deterministic_on_cpu(trainer_kwargs):
         root = Path(output_dir) if output_dir is not None else Path(tmp)
         monitor = "val_Total_Loss" if data.val_idx else "train_Total_Loss"
-        checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, save_last=True, mode="min")
+        checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, mode="min")  # the best epoch
+        # last.ckpt after every epoch, to resume from: Lightning's save_last writes it only when a best one is saved.
+        latest = ModelCheckpoint(root / "checkpoints", "last", enable_version_counter=False)
+        trainer_kwargs["callbacks"].append(latest)
         if keep_every is not None:
             if int(keep_every) < 1:
                 raise ValueError(f"keep_every must be a positive number of epochs; got {keep_every!r}")
@@ -211,7 +214,7 @@ def pretrain(
         trainer = _trainer(trainer_kwargs, root, loggers, checkpoint, max_epochs, gradient_clip_val, val_grad_norm)
         _fit(trainer, module, loaders, data, root, ckpt_path)
         if checkpoint.best_model_path:
-            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
             module.load_state_dict(best["state_dict"])
             logger.info("Restored the best epoch (%s = %.5g)", monitor, float(checkpoint.best_model_score))
         if output_dir is not None and trainer.is_global_zero:
