@@ -35,14 +35,14 @@ import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models ar
 from matgl.models import MEGNet
 
 from matgl_cdssl.apps import TrainOptions
-from matgl_cdssl.bench import Ledger
+from matgl_cdssl.bench import Ledger, leaks
 from matgl_cdssl.data import read_mp_split
-from matgl_cdssl.hub import load_model, megnet_of, new_like
+from matgl_cdssl.hub import labels_seen, load_model, megnet_of, new_like
 
 MP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mp_multi" / "mp_multi.csv.gz"
 CHOOSE = {"band_gap_eV": "band gap (eV)", "efermi_eV": "Fermi energy (eV)"}
 LEAKY = {"formation_energy_per_atom_eV": "formation energy (eV/atom)"}
-#: Starts that saw MP formation-energy labels (matgl's supervised model, and what was made from it or with them).
+#: Starts that saw MP formation-energy labels, by name, for records and starts that do not say (a checkpoint).
 SAW_EFORM = ("MEGNet-MP-2018.6.1-Eform", "eform")
 EPOCHS = 80
 #: The sigma sweep's finetuning: 80 epochs of matgl's cosine decay from 1e-3, batch 16, L1, no early stopping.
@@ -52,6 +52,21 @@ SWEEP = TrainOptions(max_epochs=EPOCHS, patience=None, lr_patience=None, batch_s
 def run_key(record: dict) -> tuple:
     """A selection run's key in the ledger: its start, seed and task."""
     return record["start"], record["seed"], record["task"]
+
+
+def seen_by(start: str) -> list[str] | None:
+    """The labels a start's weights saw (:func:`~matgl_cdssl.hub.labels_seen`; None where it does not say)."""
+    if start == "scratch":
+        return []
+    seen = None if start.endswith(".ckpt") else labels_seen(start)
+    return None if seen is None else list(seen)
+
+
+def saw_eform(start: str, seen: list[str] | None) -> bool:
+    """Whether MP formation energy is leakage for a start: from the labels it saw, else from its name."""
+    if isinstance(seen, list):
+        return leaks("mp_formation_energy", seen)
+    return any(s in start for s in SAW_EFORM)
 
 
 def backbone(start: str) -> torch.nn.Module | None:
@@ -97,7 +112,7 @@ def main() -> None:
                                               skip_invalid=True, enable_progress_bar=False,
                                               enable_model_summary=False)  # fmt: skip
                 record = {"start": start, "seed": seed, "task": task, "val_MAE": result.metrics["best_val_MAE"],
-                          "epochs": EPOCHS, "backend": matgl_cdssl.BACKEND,
+                          "epochs": EPOCHS, "backend": matgl_cdssl.BACKEND, "labels_seen": seen_by(start),
                           "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
                 ledger.append(record)
                 print(record, flush=True)
@@ -106,7 +121,10 @@ def main() -> None:
 
 def report(out: Path) -> None:
     """``selection.md``: each start's validation MAE per task (mean ± standard error over seeds)."""
-    frame = pd.DataFrame(list(Ledger(out / "selection.jsonl", key=run_key)))
+    records = list(Ledger(out / "selection.jsonl", key=run_key))
+    seen = {r["start"]: r["labels_seen"] for r in records if "labels_seen" in r}
+    leaky = {r["start"]: saw_eform(r["start"], seen.get(r["start"], seen_by(r["start"]))) for r in records}
+    frame = pd.DataFrame(records)
     stats = frame.groupby(["start", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
     tasks = [t for t in [*CHOOSE, *LEAKY] if t in stats["mean"].columns]
     names = {**CHOOSE, **LEAKY}
@@ -117,14 +135,15 @@ def report(out: Path) -> None:
         for t in tasks:
             mean, sem = stats["mean"].at[start, t], stats["sem"].at[start, t]
             cell = "" if pd.isna(mean) else f"{mean:.4f}" + ("" if pd.isna(sem) else f" ± {sem:.4f}")
-            cells.append(cell + (" †" if t in LEAKY and any(s in start for s in SAW_EFORM) and cell else ""))
+            cells.append(cell + (" †" if t in LEAKY and leaky[start] and cell else ""))
         lines.append(f"| {start} | " + " | ".join(cells) + f" | {int(stats['count'].loc[start].min())} |")
     lines += [
         "",
         f"Best validation MAE of {EPOCHS} finetuning epochs, 200 training and 200 validation labels from the "
         "pretraining split; mean ± standard error over the seeds. Band gap and Fermi energy choose. "
-        "†: formation energy is leakage for every start that saw MP formation energies (matgl's supervised model "
-        "and the starts made from it): reported, never chosen on.",
+        "†: formation energy is leakage for every start that saw MP formation energies (matgl's supervised model, "
+        "the starts made from it and the joint pretrainings; from each start's recorded labels): reported, never "
+        "chosen on.",
     ]
     (out / "selection.md").write_text("\n".join(lines) + "\n")
 
