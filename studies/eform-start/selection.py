@@ -128,7 +128,9 @@ def report(out: Path) -> None:
     stats = frame.groupby(["start", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
     tasks = [t for t in [*CHOOSE, *LEAKY] if t in stats["mean"].columns]
     names = {**CHOOSE, **LEAKY}
-    lines = ["| start | " + " | ".join(names[t] + (" †" if t in LEAKY else "") for t in tasks) + " | seeds |"]
+    lines = [
+        "| start | " + " | ".join(names[t] + (" †" if t in LEAKY else "") for t in tasks) + " | seeds (per task) |"
+    ]
     lines.append("|:--|" + "--:|" * len(tasks) + "--:|")
     for start in stats.index:
         cells = []
@@ -136,7 +138,8 @@ def report(out: Path) -> None:
             mean, sem = stats["mean"].at[start, t], stats["sem"].at[start, t]
             cell = "" if pd.isna(mean) else f"{mean:.4f}" + ("" if pd.isna(sem) else f" ± {sem:.4f}")
             cells.append(cell + (" †" if t in LEAKY and leaky[start] and cell else ""))
-        lines.append(f"| {start} | " + " | ".join(cells) + f" | {int(stats['count'].loc[start].min())} |")
+        seeds = "/".join("" if pd.isna(n := stats["count"].at[start, t]) else str(int(n)) for t in tasks)
+        lines.append(f"| {start} | " + " | ".join(cells) + f" | {seeds} |")
     lines += [
         "",
         f"Best validation MAE of {EPOCHS} finetuning epochs, 200 training and 200 validation labels from the "
