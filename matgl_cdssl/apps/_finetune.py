@@ -387,7 +387,8 @@ def fit(
                 shorter_metrics["shorter_test_MAE"] = _test_mae(trainer, module, test_loader)
         metrics = {"epochs": float(trainer.current_epoch)}
         if val is not None:  # the best validation epoch's weights (without validation, the last epoch's)
-            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+            # this run's own file; matgl 2.2's module pickles its optimiser class, which weights_only=True refuses
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
             module.load_state_dict(best["state_dict"])
             metrics = {"best_val_MAE": float(checkpoint.best_model_score), "best_epoch": float(best["epoch"])} | metrics
         if test_loader is not None:
