@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,3 +59,11 @@ def finetune_with_matgl(model: torch.nn.Module, sample: Any, tmp_path: Any, n: i
     trainer.fit(module, train_loader, val_loader)
     assert np.isfinite(float(trainer.callback_metrics["val_MAE"]))
     return trainer
+
+
+def load_script(path: Path, name: str) -> Any:
+    """A script that is not part of the package (an example, a release tool), imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,6 @@ tiny budget, so that the demo's code path is the one tested, not its numbers.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
 from pathlib import Path
@@ -15,16 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import load_script
 from tests.test_studies import _private_uses
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("cdssl_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO, "cdssl_demo")
 
 
 def test_the_demo_uses_only_the_public_api():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from matgl_cdssl.hub import PretrainedCard
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "package_weights.py"
@@ -23,10 +23,7 @@ NAME = "CDSSL-MEGNet-MP-Eform-2026.12"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("package_weights", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "package_weights")
 
 
 def test_shipped_readme_regenerates_from_its_card():

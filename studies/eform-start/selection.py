@@ -123,7 +123,8 @@ def report(out: Path) -> None:
     """``selection.md``: each start's validation MAE per task (mean ± standard error over seeds)."""
     records = list(Ledger(out / "selection.jsonl", key=run_key))
     seen = {r["start"]: r["labels_seen"] for r in records if "labels_seen" in r}
-    leaky = {r["start"]: saw_eform(r["start"], seen.get(r["start"], seen_by(r["start"]))) for r in records}
+    leaky = {start: saw_eform(start, seen[start] if start in seen else seen_by(start))
+             for start in {r["start"] for r in records}}  # fmt: skip
     frame = pd.DataFrame(records)
     stats = frame.groupby(["start", "task"])["val_MAE"].agg(["mean", "sem", "count"]).unstack("task")
     tasks = [t for t in [*CHOOSE, *LEAKY] if t in stats["mean"].columns]
