@@ -8,10 +8,12 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from matgl_cdssl.cli import main
 from matgl_cdssl.data import in_holdout_pool, load_sample, read_csv_structures, read_structures
+from matgl_cdssl.hub import load_model
 
 
 @pytest.fixture
@@ -73,6 +75,18 @@ def test_pretrain_from_config(tmp_path, csv_of_sample, capsys):
     assert "3 epochs" in capsys.readouterr().out
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert sorted(metrics.dropna(subset=["val_MAE"])["epoch"]) == [0, 1, 2], "resuming keeps the earlier epochs"
+
+    # A configuration elsewhere continues from that run's folder, named relative to the configuration file (the
+    # current folder is not the file's); at a vanishing rate the result keeps the start's weights.
+    (tmp_path / "next").mkdir()
+    continued = tmp_path / "next" / "run.yaml"
+    options = {"model": "../run/model", "max_epochs": 1, "lr": 1e-12}
+    continued.write_text(
+        yaml.safe_dump({"data": {"path": f"../{csv_of_sample.name}"}, "pretrain": options, "out": "run"})
+    )
+    assert main(["pretrain", "--config", str(continued), "--no-progress-bar"]) == 0
+    start, result = (load_model(tmp_path / d / "run" / "model", fresh_readout=False) for d in ("", "next"))
+    torch.testing.assert_close(result.state_dict(), start.state_dict(), rtol=0, atol=1e-6)
 
 
 def test_cli_pretrains_from_a_folder_through_the_graph_cache(tmp_path, sample, capsys):

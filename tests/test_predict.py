@@ -224,10 +224,17 @@ def test_an_ensemble_over_several_starts_takes_each_members_backbone_from_its_st
     folder, eform = pretrained_session[1] / "model", "MEGNet-MP-2018.6.1-Eform"
     y = sample.labels["formation_energy_per_atom_eV"]
     recorder = _BackboneAtStart()
+    val = {"val_structures": sample.structures[24:30], "val_targets": y[24:30]}
     result = matgl_cdssl.finetune([folder, eform], sample.structures[:24], y[:24], ensemble=3, seed=2,
-                                  callbacks=[recorder], **{**TINY, "max_epochs": 1})  # fmt: skip
+                                  callbacks=[recorder], **val, **{**TINY, "max_epochs": 1})  # fmt: skip
     assert isinstance(result, EnsembleResult)
     assert result.starts == [str(folder), eform, str(folder)]  # member k from start k mod 2
+    # Member k is the single run from its start with seed + k (what studies/eform-start/selection.py builds on) ...
+    single = matgl_cdssl.finetune(eform, sample.structures[:24], y[:24], seed=3, **val, **{**TINY, "max_epochs": 1})
+    torch.testing.assert_close(result.results[1].model.state_dict(), single.model.state_dict())
+    # ... and the ensemble's val_MAE is that of the members' mean on the validation crystals.
+    on_val = np.stack([predict(r, sample.structures[24:30]) for r in result.results])
+    assert result.metrics["val_MAE"] == pytest.approx(np.abs(on_val.mean(0) - y[24:30]).mean(), rel=1e-5)
     backbones = [{k: v for k, v in megnet_of(s).state_dict().items() if k.split(".")[0] not in READOUT}
                  for s in (folder, eform)]  # fmt: skip
     assert any(not torch.equal(backbones[0][k], backbones[1][k]) for k in backbones[0])  # two different starts

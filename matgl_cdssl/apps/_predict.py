@@ -243,7 +243,8 @@ class EnsembleResult:
 
     Attributes:
         results: Each member's :class:`~matgl_cdssl.apps.FinetuneResult` (member ``k`` from seed ``seed + k``).
-        metrics: ``members``, ``std_scale``, the members' mean ``best_val_MAE`` and, with test data, the
+        metrics: ``members``, ``std_scale``, the members' mean ``best_val_MAE``, the ensemble's ``val_MAE`` (of
+            the members' mean on the validation crystals: what to choose between ensembles on) and, with test data, the
             ensemble's ``test_MAE`` (of the members' mean), ``member_test_MAE`` (the members' average),
             ``test_spearman_error_std`` (Spearman correlation between the absolute error and the uncertainty),
             ``test_within_1_std`` and ``test_within_2_std`` (fractions of test crystals whose error is within one and
@@ -310,6 +311,7 @@ class EnsembleResult:
         ensemble.std_scale = float(np.sqrt(np.mean(z**2))) if ok.any() else 1.0
         ensemble.metrics = {"members": float(len(results)), "std_scale": ensemble.std_scale}
         ensemble.metrics["best_val_MAE"] = float(np.mean([r.metrics["best_val_MAE"] for r in results]))
+        ensemble.metrics["val_MAE"] = float(np.abs(outputs.mean(0) - y_val).mean())  # the ensemble's own
         if test is not None:
             outputs, y = dataset_outputs(ensemble, test)
             std = outputs.std(axis=0, ddof=1) * ensemble.std_scale

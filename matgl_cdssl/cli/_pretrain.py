@@ -91,6 +91,8 @@ def load_config(path: Path) -> tuple[dict, dict | None, Path | None]:
         raise ValueError(f"{path}: unknown pretrain option(s) {sorted(bad)}; known: {', '.join(known)}")
     if options.get("graph_cache") is not None:  # paths in the file are relative to it
         options["graph_cache"] = (path.parent / options["graph_cache"]).resolve()
+    if isinstance(options.get("model"), str) and (path.parent / options["model"]).is_dir():  # a folder, not a name
+        options["model"] = (path.parent / options["model"]).resolve()
     data = None
     if "data" in config:
         unknown = set(config["data"]) - {"path", "split", "target"}

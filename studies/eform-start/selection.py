@@ -16,7 +16,18 @@ it or with its labels, saw those labels.
 
 A start is a registered name, a model folder, a Lightning checkpoint of a pretraining run (``.ckpt``), or ``scratch``.
 Finished runs are kept in ``OUT/selection.jsonl`` (one line per start, seed and task), so a rerun trains only what is
-missing; ``OUT/selection.md`` is rewritten from it.
+missing; ``OUT/selection.md`` is rewritten from it, with every start paired against every other on the seeds both
+have (the benchmark's rule, :func:`~matgl_cdssl.bench.paired_interval`).
+
+Ensembles over starts (issue 29): with ``--predictions`` each record also keeps the run's predictions for the 200
+validation crystals (best epoch), and ``OUT/ensembles.md`` compares, for every two starts A and B, the two-member
+ensemble over both starts with the two-member ensembles of each start alone, on the validation MAE of the members'
+mean. Member ``k`` of ``finetune(starts, ensemble=K, seed=s)`` is trained from ``starts[k % len(starts)]`` with seed
+``s + k``, so for ``s`` = 0, 2, 4, ... (disjoint seeds) the ensembles are ``finetune([A, B], ensemble=2, seed=s)``:
+A@s + B@s+1, ``finetune(A, ensemble=2, seed=s)``: A@s + A@s+1, and B's alike, built from the single runs:
+
+    python studies/eform-start/selection.py CDSSL-MEGNet-MP-2026.11 MEGNet-MP-2018.6.1-Eform --seeds 0 1 2 3 4 5 \
+        --tasks band_gap_eV efermi_eV --predictions --out studies/eform-start/ensembles
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -35,7 +47,7 @@ import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models ar
 from matgl.models import MEGNet
 
 from matgl_cdssl.apps import TrainOptions
-from matgl_cdssl.bench import Ledger, leaks
+from matgl_cdssl.bench import Ledger, leaks, paired_interval
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import labels_seen, load_model, megnet_of, new_like
 
@@ -88,6 +100,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=[*CHOOSE, *LEAKY])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "selection")
     parser.add_argument("--data", type=Path, default=MP)
+    parser.add_argument(
+        "--predictions", action="store_true", help="keep each run's validation predictions (for ensembles.md)"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +114,7 @@ def main() -> None:
         model = backbone(start)
         for seed in args.seeds:
             for task in args.tasks:
-                if (start, seed, task) in ledger:
+                if (start, seed, task) in ledger and (not args.predictions or "val_pred" in ledger[start, seed, task]):
                     continue
                 y = labels.loc[chosen_ids, task].to_numpy(dtype=float)
                 if model is None:
@@ -114,9 +129,70 @@ def main() -> None:
                 record = {"start": start, "seed": seed, "task": task, "val_MAE": result.metrics["best_val_MAE"],
                           "epochs": EPOCHS, "backend": matgl_cdssl.BACKEND, "labels_seen": seen_by(start),
                           "finetune_s": round(time.perf_counter() - tic, 1)}  # fmt: skip
+                if args.predictions:  # the best epoch's, in validation order (NaN for an invalid crystal)
+                    pred = matgl_cdssl.predict(result, chosen[200:], skip_invalid=True)
+                    record["val_pred"] = [round(float(v), 6) for v in pred]
                 ledger.append(record)
-                print(record, flush=True)
+                print({k: v for k, v in record.items() if k != "val_pred"}, flush=True)
     report(args.out)
+    if args.predictions:
+        y = labels.loc[chosen_ids[200:], args.tasks]
+        ensembles(args.out, {t: y[t].to_numpy(dtype=float) for t in args.tasks}, args.starts)
+
+
+def pairs_markdown(frame: pd.DataFrame, starts: list[str]) -> list[str]:
+    """Each start against every start before it on the choosing tasks: paired relative change over the shared seeds."""
+    lines = ["", "Paired per seed (the benchmark's rule: the mean relative change of the first start's validation MAE "
+             "against the second's over the seeds both have, 95% t interval; win or loss where it excludes zero):",
+             "", "| start | against | " + " | ".join(CHOOSE[t] for t in CHOOSE) + " |",
+             "|:--|:--|" + "--|" * len(CHOOSE)]  # fmt: skip
+    for i, a in enumerate(starts):
+        for b in starts[:i]:
+            cells = []
+            for task in CHOOSE:
+                mine = frame[(frame.task == task)].pivot_table(index="seed", columns="start", values="val_MAE")
+                both = mine[[a, b]].dropna() if {a, b} <= set(mine.columns) else mine.iloc[:0]
+                if len(both) < 2:
+                    cells.append(f"({len(both)} shared seed{'s' if len(both) != 1 else ''})")
+                    continue
+                mean, low, high = paired_interval((both[a] / both[b] - 1).to_numpy())
+                verdict = "win" if high < 0 else "loss" if low > 0 else "tie"
+                cells.append(f"{100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] {verdict} ({len(both)})")
+            lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ensembles(out: Path, truth: dict[str, np.ndarray], starts: list[str]) -> None:
+    """``ensembles.md``: two-member ensembles over two starts against those of each start alone (validation MAE)."""
+    records = list(Ledger(out / "selection.jsonl", key=run_key))
+    pred = {(r["start"], r["seed"], r["task"]): np.asarray(r["val_pred"]) for r in records if "val_pred" in r}
+    seeds = sorted({seed for _, seed, _ in pred})
+    lines = ["| task | ensemble A + B | A + A | B + B | A+B vs A+A | A+B vs B+B |", "|:--|--:|--:|--:|--|--|"]
+    for i, a in enumerate(starts):
+        for b in starts[i + 1 :]:
+            for task, y in truth.items():
+                mae = {"AB": [], "AA": [], "BB": []}
+                for s in seeds[::2]:
+                    members = {"AB": [(a, s), (b, s + 1)], "AA": [(a, s), (a, s + 1)], "BB": [(b, s), (b, s + 1)]}
+                    if all((m, k, task) in pred for pair in members.values() for m, k in pair):
+                        for name, pair in members.items():
+                            mean = np.mean([pred[m, k, task] for m, k in pair], axis=0)
+                            mae[name].append(float(np.nanmean(np.abs(mean - y))))
+                if not mae["AB"]:
+                    continue
+                cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float('nan'):.4f}"
+                         for v in mae.values()]  # fmt: skip
+                for other in ("AA", "BB"):
+                    mean, low, high = paired_interval(np.array(mae["AB"]) / np.array(mae[other]) - 1)
+                    verdict = "win" if high < 0 else "loss" if low > 0 else "tie"
+                    cells.append(f"{100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] {verdict}")
+                lines.append(f"| {CHOOSE.get(task, task)}: A = {a}, B = {b} ({len(mae['AB'])} ensembles) | "
+                             + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", "Validation MAE of the members' mean (mean ± standard error over ensembles of disjoint seeds: "
+              "A + B is `finetune([A, B], ensemble=2, seed=s)`, members A@s and B@s+1; A + A and B + B are "
+              "`finetune(A, ensemble=2, seed=s)`, members @s and @s+1; s = 0, 2, 4, ...). Paired over s: the mean "
+              "relative change with its 95% t interval; win or loss where it excludes zero."]  # fmt: skip
+    (out / "ensembles.md").write_text("\n".join(lines) + "\n")
 
 
 def report(out: Path) -> None:
@@ -148,6 +224,7 @@ def report(out: Path) -> None:
         "†: formation energy is leakage for every start that saw MP formation energies (matgl's supervised model, "
         "the starts made from it and the joint pretrainings; from each start's recorded labels): reported, never "
         "chosen on.",
+        *pairs_markdown(frame, list(dict.fromkeys(frame.start))),  # in the order first run
     ]
     (out / "selection.md").write_text("\n".join(lines) + "\n")
 
