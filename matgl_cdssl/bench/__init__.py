@@ -40,7 +40,7 @@ from matgl_cdssl.bench._matbench_data import (
     supported_tasks,
     write_results,
 )
-from matgl_cdssl.bench._paired import CONFIDENCE, WIDE, paired, paired_interval, tally
+from matgl_cdssl.bench._paired import CONFIDENCE, WIDE, paired, paired_interval, tally, verdict
 from matgl_cdssl.bench._plan import (
     Grids,
     Run,
@@ -156,6 +156,7 @@ __all__ = [
     "tune_sizes",
     "tuning_runs",
     "upgrade_ledger",
+    "verdict",
     "weights_digest",
     "write_results",
 ]

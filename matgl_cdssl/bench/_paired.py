@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-__all__ = ["CONFIDENCE", "WIDE", "arm_order", "paired", "paired_interval", "tally"]
+__all__ = ["CONFIDENCE", "WIDE", "arm_order", "paired", "paired_interval", "tally", "verdict"]
 
 #: The confidence of the paired interval.
 CONFIDENCE = 0.95
@@ -52,6 +52,16 @@ def paired_interval(changes: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def verdict(low: float, high: float) -> str:
+    """``"win"`` where the interval lies below zero, ``"loss"`` where it lies above, else ``"tie"`` (also for NaN).
+
+    Example:
+        >>> [verdict(*paired_interval(c)[1:]) for c in ([-0.2, -0.3, -0.25], [-0.2, -0.3, -0.1], [0.1])]
+        ['win', 'tie', 'tie']
+    """
+    return "win" if high < 0 else "loss" if low > 0 else "tie"
+
+
 def paired(frame: pd.DataFrame, seen: Mapping[str, Sequence[str] | None]) -> pd.DataFrame:
     """Every pair of arms (table order, the first against the second) at every (task, n_train).
 
@@ -74,10 +84,9 @@ def paired(frame: pd.DataFrame, seen: Mapping[str, Sequence[str] | None]) -> pd.
                 if wide.empty:
                     continue
                 mean, low, high = paired_interval((wide[a] / wide[b] - 1).to_numpy())
-                verdict = "win" if high < 0 else "loss" if low > 0 else "tie"
                 leak = ", ".join(arm for arm in (a, b) if leaks(task, seen.get(arm)))
                 rows.append({"task": task, "n_train": int(n), "a": a, "b": b, "seeds": len(wide), "change": mean,
-                             "low": low, "high": high, "verdict": verdict, "leakage": leak})  # fmt: skip
+                             "low": low, "high": high, "verdict": verdict(low, high), "leakage": leak})  # fmt: skip
     return pd.DataFrame(rows)
 
 

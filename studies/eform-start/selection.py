@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models ar
 from matgl.models import MEGNet
 
 from matgl_cdssl.apps import TrainOptions
-from matgl_cdssl.bench import Ledger, leaks, paired_interval
+from matgl_cdssl.bench import Ledger, leaks, paired_interval, verdict
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import labels_seen, load_model, megnet_of, new_like
 
@@ -146,20 +147,25 @@ def pairs_markdown(frame: pd.DataFrame, starts: list[str]) -> list[str]:
              "against the second's over the seeds both have, 95% t interval; win or loss where it excludes zero):",
              "", "| start | against | " + " | ".join(CHOOSE[t] for t in CHOOSE) + " |",
              "|:--|:--|" + "--|" * len(CHOOSE)]  # fmt: skip
+    wide = {task: frame[frame.task == task].pivot_table(index="seed", columns="start", values="val_MAE")
+            for task in CHOOSE}  # fmt: skip
     for i, a in enumerate(starts):
         for b in starts[:i]:
             cells = []
             for task in CHOOSE:
-                mine = frame[(frame.task == task)].pivot_table(index="seed", columns="start", values="val_MAE")
-                both = mine[[a, b]].dropna() if {a, b} <= set(mine.columns) else mine.iloc[:0]
+                both = wide[task][[a, b]].dropna() if {a, b} <= set(wide[task].columns) else wide[task].iloc[:0]
                 if len(both) < 2:
                     cells.append(f"({len(both)} shared seed{'s' if len(both) != 1 else ''})")
                     continue
-                mean, low, high = paired_interval((both[a] / both[b] - 1).to_numpy())
-                verdict = "win" if high < 0 else "loss" if low > 0 else "tie"
-                cells.append(f"{100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] {verdict} ({len(both)})")
+                cells.append(f"{paired_cell(both[a] / both[b] - 1)} ({len(both)})")
             lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
     return lines
+
+
+def paired_cell(changes: Sequence[float]) -> str:
+    """The mean paired relative change, its 95% t interval and the verdict (the benchmark's rule), as text."""
+    mean, low, high = paired_interval(np.asarray(changes, dtype=float))
+    return f"{100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] {verdict(low, high)}"
 
 
 def ensembles(out: Path, truth: dict[str, np.ndarray], starts: list[str]) -> None:
@@ -182,10 +188,7 @@ def ensembles(out: Path, truth: dict[str, np.ndarray], starts: list[str]) -> Non
                     continue
                 cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float('nan'):.4f}"
                          for v in mae.values()]  # fmt: skip
-                for other in ("AA", "BB"):
-                    mean, low, high = paired_interval(np.array(mae["AB"]) / np.array(mae[other]) - 1)
-                    verdict = "win" if high < 0 else "loss" if low > 0 else "tie"
-                    cells.append(f"{100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] {verdict}")
+                cells += [paired_cell(np.array(mae["AB"]) / np.array(mae[other]) - 1) for other in ("AA", "BB")]
                 lines.append(f"| {CHOOSE.get(task, task)}: A = {a}, B = {b} ({len(mae['AB'])} ensembles) | "
                              + " | ".join(cells) + " |")  # fmt: skip
     lines += ["", "Validation MAE of the members' mean (mean ± standard error over ensembles of disjoint seeds: "
