@@ -215,6 +215,23 @@ def test_cli_runs_a_fold_through_matbench(injected, tmp_path, capsys):
     assert np.isfinite(fold["scores"]["mae"])
 
 
+def test_cli_grid_options_reach_each_folds_selection(injected, tmp_path):
+    from matgl_cdssl.cli import main
+
+    def rates(*options: str) -> list[tuple]:
+        out = tmp_path / f"{'_'.join(options)}.json.gz"
+        assert main(["matbench", "--task", TASK, "--folds", "1", "--model", "scratch", "--lr-grid", "0.001", "0.003",
+                     "--backbone-lr-scales", "1", "0.1", "--max-epochs", "1", "--patience", "0", "--lr-patience", "0",
+                     "--batch-size", "16", "--out", str(out), "--no-progress-bar", *options]) == 0  # fmt: skip
+        with gzip.open(out, "rt") as f:
+            selection = json.load(f)["tasks"][TASK]["results"]["fold_1"]["parameters"]["lr_selection"]
+        return [(r["lr"], r["beyond_edge"]) for r in selection]
+
+    assert rates("--no-extend-edges") == [(1e-3, False), (1.4e-3, False), (2.1e-3, False), (3e-3, False)]
+    assert rates("--unequal-grids", "--no-extend-edges") == [(1e-3, False), (3e-3, False)]
+    assert [beyond for _, beyond in rates("--unequal-grids")] == [False, False, True]  # a 2-rate choice is at an edge
+
+
 @pytest.mark.parametrize("name", ["matbench_jdft2d", "matbench_phonons"])
 def test_shipped_matbench_tasks_are_matbenchs_own(name):
     from matgl_cdssl.bench import shipped_frame
@@ -254,7 +271,7 @@ def test_each_fold_chooses_on_its_own_carve_out_and_refits_on_the_whole_training
 
     monkeypatch.setattr(runner, "finetune", finetune)
     mb = MatbenchBenchmark(autoload=False, subset=[TASK])
-    run_matbench(benchmark=mb, output=None, folds=[0, 1], model="supervised", lr_grid=[1e-4, 3e-3],
+    run_matbench(benchmark=mb, output=None, folds=[0, 1], model="supervised", lr_grid=[1e-4, 3e-3], extend_edges=False,
                  **{**TINY, "max_epochs": 3, "lr_patience": 1})  # fmt: skip
     task = getattr(mb, TASK)
     by_object = {id(s): i for i, s in task.df["structure"].items()}
@@ -316,22 +333,53 @@ def test_folds_recorded_under_another_protocol_are_not_continued(injected):
     assert not task.is_recorded[1]
 
 
-def test_scratch_has_no_backbone_rate_to_choose_and_lr_grid_excludes_lr(injected):
+def test_every_arm_chooses_from_as_many_candidates_and_lr_grid_excludes_lr(injected):
+    """Scratch has no backbone rate to choose: as many rates, spread over lr_grid's range (the benchmark's rule)."""
     mb = MatbenchBenchmark(autoload=False, subset=[TASK])
-    run_matbench(benchmark=mb, output=None, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3],
-                 backbone_lr_scales=(1.0, 0.1), **TINY)  # fmt: skip
+    grid = {"lr_grid": [1e-3, 3e-3], "backbone_lr_scales": (1.0, 0.1), "extend_edges": False}
+    run_matbench(benchmark=mb, output=None, folds=[0], model="scratch", **grid, **TINY)
+    run_matbench(benchmark=mb, output=None, folds=[1], model="scratch", **grid, equal_grids=False, **TINY)
     task = getattr(mb, TASK)
-    selection = task.results[task.folds_map[0]].parameters["lr_selection"]
-    assert [(r["lr"], r["backbone_lr"]) for r in selection] == [(1e-3, None), (3e-3, None)]
+    chosen = [[(r["lr"], r["backbone_lr"]) for r in task.results[task.folds_map[f]].parameters["lr_selection"]]
+              for f in (0, 1)]  # fmt: skip
+    assert chosen[0] == [(1e-3, None), (1.4e-3, None), (2.1e-3, None), (3e-3, None)]  # as many as CDSSL's 2 x 2
+    assert chosen[1] == [(1e-3, None), (3e-3, None)]  # the 0.4 rule, on request
     with pytest.raises(ValueError, match="either lr_grid"):
-        run_matbench(benchmark=mb, output=None, folds=[1], lr_grid=[1e-3], lr=1e-3, **TINY)
+        run_matbench(benchmark=mb, output=None, folds=[2], lr_grid=[1e-3], lr=1e-3, **TINY)
+
+
+def test_a_choice_at_the_grids_edge_competes_with_one_step_beyond_it_in_its_fold(injected, monkeypatch):
+    import matgl_cdssl.bench._matbench as runner
+
+    real, trained = runner.finetune, []
+
+    def finetune(*args, **kwargs):
+        result = real(*args, **kwargs)
+        trained.append((kwargs["lr"], kwargs.get("val_fraction"), result.metrics.get("best_val_MAE")))
+        return result
+
+    monkeypatch.setattr(runner, "finetune", finetune)
+    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
+    run_matbench(benchmark=mb, output=None, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    params = getattr(mb, TASK).results["fold_0"].parameters
+    selection = params["lr_selection"]
+    first = min(selection[:2], key=lambda r: r["best_val_MAE"])  # the choice on the grid alone, at one of its edges
+    step = {1e-3: float(f"{1e-3 / 3:.2g}"), 3e-3: 9e-3}[first["lr"]]  # one step (the grid's ratio) beyond that edge
+    assert [(r["lr"], r["beyond_edge"]) for r in selection] == [(1e-3, False), (3e-3, False), (step, True)]
+    assert params["lr"] == min(selection, key=lambda r: r["best_val_MAE"])["lr"]  # all three compete, one rule
+    # The step beyond trained on the fold's carve-out like the others, and the refit followed the choice.
+    carve_outs = [t for t in trained if t[1] is None]
+    assert [t[0] for t in carve_outs] == [1e-3, 3e-3, step]
+    assert {t[0]: t[2] for t in carve_outs} == {r["lr"]: r["best_val_MAE"] for r in selection}
+    assert trained[-1][:2] == (params["lr"], 0)
+    assert getattr(mb, TASK).results["fold_0"].parameters["refit"]["epochs"] == params["best_epoch"] + 1
 
 
 def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_path):
     from matgl_cdssl.bench import resume_results
 
     path = tmp_path / "results.json.gz"
-    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY)
     with pytest.raises(ValueError, match="unless all folds recorded"):  # matbench 0.6 refuses a partial file
         load_results(path)
     resumed = resume_results(path)
@@ -340,7 +388,9 @@ def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_
     with gzip.open(path, "rt") as f:
         saved = json.load(f)["tasks"][TASK]["results"]["fold_0"]
     assert dict(task.results["fold_0"]["data"]) == pytest.approx(saved["data"])  # the same predictions, re-recorded
-    run_matbench(TASK, output=path, benchmark=resumed, model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    run_matbench(
+        TASK, output=path, benchmark=resumed, model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY
+    )
     done = load_results(path)  # every fold now: matbench reads it back
     task = getattr(done, TASK)
     assert all(task.is_recorded.values())
@@ -363,14 +413,14 @@ def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected,
     path = tmp_path / "results.json.gz"
     monkeypatch.setattr(runner, "finetune", lambda *a, **k: finetune(*a, stop_at=1, **k))
     with pytest.raises(KeyboardInterrupt):
-        run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+        run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY)
     assert not path.exists()  # no fold recorded
     kept = [json.loads(line) for line in (tmp_path / "results.selection.jsonl").read_text().splitlines()]
     assert [(r["task"], r["fold"], r["lr"], r["backbone_lr"]) for r in kept] == [(TASK, 0, 1e-3, None)]
 
     trained.clear()
     monkeypatch.setattr(runner, "finetune", finetune)
-    mb = run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    mb = run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY)
     params = getattr(mb, TASK).results["fold_0"].parameters
     scores = {r["lr"]: r["best_val_MAE"] for r in params["lr_selection"]}
     assert scores[1e-3] == kept[0]["best_val_MAE"]  # read back, not trained again ...
@@ -382,11 +432,19 @@ def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected,
     assert params["best_val_MAE"] == pytest.approx(scores[params["lr"]], rel=1e-5)
     # The same fold and options again: the selection is read back, only the choice's run and the refit train.
     trained.clear()
-    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **TINY)
+    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY)
     assert trained == [(params["lr"], None, 2), refit]
     # Other finetune options are another selection: nothing is read back.
     trained.clear()
-    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], **{**TINY, "max_epochs": 1})
+    run_matbench(
+        TASK,
+        output=path,
+        folds=[0],
+        model="scratch",
+        lr_grid=[1e-3, 3e-3],
+        extend_edges=False,
+        **{**TINY, "max_epochs": 1},
+    )
     assert trained[:2] == [(1e-3, None, 1), (3e-3, None, 1)]
 
 

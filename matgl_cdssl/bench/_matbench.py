@@ -35,7 +35,7 @@ from matgl_cdssl._backend import BACKEND
 from matgl_cdssl.apps import finetune, predict_all
 from matgl_cdssl.bench._ledger import Ledger, data_digest, environment, weights_digest
 from matgl_cdssl.bench._matbench_data import check_task, load_data, write_results
-from matgl_cdssl.bench._protocol import Candidate, arm_start, candidates, tune
+from matgl_cdssl.bench._protocol import BenchmarkSettings, Candidate, arm_start, beyond_edges, choose, tune
 from matgl_cdssl.hub import new_like
 
 if TYPE_CHECKING:
@@ -144,8 +144,14 @@ class _FoldRun:
             raise _with_ids(exc, f"{self.task.dataset_name} fold {fold}, training data", list(inputs.index)) from exc
         return result, time.perf_counter() - start, rates.rates
 
-    def choose(self, fold: int, grid: Sequence[Candidate]) -> tuple[Candidate, list[dict[str, Any]]]:
-        """The fold's candidate, chosen on its carve-out, and each candidate's validation MAE and best epoch."""
+    def choose(
+        self, fold: int, grid: Sequence[Candidate], extend_edges: bool = False
+    ) -> tuple[Candidate, list[dict[str, Any]]]:
+        """The fold's candidate, chosen on its carve-out, and each candidate's validation MAE and best epoch.
+
+        With ``extend_edges``, a choice at an edge of ``grid`` competes with one step beyond that edge
+        (:func:`~matgl_cdssl.bench.beyond_edges`), as in the benchmark; those candidates are marked ``beyond_edge``.
+        """
         task = self.task
         known = Ledger(self.selection, key=operator.itemgetter("key"))
         reused = [c for c in grid if self._key(fold, c) in known]
@@ -161,15 +167,21 @@ class _FoldRun:
             return [known[key]["best_val_MAE"]]
 
         choice, scores = tune(score, grid)
-        for candidate in grid:  # only the choice's run is reused
+        beyond = beyond_edges(grid, choice) if extend_edges else []
+        if beyond:  # the choice sits at an edge of the grid: one step beyond it competes too, by the same rule
+            scores |= {c: score(c) for c in beyond}
+            choice = choose(scores)
+        tried = [*grid, *beyond]
+        for candidate in tried:  # only the choice's run is reused
             if candidate != choice:
                 self.kept.pop((fold, candidate), None)
-        if len(grid) > 1:
+        if len(tried) > 1:
             logger.info("%s fold %d: chose %s on the carve-out's validation data (%s)%s", task.dataset_name, fold,
                         choice, ", ".join(f"{c}: {v[0]:.4g}" for c, v in scores.items()),
                         f"; {len(reused)} of {len(grid)} read from {self.selection}" if reused else "")  # fmt: skip
         fields = ("lr", "backbone_lr", "best_val_MAE", "best_epoch")
-        return choice, [{k: known[self._key(fold, c)][k] for k in fields} for c in grid]
+        return choice, [{**{k: known[self._key(fold, c)][k] for k in fields}, "beyond_edge": c in beyond}
+                        for c in tried]  # fmt: skip
 
     @functools.cached_property
     def digest(self) -> str:
@@ -231,6 +243,8 @@ def run_matbench(
     benchmark: MatbenchBenchmark | None = None,
     lr_grid: Sequence[float] | None = None,
     backbone_lr_scales: Sequence[float] = (1.0,),
+    equal_grids: bool = True,
+    extend_edges: bool = True,
     unpredictable: str = "raise",
     **finetune_kwargs: Any,
 ) -> MatbenchBenchmark:
@@ -267,6 +281,13 @@ def run_matbench(
             (``results.json.gz`` -> ``results.selection.jsonl``), so that a selection stopped half-way (an arm's
             candidates on a large task take hours on a CPU) resumes with the candidates it had not trained.
         backbone_lr_scales: Backbone learning rate as a fraction of ``lr`` (1: the same) to choose from.
+        equal_grids: With ``lr_grid``, every arm has as many candidates, the benchmark's rule
+            (:meth:`~matgl_cdssl.bench.BenchmarkSettings.grid`): scratch, which has no backbone rate to choose, gets
+            as many rates spread over the range of ``lr_grid`` as a pretrained arm has candidates. False: scratch
+            chooses from ``lr_grid`` itself.
+        extend_edges: With ``lr_grid``, a fold's choice at an edge of its grid competes with one step beyond that
+            edge on the same carve-out (the benchmark's rule); the fold's ``lr_selection`` marks those candidates
+            ``beyond_edge``.
         unpredictable: What to do with a test crystal the model cannot take (no two atoms within its cutoff, so no
             edge: matbench_phonons has such crystals at 4 Å), since matbench needs a prediction for every one:
             ``"raise"`` (the default, naming it) or ``"median"``: predict the fold's training targets' median for it
@@ -309,7 +330,9 @@ def run_matbench(
     if lr_grid is None:
         grid = [Candidate(1e-3 if lr is None else float(lr), backbone_lr)]
     else:
-        grid = candidates(lr_grid, backbone_lr_scales, pretrained=kind != "none")
+        rule = BenchmarkSettings(lr_grid=tuple(lr_grid), backbone_lr_scales=tuple(backbone_lr_scales),
+                                 equal_grids=equal_grids)  # fmt: skip
+        grid = rule.grid(pretrained=kind != "none")
     if benchmark is None:
         from matbench.bench import MatbenchBenchmark
 
@@ -324,7 +347,11 @@ def run_matbench(
                 "matgl": _version("matgl"),
                 "backend": BACKEND,
                 **{f"finetune_{k}": v for k, v in _scalars(finetune_kwargs).items()},
-                **({"lr_grid": [str(c) for c in grid]} if len(grid) > 1 else {"finetune_lr": grid[0].lr}),
+                **(
+                    {"lr_grid": [str(c) for c in grid], "extend_edges": extend_edges}
+                    if len(grid) > 1
+                    else {"finetune_lr": grid[0].lr}
+                ),
             }
         )
 
@@ -342,7 +369,7 @@ def run_matbench(
             if task.is_recorded[fold]:
                 logger.info("%s fold %d is already recorded; skipping it", task.dataset_name, fold)
                 continue
-            params = _run_fold(fold_run, fold, grid, predict_batch_size, unpredictable)
+            params = _run_fold(fold_run, fold, grid, predict_batch_size, unpredictable, extend_edges)
             task.record(fold, params.pop("predictions"), params=params)
             logger.info("%s fold %d: test MAE %.4g (refit for %d epochs; the carve-out model's %.4g, best validation "
                         "MAE %.4g at epoch %d)", task.dataset_name, fold, task.results[task.folds_map[fold]].scores.mae,
@@ -355,13 +382,15 @@ def run_matbench(
     return benchmark
 
 
-def _run_fold(fold_run: _FoldRun, fold: int, grid: Sequence[Candidate], batch_size: int, unpredictable: str) -> dict:
+def _run_fold(
+    fold_run: _FoldRun, fold: int, grid: Sequence[Candidate], batch_size: int, unpredictable: str, extend_edges: bool
+) -> dict:
     """One fold: choose on the carve-out, refit, predict the test set with both; the fold's parameters.
 
     ``"predictions"`` holds the refit's, for ``task.record``.
     """
     task, seed = fold_run.task, fold_run.seed
-    choice, scores = fold_run.choose(fold, grid)
+    choice, scores = fold_run.choose(fold, grid, extend_edges and len(grid) > 1)
     carve, carve_s, rates = fold_run(fold, choice)
     epochs = int(carve.metrics["best_epoch"]) + 1  # the checkpoint's epoch counts from 0
     refit, refit_s, _ = fold_run(fold, choice, replay=rates[:epochs])

@@ -227,6 +227,11 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="with --lr-grid: backbone rate as a fraction of lr, to choose from (pretrained arms)",
     )
+    p.add_argument("--unequal-grids", action="store_true",
+                   help="with --lr-grid: scratch chooses from --lr-grid itself, not from as many rates as a "
+                   "pretrained arm has candidates")  # fmt: skip
+    p.add_argument("--no-extend-edges", action="store_true",
+                   help="with --lr-grid: no step beyond the edge of the grid where a fold's choice sits")  # fmt: skip
     p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (default: all five)")
     add_option(p, run_matbench, "predict_batch_size", type=int, help="crystals per batch when predicting")
     add_option(
@@ -384,6 +389,8 @@ def matbench_command(args: argparse.Namespace) -> int:
         predict_batch_size=args.predict_batch_size,
         lr_grid=args.lr_grid,
         backbone_lr_scales=args.backbone_lr_scales,
+        equal_grids=not args.unequal_grids,
+        extend_edges=not args.no_extend_edges,
         unpredictable=args.unpredictable,
         **options,
     )
