@@ -25,12 +25,14 @@ from matgl_cdssl.bench import (
     curve_runs,
     edge_grids,
     load_task,
+    more_seed_runs,
     paired,
     read_shipped,
     summarise,
     tally,
     task_sizes,
     task_splits,
+    wide_configurations,
 )
 from matgl_cdssl.data import in_holdout_pool, load_sample
 
@@ -494,6 +496,48 @@ def test_small_sizes_run_five_seeds_and_larger_ones_three(own_task):
     old = _setup(own_task, (10, 30), replace(PROTOCOLS["0.4"], min_val=2, max_val=2, small_size=10))
     same = [s.run(s.tasks[0], 1, 30, "CDSSL", Candidate(1e-3)).fingerprint for s in (old, setup)]
     assert same[0] == same[1]
+
+
+def test_a_configuration_whose_interval_is_wide_gets_twice_its_seeds_every_arm(own_task):
+    settings = replace(BenchmarkSettings(), min_val=2, max_val=2, small_size=10)
+    setup = _setup(own_task, (10, 30), settings)
+    chosen = {(own_task.name, "CDSSL"): Candidate(3e-3), (own_task.name, "scratch"): Candidate(1.4e-3)}
+    more = more_seed_runs(setup, chosen, [(own_task.name, 10), (own_task.name, 30)])
+    arms = ("CDSSL", "scratch")
+    added = {(10, s, a) for s in range(5, 10) for a in arms} | {(30, s, a) for s in range(3, 6) for a in arms}
+    assert {(r.n_train, r.seed, r.arm) for r in more} == added
+    assert all(r.candidate == chosen[r.task, r.arm] and r.settings == settings for r in more)  # the curves' rates
+    assert more_seed_runs(setup, chosen, []) == []
+    assert PROTOCOLS["0.4"].seeds_wide(100) == PROTOCOLS["0.4"].seeds_at(100)  # 0.4 had no such rule
+    # Wide is a width, whichever arm leads; pairs left out for leakage and single seeds do not count.
+    pairs = pd.DataFrame([("t", 10, -0.30, -0.05, ""), ("t", 20, 0.05, 0.30, ""), ("t", 30, -0.05, 0.05, ""),
+                          ("t", 40, -0.5, 0.5, "supervised"), ("t", 50, math.nan, math.nan, "")],
+                         columns=["task", "n_train", "low", "high", "leakage"])  # fmt: skip
+    assert wide_configurations(pairs) == [("t", 10), ("t", 20)]
+
+
+def test_the_benchmark_adds_seeds_where_an_interval_is_wide_and_names_them(own_task, tmp_path):
+    settings = replace(TINY, seeds=(0, 1), seeds_small=(0, 1), more_seeds=2)
+    kwargs = {"arms": TWO, "tasks": [own_task], "sizes": (10, 20), "output_dir": tmp_path / "b", "settings": settings}
+    result = benchmark("CDSSL-MEGNet-MP", progress=False, **kwargs)
+    runs = result.runs
+    first = runs[runs["seed"] < 2]
+    wide = wide_configurations(paired(first, {"CDSSL": (), "scratch": ()}))
+    # Two seeds of two-epoch runs: the t interval (t = 12.7 at one degree of freedom) is wider than ±10 points. (The
+    # shipped weights: the test session's briefly pretrained model predicts much as scratch does, a narrow interval.)
+    assert wide
+    for (task, n), group in runs.groupby(["task", "n_train"]):
+        expected = {0, 1, 2, 3} if (task, n) in wide else {0, 1}
+        assert set(group["seed"]) == expected
+        assert group.groupby("seed")["arm"].apply(set).eq({"CDSSL", "scratch"}).all()  # every arm alike
+    named = "; ".join(f"{task} {n} (4 seeds)" for task, n in wide)
+    assert f"(`more_seeds`: the widths decide, never which arm leads; every arm alike): {named}." in result.table
+    lines = (tmp_path / "b" / "runs.jsonl").read_text()
+    assert len(benchmark("CDSSL-MEGNet-MP", progress=False, **kwargs).runs) == len(runs)  # all cached, nothing new
+    assert (tmp_path / "b" / "runs.jsonl").read_text() == lines
+    # Explicit seeds are the seeds, at every size: nothing is added.
+    given = benchmark("CDSSL-MEGNet-MP", progress=False, seeds=(0, 1), **kwargs)
+    assert set(given.runs["seed"]) == {0, 1}
 
 
 def test_the_extension_check_is_refused_under_the_cosine_schedule(megnet, own_task, tmp_path):

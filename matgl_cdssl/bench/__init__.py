@@ -40,7 +40,15 @@ from matgl_cdssl.bench._matbench_data import (
     supported_tasks,
     write_results,
 )
-from matgl_cdssl.bench._paired import CONFIDENCE, WIDE, paired, paired_interval, tally, verdict
+from matgl_cdssl.bench._paired import (
+    CONFIDENCE,
+    WIDE,
+    paired,
+    paired_interval,
+    tally,
+    verdict,
+    wide_configurations,
+)
 from matgl_cdssl.bench._plan import (
     Grids,
     Run,
@@ -51,6 +59,7 @@ from matgl_cdssl.bench._plan import (
     curve_runs,
     edge_grids,
     extension_runs,
+    more_seed_runs,
     tune_sizes,
     tuning_runs,
 )
@@ -133,6 +142,7 @@ __all__ = [
     "load_results",
     "load_task",
     "median_predictor_mae",
+    "more_seed_runs",
     "paired",
     "paired_interval",
     "plot_curves",
@@ -158,5 +168,6 @@ __all__ = [
     "upgrade_ledger",
     "verdict",
     "weights_digest",
+    "wide_configurations",
     "write_results",
 ]

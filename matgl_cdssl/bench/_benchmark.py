@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl.bench._ledger import Ledger, Stamp, weights_digest
+from matgl_cdssl.bench._paired import paired, wide_configurations
 from matgl_cdssl.bench._plan import (
     Setup,
     base_grids,
@@ -22,6 +23,7 @@ from matgl_cdssl.bench._plan import (
     curve_runs,
     edge_grids,
     extension_runs,
+    more_seed_runs,
     tuning_runs,
 )
 from matgl_cdssl.bench._protocol import ARMS, QUICK, BenchmarkSettings, arm_labels_seen, arm_templates
@@ -77,8 +79,9 @@ def benchmark(
             built-in task that is not run is ignored, so one mapping serves several calls); None: each task's own
             learning curve (``TaskData.sizes``, else :data:`CURVE`).
         seeds: One split and one initialisation per seed (the first also chooses each arm's learning rate), the same
-            at every size; None: the settings' (:meth:`BenchmarkSettings.seeds_at`: under the 0.5 protocol 5 seeds at
-            250 labels or fewer, 3 above).
+            at every size, and no more where an interval is wide; None: the settings'
+            (:meth:`BenchmarkSettings.seeds_at`: under the 0.5 protocol 5 seeds at 250 labels or fewer, 3 above, twice
+            as many where a paired interval is still wider than ±10 points, :meth:`BenchmarkSettings.seeds_wide`).
         output_dir: Where ``runs.jsonl`` (the cache), ``runs.csv``, ``results.md`` and ``results.png`` go.
         settings: The selection rule and the budget (:class:`BenchmarkSettings`), the same for every arm.
         quick: The small suite of :data:`QUICK` (for CI and docs); it overrides tasks, sizes, seeds and settings.
@@ -114,7 +117,7 @@ def benchmark(
         tasks, sizes, seeds, settings = QUICK["tasks"], QUICK["sizes"], QUICK["seeds"], QUICK["settings"]
     settings = settings or BenchmarkSettings()
     if seeds is not None:  # the same seeds at every size
-        settings = replace(settings, seeds=tuple(seeds), seeds_small=tuple(seeds))
+        settings = replace(settings, seeds=tuple(seeds), seeds_small=tuple(seeds), more_seeds=1)
     tasks = tasks if tasks is not None else DEFAULT_SUITE
     names = [t if isinstance(t, str) else t.name for t in tasks]
     checks = {"check_convergence": check_convergence, "check_extension": check_extension}
@@ -170,6 +173,15 @@ def benchmark(
     pairs = convergence_runs(setup, chosen, check_seeds["check_convergence"])
     extended = extension_runs(setup, chosen, check_seeds["check_extension"])
     execute(plan + [twice for _, twice in pairs] + extended, "benchmark")
+    seen = {arm: arm_labels_seen(arm, model) for arm in templates}
+    wide = []  # where an interval is still wide, every arm gets more seeds (the widths decide, never who leads)
+    if settings.more_seeds > 1:
+        import pandas as pd
+
+        wide = wide_configurations(paired(pd.DataFrame([ledger[r.key] for r in plan]), seen))
+        more = more_seed_runs(setup, chosen, wide)
+        execute(more, "more seeds where an interval is wide")
+        plan += more
 
     # Report, from the ledger's records.
     trivial = {(t.name, seed): median_predictor_mae(t, setup.splits[t.name, seed], sizes_of[t.name]) for t in loaded
@@ -178,8 +190,7 @@ def benchmark(
     selection = [{**ledger[r.key], "chosen": r.candidate == chosen[r.task, r.arm]}
                  | ({"beyond": r.candidate not in grids[r.task, r.arm]} if wider != grids else {})
                  for r in tuning_runs(setup, wider)]  # fmt: skip
-    seen = {arm: arm_labels_seen(arm, model) for arm in templates}
     convergence = [(ledger[base.key], ledger[twice.key]) for base, twice in pairs]
     extension = [({**ledger[r.key], **ledger[r.key]["shorter"]}, ledger[r.key]) for r in extended]  # the run inside
     return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence,
-                  extension=extension, settings=settings, seen=seen)  # fmt: skip
+                  extension=extension, settings=settings, seen=seen, widened=wide)  # fmt: skip

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-__all__ = ["CONFIDENCE", "WIDE", "arm_order", "paired", "paired_interval", "tally", "verdict"]
+__all__ = ["CONFIDENCE", "WIDE", "arm_order", "paired", "paired_interval", "tally", "verdict", "wide_configurations"]
 
 #: The confidence of the paired interval.
 CONFIDENCE = 0.95
@@ -88,6 +88,25 @@ def paired(frame: pd.DataFrame, seen: Mapping[str, Sequence[str] | None]) -> pd.
                 rows.append({"task": task, "n_train": int(n), "a": a, "b": b, "seeds": len(wide), "change": mean,
                              "low": low, "high": high, "verdict": verdict(low, high), "leakage": leak})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def wide_configurations(pairs: pd.DataFrame) -> list[tuple[str, int]]:
+    """The ``(task, n_train)`` where the interval of a fair pair of arms (:func:`paired`) is wider than ±:data:`WIDE`.
+
+    Pairs left out for leakage do not count, nor a single seed (it has no interval to narrow).
+
+    Example:
+        >>> import pandas as pd
+        >>> rows = [("a", 50, -0.3, 0.1, ""), ("a", 100, -0.1, 0.05, ""), ("b", 50, -0.5, 0.5, "supervised")]
+        >>> pairs = pd.DataFrame(rows, columns=["task", "n_train", "low", "high", "leakage"])
+        >>> wide_configurations(pairs)
+        [('a', 50)]
+    """
+    if pairs.empty:
+        return []
+    fair = pairs[pairs["leakage"] == ""]
+    half = (fair["high"] - fair["low"]) / 2
+    return sorted({(task, int(n)) for task, n, h in zip(fair["task"], fair["n_train"], half, strict=True) if h > WIDE})
 
 
 def tally(pairs: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@
 - :func:`chosen_rates`: each arm's rate per task, from the tuning runs' best validation MAEs;
 - :func:`edge_grids`: each grid one step beyond the edge where its choice sits (the selection goes on there);
 - :func:`curve_runs`: every task, size, its seeds and arm at its chosen rate (the learning curves, the table);
+- :func:`more_seed_runs`: the seeds that a configuration whose paired interval is still wide adds, every arm;
 - :func:`convergence_runs`: ``(run, the same run at twice the budget)`` at each checked task's two largest sizes;
 - :func:`extension_runs`: those runs with twice the patience and cap, the same schedule, the base run inside.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "curve_runs",
     "edge_grids",
     "extension_runs",
+    "more_seed_runs",
     "tune_sizes",
     "tuning_runs",
 ]
@@ -173,6 +175,24 @@ def curve_runs(setup: Setup, chosen: Mapping[tuple[str, str], Candidate]) -> lis
         for seed in setup.seeds
         for n in setup.sizes[t.name]
         if seed in setup.settings.seeds_at(n)
+        for arm in setup.arms
+    ]
+
+
+def more_seed_runs(
+    setup: Setup, chosen: Mapping[tuple[str, str], Candidate], wide: Sequence[tuple[str, int]]
+) -> list[Run]:
+    """Every arm at the seeds that each wide ``(task, n_train)`` adds, at its chosen rate and the base budget.
+
+    The seeds: :meth:`~matgl_cdssl.bench.BenchmarkSettings.seeds_wide` less :meth:`~.BenchmarkSettings.seeds_at`; a
+    configuration is wide by :func:`~matgl_cdssl.bench.wide_configurations` of the curve runs.
+    """
+    tasks = {t.name: t for t in setup.tasks}
+    return [
+        setup.run(tasks[name], seed, n, arm, chosen[name, arm])
+        for name, n in wide
+        for seed in setup.settings.seeds_wide(n)
+        if seed not in setup.settings.seeds_at(n)
         for arm in setup.arms
     ]
 

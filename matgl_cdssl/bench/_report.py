@@ -59,6 +59,7 @@ def report(
     extension: Sequence[tuple[dict, dict]] = (),
     settings: BenchmarkSettings | None = None,
     seen: Mapping[str, Sequence[str] | None] | None = None,
+    widened: Sequence[tuple[str, int]] = (),
 ) -> BenchmarkResult:
     """Summarise runs into ``runs.csv``, ``results.md`` (mean ± standard error) and ``results.png``.
 
@@ -72,6 +73,7 @@ def report(
             in ``convergence.md``.
         settings: The protocol's settings, written at the head of ``results.md`` (the 0.4 protocol's: its layout).
         seen: Each arm's labels seen (:func:`~matgl_cdssl.hub.labels_seen`); None: read off the runs' ``model``.
+        widened: The ``(task, n_train)`` that got more seeds because a paired interval was wide, named in the table.
 
     Returns:
         A :class:`BenchmarkResult`.
@@ -88,6 +90,11 @@ def report(
     legacy = settings is not None and settings.protocol == "0.4"
     table = ("" if settings is None or legacy else _header(settings)) + _markdown(summary, seen, legacy=legacy)
     table += "" if legacy or summary.empty else paired_markdown(paired(frame, seen))
+    if widened:
+        counts = frame.groupby(["task", "n_train"])["seed"].nunique()
+        table += ("\nMore seeds where a paired interval was wider than ±10 points after its seeds ran (`more_seeds`: "
+                  "the widths decide, never which arm leads; every arm alike): "
+                  + "; ".join(f"{task} {n} ({counts[task, n]} seeds)" for task, n in widened) + ".\n")  # fmt: skip
     if left_out:
         table += f"\n{len(left_out)} invalid crystal(s) left out (skip_invalid):\n\n"
         table += "".join(f"- {task}: {name} {reason}\n" for task, name, reason in left_out)

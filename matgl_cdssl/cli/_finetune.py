@@ -179,6 +179,13 @@ def add_parser(sub: Any) -> None:
         ("tune_sizes", positive_int, "+", "training sizes at which the rates are chosen (first seed)"),
         ("seeds_small", non_negative_int, "+", "without --seeds: the seeds of sizes up to --small-size"),
         ("small_size", positive_int, None, "without --seeds: sizes up to this many labels run --seeds-small"),
+        (
+            "more_seeds",
+            positive_int,
+            None,
+            "without --seeds: a size whose paired interval is wider than ±10 points "
+            "runs this many times its seeds (1: never)",
+        ),
         ("max_epochs", positive_int, None, "epoch cap of a run"),
         ("patience", positive_int, None, "early stopping: epochs without a better validation MAE"),
         ("lr_patience", non_negative_int, None, "halve the rates after N epochs without improvement; 0: cosine"),
