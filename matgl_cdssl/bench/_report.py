@@ -19,7 +19,7 @@ import numpy as np
 
 from matgl_cdssl.bench._checks import checks_markdown
 from matgl_cdssl.bench._curves import COLORS
-from matgl_cdssl.bench._paired import arm_order, paired, paired_markdown
+from matgl_cdssl.bench._paired import WIDE, arm_order, paired, paired_markdown
 from matgl_cdssl.bench._protocol import PROTOCOL_DATES, PROTOCOLS, SUPERVISED, BenchmarkSettings
 from matgl_cdssl.bench._tasks import leaks
 from matgl_cdssl.hub import labels_seen
@@ -92,8 +92,8 @@ def report(
     table += "" if legacy or summary.empty else paired_markdown(paired(frame, seen))
     if widened:
         counts = frame.groupby(["task", "n_train"])["seed"].nunique()
-        table += ("\nMore seeds where a paired interval was wider than ±10 points after its seeds ran (`more_seeds`: "
-                  "the widths decide, never which arm leads; every arm alike): "
+        table += (f"\nMore seeds where a paired interval was wider than ±{100 * WIDE:.0f} points after its seeds ran "
+                  "(`more_seeds`: the widths decide, never which arm leads; every arm alike): "
                   + "; ".join(f"{task} {n} ({counts[task, n]} seeds)" for task, n in widened) + ".\n")  # fmt: skip
     if left_out:
         table += f"\n{len(left_out)} invalid crystal(s) left out (skip_invalid):\n\n"
