@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -69,6 +70,25 @@ def test_a_record_is_found_only_under_its_own_stamp(own_task, tmp_path):
     unstamped.write_text(json.dumps(record) + "\n")
     assert key not in Ledger(unstamped, stamp=stamp)
     assert key in Ledger(unstamped)
+
+
+def test_a_last_line_cut_short_is_dropped_with_a_warning_and_the_ledger_goes_on(tmp_path, caplog):
+    """A session that ends while a record is written leaves half a line; the next session resumes past it."""
+    path = tmp_path / "runs.jsonl"
+    whole = json.dumps({"id": "a", "test_MAE": 0.5})
+    path.write_text(whole + "\n" + json.dumps({"id": "b", "test_MAE": 0.25})[:17])
+    with caplog.at_level(logging.WARNING):
+        ledger = Ledger(path, key=lambda r: r["id"])
+    assert list(ledger) == [{"id": "a", "test_MAE": 0.5}]
+    assert "last line is incomplete" in caplog.text
+    assert str(path) in caplog.text
+    assert path.read_text() == whole + "\n"  # the torn line is gone, so the next record starts its own line
+    ledger.append({"id": "b", "test_MAE": 0.25})
+    assert [r["id"] for r in Ledger(path, key=lambda r: r["id"])] == ["a", "b"]
+    # A complete last line without its line end is kept, and the next record still gets a line of its own.
+    path.write_text(whole)
+    Ledger(path, key=lambda r: r["id"]).append({"id": "c", "test_MAE": 0.1})
+    assert [r["id"] for r in Ledger(path, key=lambda r: r["id"])] == ["a", "c"]
 
 
 def test_the_environment_resolves_the_trainer_and_ignores_what_changes_no_result():

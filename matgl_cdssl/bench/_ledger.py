@@ -271,7 +271,7 @@ class Ledger:
         self._records: dict[Hashable, dict[str, Any]] = {}
         unstamped = other = 0
         if self.path is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
+            for line in self._complete_lines():
                 record = json.loads(line)
                 if stamp is not None:
                     made = record.pop("stamp", None)
@@ -286,6 +286,25 @@ class Ledger:
                            unstamped)  # fmt: skip
         if other:
             logger.info("%s: %d record(s) of other tasks, data or environments are not reused here", self.path, other)
+
+    def _complete_lines(self) -> list[str]:
+        """The file's lines; a last line cut short (a process stopped while writing it) is dropped, with a warning.
+
+        Only the last line can be cut short (records are appended whole, one line each); it is removed from the file,
+        so that the next record starts a line of its own, and its run is simply trained again. A complete last line
+        without its line end gets one.
+        """
+        text = self.path.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):  # the next record must start a line of its own
+            try:
+                json.loads(lines[-1])
+            except json.JSONDecodeError:
+                logger.warning("%s: its last line is incomplete (a process stopped while writing it): removed, its "
+                               "record is not reused: %.80s", self.path, lines[-1])  # fmt: skip
+                lines.pop()
+            self.path.write_text("".join(line + "\n" for line in lines))
+        return lines
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._records
