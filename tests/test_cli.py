@@ -61,6 +61,9 @@ def test_benchmark_settings_take_the_options_given_and_default_the_others():
     assert settings("--lr-patience", "0").lr_patience is None  # 0: matgl's cosine decay
     assert settings("--lr-patience", "5").lr_patience == 5
     assert settings("--min-val", "80").n_val(250) == 80  # not the default 150, and more than n_train // 4 = 62
+    assert settings("--more-seeds", "1").seeds_wide(50) == (0, 1, 2, 3, 4)  # no more seeds where an interval is wide
+    assert settings("--protocol", "0.4").more_seeds == 1
+    assert settings().more_seeds == 2
 
 
 def test_task_sizes_override_sizes_for_their_task():
