@@ -43,6 +43,7 @@ from matgl_cdssl.bench._matbench_data import (
 from matgl_cdssl.bench._paired import (
     CONFIDENCE,
     WIDE,
+    change_text,
     paired,
     paired_interval,
     tally,
@@ -129,6 +130,7 @@ __all__ = [
     "benchmark",
     "beyond_edges",
     "candidates",
+    "change_text",
     "choose",
     "chosen_rates",
     "convergence_runs",

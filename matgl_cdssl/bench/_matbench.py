@@ -390,7 +390,7 @@ def _run_fold(
     ``"predictions"`` holds the refit's, for ``task.record``.
     """
     task, seed = fold_run.task, fold_run.seed
-    choice, scores = fold_run.choose(fold, grid, extend_edges and len(grid) > 1)
+    choice, scores = fold_run.choose(fold, grid, extend_edges)
     carve, carve_s, rates = fold_run(fold, choice)
     epochs = int(carve.metrics["best_epoch"]) + 1  # the checkpoint's epoch counts from 0
     refit, refit_s, _ = fold_run(fold, choice, replay=rates[:epochs])

@@ -20,7 +20,17 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-__all__ = ["CONFIDENCE", "WIDE", "arm_order", "paired", "paired_interval", "tally", "verdict", "wide_configurations"]
+__all__ = [
+    "CONFIDENCE",
+    "WIDE",
+    "arm_order",
+    "change_text",
+    "paired",
+    "paired_interval",
+    "tally",
+    "verdict",
+    "wide_configurations",
+]
 
 #: The confidence of the paired interval.
 CONFIDENCE = 0.95
@@ -60,6 +70,17 @@ def verdict(low: float, high: float) -> str:
         ['win', 'tie', 'tie']
     """
     return "win" if high < 0 else "loss" if low > 0 else "tie"
+
+
+def change_text(mean: float, low: float = math.nan, high: float = math.nan) -> str:
+    """A paired change and its interval as percentages, as the reports write it (no interval where it is NaN).
+
+    Example:
+        >>> change_text(*paired_interval([-0.2, -0.3, -0.1])), change_text(0.05)
+        ('-20.0% [-44.8, +4.8]', '+5.0%')
+    """
+    interval = "" if math.isnan(low) else f" [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return f"{100 * mean:+.1f}%{interval}"
 
 
 def paired(frame: pd.DataFrame, seen: Mapping[str, Sequence[str] | None]) -> pd.DataFrame:
@@ -159,6 +180,5 @@ def paired_markdown(pairs: pd.DataFrame) -> str:
 
 
 def _cell(r: dict) -> str:
-    interval = "" if math.isnan(r["low"]) else f" [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
-    text = f"{100 * r['change']:+.1f}%{interval} {r['verdict']}"
+    text = f"{change_text(r['change'], r['low'], r['high'])} {r['verdict']}"
     return f"({text}; leakage: {r['leakage']})" if r["leakage"] else text

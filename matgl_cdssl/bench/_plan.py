@@ -164,7 +164,7 @@ def edge_grids(
     """
     if not setup.settings.extend_edges:
         return {key: list(grid) for key, grid in grids.items()}
-    return {key: [*grid, *(beyond_edges(grid, chosen[key]) if len(grid) > 1 else [])] for key, grid in grids.items()}
+    return {key: [*grid, *beyond_edges(grid, chosen[key])] for key, grid in grids.items()}
 
 
 def curve_runs(setup: Setup, chosen: Mapping[tuple[str, str], Candidate]) -> list[Run]:

@@ -48,7 +48,7 @@ import matgl_cdssl  # selects matgl 2.2.x's DGL backend before matgl's models ar
 from matgl.models import MEGNet
 
 from matgl_cdssl.apps import TrainOptions
-from matgl_cdssl.bench import Ledger, leaks, paired_interval, verdict
+from matgl_cdssl.bench import Ledger, change_text, leaks, paired_interval, verdict
 from matgl_cdssl.data import read_mp_split
 from matgl_cdssl.hub import labels_seen, load_model, megnet_of, new_like
 
@@ -165,7 +165,7 @@ def pairs_markdown(frame: pd.DataFrame, starts: list[str]) -> list[str]:
 def paired_cell(changes: Sequence[float]) -> str:
     """The mean paired relative change, its 95% t interval and the verdict (the benchmark's rule), as text."""
     mean, low, high = paired_interval(np.asarray(changes, dtype=float))
-    return f"{100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] {verdict(low, high)}"
+    return f"{change_text(mean, low, high)} {verdict(low, high)}"
 
 
 def ensembles(out: Path, truth: dict[str, np.ndarray], starts: list[str]) -> None:

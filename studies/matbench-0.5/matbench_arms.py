@@ -35,6 +35,7 @@ import numpy as np
 from matgl_cdssl.bench import (
     MATBENCH_PROTOCOL,
     BenchmarkSettings,
+    change_text,
     load_results,
     paired_interval,
     resume_results,
@@ -118,8 +119,7 @@ def _rate(lr: float, backbone_lr: float | None) -> str:
 
 def _change(changes: np.ndarray) -> str:
     """The mean relative change over the folds with its 95% t interval (one fold: no interval)."""
-    mean, low, high = paired_interval(changes)
-    return f"{100 * mean:+.1f}%" + ("" if np.isnan(low) else f" [{100 * low:+.1f}, {100 * high:+.1f}]")
+    return change_text(*paired_interval(changes))
 
 
 def _mean_se(values: np.ndarray) -> str:
