@@ -117,11 +117,6 @@ def _rate(lr: float, backbone_lr: float | None) -> str:
     return f"{lr:g}" + ("" if backbone_lr is None else f"/{backbone_lr:g}")
 
 
-def _change(changes: np.ndarray) -> str:
-    """The mean relative change over the folds with its 95% t interval (one fold: no interval)."""
-    return change_text(*paired_interval(changes))
-
-
 def _mean_se(values: np.ndarray) -> str:
     se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
     return f"{values.mean():.2f} ± {se:.2f}"
@@ -149,8 +144,9 @@ def _table(rows: dict, args: argparse.Namespace) -> str:
                 lines.append(f"| {arm} | not run | | | | | | | |")
                 continue
             r = rows[task, arm]
+            refit_vs_carve_out = change_text(*paired_interval(r["mae"] / r["carve_out"] - 1))
             lines.append(f"| **{arm}** (this work) | {len(r['folds'])} | {_mean_se(r['mae'])} | "
-                         f"{_mean_se(r['carve_out'])} | {_change(r['mae'] / r['carve_out'] - 1)} | "
+                         f"{_mean_se(r['carve_out'])} | {refit_vs_carve_out} | "
                          f"{', '.join(f'{m:.1f}' for m in r['mae'])} | "
                          f"{', '.join(r['rates'])} | {r['beyond']} | {', '.join(map(str, r['epochs']))} |")  # fmt: skip
         board_rows = [(name, value) for name, value in board.items() if name != "unit"]
@@ -166,9 +162,8 @@ def _table(rows: dict, args: argparse.Namespace) -> str:
                     lines.append(f"| {a} vs {b} | {len(both)} | | |")
                     continue
                 ra, rb = (dict(zip(rows[task, x]["folds"], rows[task, x]["mae"], strict=True)) for x in (a, b))
-                changes = np.array([ra[f] / rb[f] - 1 for f in both])
-                lines.append(f"| {a} vs {b} | {len(both)} | {_change(changes)} | "
-                             f"{verdict(*paired_interval(changes)[1:])} |")  # fmt: skip
+                mean, low, high = paired_interval([ra[f] / rb[f] - 1 for f in both])
+                lines.append(f"| {a} vs {b} | {len(both)} | {change_text(mean, low, high)} | {verdict(low, high)} |")
         lines.append("")
     return "\n".join(lines)
 
