@@ -91,6 +91,29 @@ def test_crystals_without_a_label_count_for_the_pretext_only(crystals, tmp_path)
     assert math.isfinite(config["last_epoch_metrics"]["train_Total_Loss"])
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_the_labels_of_crystals_left_out_do_not_count(crystals, tmp_path, cache):
+    """Under skip_invalid the scale and ``n_labelled`` come from the crystals trained on, not from all labels given."""
+    from pymatgen.core import Lattice, Structure
+
+    structures, y = crystals
+    lonely = Structure(Lattice.cubic(12.0), ["Na"], [[0, 0, 0]])  # no neighbour within 4 Å: left out after conversion
+    unknown = Structure(Lattice.cubic(3.0), ["Og"], [[0, 0, 0]])  # not among MEGNet's elements: left out on reading
+    matgl_cdssl.pretrain(
+        [lonely, *structures, unknown],
+        targets=[1000.0, *y, -1000.0],
+        skip_invalid=True,
+        max_epochs=1,
+        output_dir=tmp_path,
+        graph_cache=tmp_path / "graphs" if cache else None,
+        **QUIET,
+    )
+    config = read_config(tmp_path / "model")
+    assert config["target"]["n_labelled"] == len(y)
+    assert config["target"]["mean"] == pytest.approx(np.mean(y))
+    assert config["target"]["std"] == pytest.approx(np.std(y, ddof=1))
+
+
 def test_a_joint_folder_continues_in_its_own_units(crystals, tmp_path):
     structures, y = crystals
     matgl_cdssl.pretrain(structures, model=SUPERVISED, targets=y, max_epochs=1, output_dir=tmp_path / "a", **QUIET)

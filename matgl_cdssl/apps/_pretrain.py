@@ -175,7 +175,7 @@ def pretrain(
     world_size = process_count(trainer_kwargs)
     labels = check_targets(targets, target_weight)
     data = datasets(structures, model, graph_cache, val_fraction, seed, skip_invalid, world_size, labels)
-    target = _target_scale(labels, normaliser, target_weight)
+    target = _target_scale(data.targets, normaliser, target_weight)
     if labels is not None:  # what the readout learnt, for the card of weights made this way (leakage)
         target["name"] = name
     if graph_cache is not None and world_size > 1:
@@ -272,15 +272,17 @@ def _labels_seen(model: Any, *, learnt: str | bool | None) -> list[str] | None:
 
 
 def _target_scale(
-    labels: dict[str, list[float]] | None, normaliser: tuple[float, float] | None, target_weight: float
+    targets: list[float] | None, normaliser: tuple[float, float] | None, target_weight: float
 ) -> dict[str, Any]:
     """The property's weight, mean and standard deviation (``{"weight": 0.0, ...}`` without targets).
 
-    Without the start's normaliser, the mean and standard deviation of all the given labels (NaN left out).
+    ``targets`` are the labels of the crystals trained on (``Data.targets``: those left out under
+    ``skip_invalid`` are not among them). Without the start's normaliser, their mean and standard deviation (NaN left
+    out); ``n_labelled`` counts them.
     """
-    if labels is None:
+    if targets is None:
         return {"weight": 0.0, "mean": 0.0, "std": 1.0}
-    values = torch.tensor(labels["target"], dtype=torch.float64)
+    values = torch.tensor(targets, dtype=torch.float64)
     values = values[torch.isfinite(values)]
     if normaliser is None:
         std = float(values.std()) if len(values) > 1 else 1.0

@@ -24,13 +24,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Data:
-    """What step 2 gives: the training and validation sets, their indices and the crystals left out."""
+    """What step 2 gives: the training and validation sets, their indices, the crystals left out and the property.
+
+    ``targets`` holds the property's label of every crystal kept, in dataset order (NaN: none), or is None without
+    a property; the labels of crystals left out under ``skip_invalid`` are not in it.
+    """
 
     train: Any
     val: Any
     train_idx: list[int]
     val_idx: list[int]
     skipped: list[tuple[str, str]]
+    targets: list[float] | None = None
 
 
 def datasets(
@@ -67,10 +72,11 @@ def datasets(
             "Graph cache %s: %d crystals (%s)", cached.folder, len(cached.dataset), "hit" if cached.hit else "miss"
         )
         dataset, skipped = cached.dataset, cached.skipped
+    targets = None if labels is None else [float(item[3]["target"]) for item in dataset]
     train_idx, val_idx = (sorted(part) for part in train_val_split(len(dataset), val_fraction, seed))
     if cache_dir is None:
         train, val = Subset(dataset, train_idx), Subset(dataset, val_idx or train_idx[:1])
-        return Data(train, val, train_idx, val_idx, skipped)
+        return Data(train, val, train_idx, val_idx, skipped, targets)
     parts = []
     for name, idx in (("train", train_idx), ("val", val_idx)):
         if not idx:  # no validation: the loader needs a set of the same kind, which is never iterated
@@ -78,4 +84,4 @@ def datasets(
             continue
         shard_size = max(1, min(1000, math.ceil(len(idx) / world_size)))
         parts.append(split_cached(cached, {name: idx}, shard_size=shard_size)[name])
-    return Data(parts[0], parts[1], train_idx, val_idx, skipped)
+    return Data(parts[0], parts[1], train_idx, val_idx, skipped, targets)
