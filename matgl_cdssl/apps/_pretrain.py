@@ -138,8 +138,9 @@ def pretrain(
             crystals (:func:`~matgl_cdssl.method.property_loss`), so that 30k cheap labels and the denoising task
             shape one start. The labels are standardised with the start's normaliser (matgl's
             ``TransformedTargetModel``, or an earlier joint run's ``cdssl.json``) when it has one, else with the mean
-            and standard deviation of all the given labels; the weight, both and the name are saved in
-            ``cdssl.json`` (``target``). The readout is then trained, and kept in the saved folder.
+            and standard deviation of the labels of the crystals trained on (not of those ``skip_invalid`` leaves
+            out); the weight, both, the name and their number (``n_labelled``) are saved in ``cdssl.json``
+            (``target``). The readout is then trained, and kept in the saved folder.
         target_weight: Weight of the property's loss when ``targets`` is given.
         **trainer_kwargs: Passed to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``precision``).
 
