@@ -333,8 +333,8 @@ def fit(
     is then no plateau to halve the rates on (``lr_patience=None``) and no best epoch.
 
     On the CPU the Trainer's ``deterministic`` defaults to True, as in :func:`pretrain`: the same seed and data give
-    identical weights at the same thread count (across thread counts too when the process starts with
-    ``MKL_CBWR=AVX2,STRICT``; see docs/benchmark.md, "Reproducibility"). Pass ``deterministic=False`` to leave it off.
+    identical weights at the same thread count on the same machine (not across thread counts: see docs/benchmark.md,
+    "Reproducibility"). Pass ``deterministic=False`` to leave it off.
     """
     opts, trainer_kwargs = TrainOptions.take(options, kwargs)
     if val is None and opts.lr_patience is not None:

@@ -45,8 +45,8 @@ def deterministic_on_cpu(trainer_kwargs: dict[str, Any]) -> Iterator[None]:
     On the CPU, ``deterministic=True`` (torch's ``use_deterministic_algorithms``) replaces the threaded, racing
     accumulation of ``index_put_(accumulate=True)`` (the backward of gathering node or edge features by index) with a
     sorted one: two runs with the same seed at the same thread count then give identical weights. Across thread
-    counts MKL's matrix products still split their sums by thread (the weight gradients, summed over all edges) unless
-    the process starts with ``MKL_CBWR=AVX2,STRICT`` (see docs/benchmark.md, "Reproducibility"). The setting is
+    counts MKL's matrix products still split their sums by thread (the weight gradients, summed over all edges); no
+    setting makes them agree on every CPU (see docs/benchmark.md, "Reproducibility"). The setting is
     process-wide, and the Trainer sets it when it is made: the caller's ``(deterministic, warn_only)`` is restored on
     leaving, also after an error.
 

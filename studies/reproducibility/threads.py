@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,17 @@ def table(name: str, runs: list[Run], label: str, tmp: Path) -> list[str]:
     return rows
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: results differ by CPU, so each file says which."""
+    info = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (info.read_text().splitlines() if info.exists() else [])
+        if line.startswith("model name")
+    ]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="formation_energy_per_atom_eV")
@@ -137,7 +149,7 @@ def main() -> None:
         f"# Reproducibility of a seeded finetuning run ({args.label}; 60 training, 30 validation, 200 test crystals)",
         "",
         f"torch {torch.__version__}, {torch.__config__.parallel_info().splitlines()[3].strip()}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}. Written by `threads.py`.",
+        f"CPU {cpu_name()} (capability {torch.backends.cpu.get_cpu_capability()}). Written by `threads.py`.",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tables:
