@@ -603,6 +603,13 @@ def test_each_arm_chooses_its_own_rate_and_the_budget_is_checked(pretrained_dir,
     table = result.paths["convergence_md"].read_text()
     assert "| my_band_gap | 20 | CDSSL |" in table
     assert "the 3% criterion" in table
+    # all_runs.csv: every run this call trained, once, under the first step that needed it (a chosen candidate's
+    # tuning run at a tuning size is also the table's run there): with two ledgers, what one reused from the other
+    every = pd.read_csv(result.paths["all_runs_csv"])
+    keys = [(r["fingerprint"], r["n_train"], r["seed"], r["arm"]) for r in records]
+    assert sorted(zip(every["fingerprint"], every["n_train"], every["seed"], every["arm"], strict=True)) == sorted(keys)
+    assert every.groupby("step").size().to_dict() == {"tuning": len(tuning), "curve": 2 * 2, "convergence": 4}
+    assert set(every[every["step"] == "curve"]["seed"]) == {1}  # seed 0's table runs are tuning runs
     # A rerun trains nothing (the runs of the chosen rates at the tuning sizes are the benchmark's own runs).
     n = len(records)
     benchmark(pretrained_dir, arms=TWO, tasks=[own_task], sizes=(10, 20), seeds=(0, 1), output_dir=out,

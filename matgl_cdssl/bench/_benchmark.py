@@ -192,5 +192,12 @@ def benchmark(
                  for r in tuning_runs(setup, wider)]  # fmt: skip
     convergence = [(ledger[base.key], ledger[twice.key]) for base, twice in pairs]
     extension = [({**ledger[r.key], **ledger[r.key]["shorter"]}, ledger[r.key]) for r in extended]  # the run inside
+    steps = {"tuning": tuning_runs(setup, wider) if tuned else [], "curve": plan, "convergence": [t for _, t in pairs],
+             "extension": extended}  # fmt: skip
+    used: dict[tuple, dict] = {}  # each run once, under the first step that needed it
+    for step, planned in steps.items():
+        for r in planned:
+            used.setdefault(r.key, {"step": step, **{k: v for k, v in ledger[r.key].items() if k != "shorter"}})
     return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence,
-                  extension=extension, settings=settings, seen=seen, widened=wide)  # fmt: skip
+                  extension=extension, settings=settings, seen=seen, widened=wide,
+                  used=list(used.values()))  # fmt: skip

@@ -39,14 +39,19 @@ class BenchmarkResult:
     """What :func:`~matgl_cdssl.bench.benchmark` returns.
 
     Attributes:
-        runs: One row per run (task, n_train, seed, arm, test_MAE, ...).
+        runs: One row per run of the table (task, n_train, seed, arm, test_MAE, ...).
         table: The markdown summary (see :func:`report`).
-        paths: Files written: ``runs_csv``, ``table_md`` and ``figure_png``.
+        paths: Files written: ``runs_csv``, ``table_md``, ``figure_png`` and, from :func:`benchmark`, ``all_runs_csv``
+            and ``convergence_md``.
+        used: Every run the report rests on, once, with the step that first needed it (``step``: ``tuning``, the rate
+            choice and any step beyond a grid's edge; ``curve``, the table's runs; ``convergence``; ``extension``),
+            as ``all_runs.csv``: with the ledgers of two calls, which runs one reused from the other.
     """
 
     runs: pd.DataFrame
     table: str
     paths: dict[str, Path] = field(default_factory=dict)
+    used: pd.DataFrame | None = None
 
 
 def report(
@@ -60,6 +65,7 @@ def report(
     settings: BenchmarkSettings | None = None,
     seen: Mapping[str, Sequence[str] | None] | None = None,
     widened: Sequence[tuple[str, int]] = (),
+    used: Sequence[dict] = (),
 ) -> BenchmarkResult:
     """Summarise runs into ``runs.csv``, ``results.md`` (mean ± standard error) and ``results.png``.
 
@@ -74,6 +80,8 @@ def report(
         settings: The protocol's settings, written at the head of ``results.md`` (the 0.4 protocol's: its layout).
         seen: Each arm's labels seen (:func:`~matgl_cdssl.hub.labels_seen`); None: read off the runs' ``model``.
         widened: The ``(task, n_train)`` that got more seeds because a paired interval was wide, named in the table.
+        used: Every run the report rests on, with its ``step`` (:attr:`BenchmarkResult.used`), written to
+            ``all_runs.csv``.
 
     Returns:
         A :class:`BenchmarkResult`.
@@ -104,12 +112,15 @@ def report(
         paths["convergence_md"] = output_dir / "convergence.md"
         paths["convergence_md"].write_text(checks_markdown(convergence, extension))
     paths["table_md"].write_text(table)
+    if used:
+        paths["all_runs_csv"] = output_dir / "all_runs.csv"
+        pd.DataFrame(list(used)).to_csv(paths["all_runs_csv"], index=False)
     try:
         if len(summary):  # a benchmark of scratch alone compares nothing: no figure
             paths["figure_png"] = _plot(summary, output_dir / "results.png")
     except ImportError:
         logger.warning("matplotlib is not installed: no results.png (pip install matplotlib)")
-    return BenchmarkResult(frame, table, paths)
+    return BenchmarkResult(frame, table, paths, pd.DataFrame(list(used)) if used else None)
 
 
 def _selection_markdown(frame: pd.DataFrame) -> str:

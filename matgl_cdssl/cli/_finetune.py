@@ -149,8 +149,9 @@ def add_parser(sub: Any) -> None:
         "benchmark",
         help="finetuned from pretrained weights vs the same MEGNet from scratch, side by side",
         description="Runs both arms with identical splits, hyperparameters and budgets, caching every finished run "
-        "in OUT/runs.jsonl (rerun the same command to resume), and writes OUT/runs.csv, OUT/results.md and "
-        f"OUT/results.png. Without --data, runs the built-in suite (tasks: {', '.join(DEFAULT_SUITE)}; also "
+        "in OUT/runs.jsonl (rerun the same command to resume), and writes OUT/runs.csv, OUT/all_runs.csv (every run "
+        "the report rests on, with its step), OUT/results.md and OUT/results.png. "
+        f"Without --data, runs the built-in suite (tasks: {', '.join(DEFAULT_SUITE)}; also "
         f"loadable by name with --tasks: {', '.join(t for t in TASKS if t not in DEFAULT_SUITE)}).",
     )
     add_option(p, benchmark, "model", help="pretrained arm: registered name or model folder")
@@ -313,8 +314,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
     """Run ``cdssl benchmark``.
 
     Side Effects:
-        Writes ``OUT/runs.jsonl``, ``OUT/runs.csv``, ``OUT/results.md``, ``OUT/results.png`` and, unless
-        ``--no-curves``, ``OUT/curves/<run>/metrics.csv``.
+        Writes ``OUT/runs.jsonl``, ``OUT/runs.csv``, ``OUT/all_runs.csv``, ``OUT/results.md``, ``OUT/results.png``
+        and, unless ``--no-curves``, ``OUT/curves/<run>/metrics.csv``.
     """
     tasks: list | None = list(args.tasks or [])
     if args.data is not None:
