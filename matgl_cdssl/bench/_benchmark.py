@@ -187,17 +187,17 @@ def benchmark(
     trivial = {(t.name, seed): median_predictor_mae(t, setup.splits[t.name, seed], sizes_of[t.name]) for t in loaded
                for seed in setup.seeds}  # fmt: skip
     runs = [{**ledger[r.key], "median_MAE": trivial[r.task, r.seed][r.n_train]} for r in plan]
+    tuning = tuning_runs(setup, wider) if tuned else []
     selection = [{**ledger[r.key], "chosen": r.candidate == chosen[r.task, r.arm]}
                  | ({"beyond": r.candidate not in grids[r.task, r.arm]} if wider != grids else {})
-                 for r in tuning_runs(setup, wider)]  # fmt: skip
+                 for r in tuning]  # fmt: skip
     convergence = [(ledger[base.key], ledger[twice.key]) for base, twice in pairs]
     extension = [({**ledger[r.key], **ledger[r.key]["shorter"]}, ledger[r.key]) for r in extended]  # the run inside
-    steps = {"tuning": tuning_runs(setup, wider) if tuned else [], "curve": plan, "convergence": [t for _, t in pairs],
-             "extension": extended}  # fmt: skip
+    steps = {"tuning": tuning, "curve": plan, "convergence": [t for _, t in pairs], "extension": extended}
     used: dict[tuple, dict] = {}  # each run once, under the first step that needed it
     for step, planned in steps.items():
         for r in planned:
             used.setdefault(r.key, {"step": step, **{k: v for k, v in ledger[r.key].items() if k != "shorter"}})
-    return report(runs, output_dir, left_out=left_out, selection=selection if tuned else (), convergence=convergence,
+    return report(runs, output_dir, left_out=left_out, selection=selection, convergence=convergence,
                   extension=extension, settings=settings, seen=seen, widened=wide,
                   used=list(used.values()))  # fmt: skip

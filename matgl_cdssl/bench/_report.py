@@ -112,15 +112,16 @@ def report(
         paths["convergence_md"] = output_dir / "convergence.md"
         paths["convergence_md"].write_text(checks_markdown(convergence, extension))
     paths["table_md"].write_text(table)
-    if used:
+    every = pd.DataFrame(list(used)) if used else None
+    if every is not None:
         paths["all_runs_csv"] = output_dir / "all_runs.csv"
-        pd.DataFrame(list(used)).to_csv(paths["all_runs_csv"], index=False)
+        every.to_csv(paths["all_runs_csv"], index=False)
     try:
         if len(summary):  # a benchmark of scratch alone compares nothing: no figure
             paths["figure_png"] = _plot(summary, output_dir / "results.png")
     except ImportError:
         logger.warning("matplotlib is not installed: no results.png (pip install matplotlib)")
-    return BenchmarkResult(frame, table, paths, pd.DataFrame(list(used)) if used else None)
+    return BenchmarkResult(frame, table, paths, every)
 
 
 def _selection_markdown(frame: pd.DataFrame) -> str:
