@@ -213,6 +213,11 @@ def test_cli_runs_a_fold_through_matbench(injected, tmp_path, capsys):
     fold = written["tasks"][TASK]["results"]["fold_1"]
     assert len(fold["data"]) == N_CRYSTALS // 5
     assert np.isfinite(fold["scores"]["mae"])
+    # Another fold into the same file: it is added, and fold 1 kept (it used to be overwritten).
+    assert main(["matbench", "--task", TASK, "--folds", "2", "--max-epochs", "1", "--batch-size", "16", "--out",
+                 str(out), "--no-progress-bar"]) == 0  # fmt: skip
+    assert f"{TASK}: folds [1, 2], test MAE per fold [" in capsys.readouterr().out
+    assert _folds_in(out)["fold_1"] == fold
 
 
 def test_cli_grid_options_reach_each_folds_selection(injected, tmp_path):
@@ -335,17 +340,20 @@ def test_folds_recorded_under_another_protocol_are_not_continued(injected):
 
 def test_every_arm_chooses_from_as_many_candidates_and_lr_grid_excludes_lr(injected):
     """Scratch has no backbone rate to choose: as many rates, spread over lr_grid's range (the benchmark's rule)."""
-    mb = MatbenchBenchmark(autoload=False, subset=[TASK])
     grid = {"lr_grid": [1e-3, 3e-3], "backbone_lr_scales": (1.0, 0.1), "extend_edges": False}
-    run_matbench(benchmark=mb, output=None, folds=[0], model="scratch", **grid, **TINY)
-    run_matbench(benchmark=mb, output=None, folds=[1], model="scratch", **grid, equal_grids=False, **TINY)
-    task = getattr(mb, TASK)
-    chosen = [[(r["lr"], r["backbone_lr"]) for r in task.results[task.folds_map[f]].parameters["lr_selection"]]
-              for f in (0, 1)]  # fmt: skip
+    equal, unequal = (MatbenchBenchmark(autoload=False, subset=[TASK]) for _ in range(2))
+    run_matbench(benchmark=equal, output=None, folds=[0], model="scratch", **grid, **TINY)
+    run_matbench(benchmark=unequal, output=None, folds=[1], model="scratch", **grid, equal_grids=False, **TINY)
+    chosen = [[(r["lr"], r["backbone_lr"]) for r in getattr(mb, TASK).results[f"fold_{f}"].parameters["lr_selection"]]
+              for mb, f in ((equal, 0), (unequal, 1))]  # fmt: skip
     assert chosen[0] == [(1e-3, None), (1.4e-3, None), (2.1e-3, None), (3e-3, None)]  # as many as CDSSL's 2 x 2
     assert chosen[1] == [(1e-3, None), (3e-3, None)]  # the 0.4 rule, on request
+    # One benchmark is one run: its folds are not continued with other settings (here the grid).
+    with pytest.raises(ValueError, match=r"the given benchmark holds folds recorded with other settings .*'lr_grid'"):
+        run_matbench(benchmark=equal, output=None, folds=[1], model="scratch", **grid, equal_grids=False, **TINY)
+    assert not getattr(equal, TASK).is_recorded[1]
     with pytest.raises(ValueError, match="either lr_grid"):
-        run_matbench(benchmark=mb, output=None, folds=[2], lr_grid=[1e-3], lr=1e-3, **TINY)
+        run_matbench(benchmark=unequal, output=None, folds=[2], lr_grid=[1e-3], lr=1e-3, **TINY)
 
 
 def test_a_choice_at_the_grids_edge_competes_with_one_step_beyond_it_in_its_fold(injected, monkeypatch):
@@ -399,6 +407,60 @@ def test_an_unfinished_results_file_is_continued_where_it_stopped(injected, tmp_
     assert all(len(task.results[task.folds_map[f]].parameters["lr_selection"]) == 2 for f in task.folds)
 
 
+def _folds_in(path) -> dict:
+    with gzip.open(path, "rt") as f:
+        return {k: v for k, v in json.load(f)["tasks"][TASK]["results"].items() if v.get("data")}
+
+
+def test_a_results_file_is_continued_not_overwritten_and_other_settings_are_refused(injected, tmp_path):
+    path = tmp_path / "results.json.gz"
+    options = {"model": "scratch", "lr_grid": [1e-3, 3e-3], "extend_edges": False, **TINY}
+    run_matbench(TASK, output=path, folds=[0], **options)
+    first = _folds_in(path)
+    mb = run_matbench(TASK, output=path, folds=[1], **options)  # the next fold, into the same file
+    task = getattr(mb, TASK)
+    assert [f for f in task.folds if task.is_recorded[f]] == [0, 1]
+    saved = _folds_in(path)
+    assert list(saved) == ["fold_0", "fold_1"]
+    assert saved["fold_0"] == first["fold_0"]  # kept as it was, not lost to the second call
+    # The same file with other settings would mix two runs in one file: refused, naming it and what differs.
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} holds folds recorded with other settings .*"
+                                         r"\['finetune_max_epochs'\]"):  # fmt: skip
+        run_matbench(TASK, output=path, folds=[2], **{**options, "max_epochs": 1})
+    with pytest.raises(ValueError, match=r"task\(s\) \['matbench_jdft2d'\] are not in .*results.json.gz, which this"):
+        run_matbench("matbench_jdft2d", output=path, folds=[2], **options)
+    assert _folds_in(path) == saved
+
+
+def test_folds_run_apart_merge_into_one_benchmark(injected, tmp_path):
+    from matgl_cdssl.bench import resume_results
+
+    options = {"model": "scratch", "lr_grid": [1e-3, 3e-3], "extend_edges": False, **TINY}
+    main, part = tmp_path / "r.json.gz", tmp_path / "r.folds-1.json.gz"
+    run_matbench(TASK, output=main, folds=[0], **options)
+    run_matbench(TASK, output=part, folds=[1], **options)  # as another process would, into its own file
+    merged = resume_results(main, part)
+    task = getattr(merged, TASK)
+    assert [f for f in task.folds if task.is_recorded[f]] == [0, 1]
+    for fold, path in ((0, main), (1, part)):
+        assert dict(task.results[f"fold_{fold}"]["data"]) == pytest.approx(_folds_in(path)[f"fold_{fold}"]["data"])
+    assert merged.user_metadata["model"] == "scratch"  # the run's own metadata
+    write_results(merged, main)
+    assert list(_folds_in(main)) == ["fold_0", "fold_1"]
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith(".")]  # no partial file left behind
+    again = getattr(resume_results(main, part), TASK)  # fold 1 is in both files now, recorded the same: fine
+    assert [f for f in again.folds if again.is_recorded[f]] == [0, 1]
+    # The same fold recorded differently (another seed), or another run's file: refused, each named.
+    other = tmp_path / "other.json.gz"
+    run_matbench(TASK, output=other, folds=[1], seed=5, **options)
+    with pytest.raises(ValueError, match=rf"fold 1 is recorded in both {re.escape(str(main))} and .*other.json.gz"):
+        resume_results(main, other)
+    elsewhere = tmp_path / "elsewhere.json.gz"
+    run_matbench(TASK, output=elsewhere, folds=[2], **{**options, "model": "CDSSL-MEGNet-MP"})
+    with pytest.raises(ValueError, match=r"elsewhere.json.gz and .*r.json.gz were written by different runs .*'model'"):
+        resume_results(main, elsewhere)
+
+
 def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected, tmp_path, monkeypatch):
     import matgl_cdssl.bench._matbench as runner
 
@@ -430,15 +492,17 @@ def test_a_selection_stopped_half_way_resumes_with_the_candidates_left(injected,
     refit = (params["lr"], None, params["best_epoch"] + 1)
     assert trained[1:] == [*([(1e-3, None, 2)] if params["lr"] == 1e-3 else []), refit]
     assert params["best_val_MAE"] == pytest.approx(scores[params["lr"]], rel=1e-5)
-    # The same fold and options again: the selection is read back, only the choice's run and the refit train.
+    # The same fold and options again, into another results file of the same stem (``results.*``, which shares the
+    # selection: a run's folds spread over files): the selection is read back, only the choice's run and the refit.
     trained.clear()
-    run_matbench(TASK, output=path, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY)
+    again = tmp_path / "results.again.json.gz"
+    run_matbench(TASK, output=again, folds=[0], model="scratch", lr_grid=[1e-3, 3e-3], extend_edges=False, **TINY)
     assert trained == [(params["lr"], None, 2), refit]
     # Other finetune options are another selection: nothing is read back.
     trained.clear()
     run_matbench(
         TASK,
-        output=path,
+        output=tmp_path / "results.other.json.gz",
         folds=[0],
         model="scratch",
         lr_grid=[1e-3, 3e-3],

@@ -34,7 +34,13 @@ import numpy as np
 from matgl_cdssl._backend import BACKEND
 from matgl_cdssl.apps import finetune, predict_all
 from matgl_cdssl.bench._ledger import Ledger, data_digest, environment, weights_digest
-from matgl_cdssl.bench._matbench_data import check_task, load_data, write_results
+from matgl_cdssl.bench._matbench_data import (
+    check_task,
+    load_data,
+    metadata_differences,
+    resume_results,
+    write_results,
+)
 from matgl_cdssl.bench._protocol import BenchmarkSettings, Candidate, arm_start, beyond_edges, choose, tune
 from matgl_cdssl.hub import new_like
 
@@ -266,13 +272,18 @@ def run_matbench(
             model folder or a MEGNet (its backbone copied for each fold, with a fresh readout), ``"scratch"``
             (``CDSSL-MEGNet-MP``'s architecture from random initialisation) or ``"supervised"`` (matgl's
             formation-energy MEGNet).
-        output: Results file (see :func:`write_results`); None writes nothing.
+        output: Results file (see :func:`write_results`); None writes nothing. A file that exists is continued: the
+            folds it holds are kept, and only the others run (a run stopped part-way, or ``folds`` given in turn).
+            It must hold the same tasks and have been written with the same settings (model, grid, finetune
+            options, versions), or the call refuses it; to run folds in parallel, give each process its own file and
+            merge them with :func:`~matgl_cdssl.bench.resume_results`.
         folds: Run only these folds (0-4), e.g. ``[0]`` for a quick check. Folds already recorded are skipped.
             Matbench 0.6 reads back (``from_file``) only files with every fold of every task recorded.
         seed: Base seed; fold ``k`` uses ``seed + k``.
         predict_batch_size: Crystals per batch when predicting the test set.
         benchmark: A ``MatbenchBenchmark`` to fill instead of a new ``MatbenchBenchmark(autoload=False,
-            subset=tasks)``; its tasks' data are loaded with ``task.load()`` unless already loaded.
+            subset=tasks)`` or the ``output`` file's folds; its tasks' data are loaded with ``task.load()`` unless
+            already loaded. One that already holds metadata must have this call's settings.
         lr_grid: Learning rates to choose from in each fold, on its carve-out: each candidate (times each of
             ``backbone_lr_scales`` for a pretrained arm) is finetuned on the fold's training data less its
             validation part, and the one with the lowest best validation MAE is refitted; the choice and every
@@ -301,11 +312,15 @@ def run_matbench(
 
     Raises:
         ValueError: A task that is not a matbench structure regression task (composition or classification
-            tasks), a task not in ``benchmark``, an unknown fold, or non-finite predictions, each named.
+            tasks), a task not in ``benchmark`` (or in the ``output`` file continued), a benchmark or file recorded
+            with other settings, an unknown fold, or non-finite predictions, each named.
         ImportError: matbench is not installed.
     """
     if isinstance(tasks, str):
         tasks = [tasks]
+    continued = benchmark is None and output is not None and Path(output).is_file()
+    if continued:  # the folds it holds are kept, not lost: the call runs the others
+        benchmark = resume_results(output)
     if benchmark is None:
         names = list(tasks or DEFAULT_TASKS)
     else:
@@ -313,7 +328,8 @@ def run_matbench(
         names = available if tasks is None else list(tasks)
         missing = [name for name in names if name not in available]
         if missing:
-            raise ValueError(f"task(s) {missing} are not in the given benchmark (it has {available})")
+            where = f"{output}, which this call continues," if continued else "the given benchmark"
+            raise ValueError(f"task(s) {missing} are not in {where} (it has {available}); write them to another file")
     for name in names:
         check_task(name)
     for key in ("val_structures", "val_targets", "test_structures", "test_targets"):
@@ -333,27 +349,32 @@ def run_matbench(
         rule = BenchmarkSettings(lr_grid=tuple(lr_grid), backbone_lr_scales=tuple(backbone_lr_scales),
                                  equal_grids=equal_grids)  # fmt: skip
         grid = rule.grid(pretrained=kind != "none")
+    metadata = {
+        "algorithm": "matgl-cdssl finetune",
+        "protocol": MATBENCH_PROTOCOL,
+        "model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
+        "matgl_cdssl": _version("matgl-cdssl"),
+        "matgl": _version("matgl"),
+        "backend": BACKEND,
+        **{f"finetune_{k}": v for k, v in _scalars(finetune_kwargs).items()},
+        **(
+            {"lr_grid": [str(c) for c in grid], "extend_edges": extend_edges}
+            if len(grid) > 1
+            else {"finetune_lr": grid[0].lr}
+        ),
+    }
     if benchmark is None:
         from matbench.bench import MatbenchBenchmark
 
         benchmark = MatbenchBenchmark(autoload=False, subset=names)
     if not benchmark.user_metadata:
-        benchmark.add_metadata(
-            {
-                "algorithm": "matgl-cdssl finetune",
-                "protocol": MATBENCH_PROTOCOL,
-                "model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
-                "matgl_cdssl": _version("matgl-cdssl"),
-                "matgl": _version("matgl"),
-                "backend": BACKEND,
-                **{f"finetune_{k}": v for k, v in _scalars(finetune_kwargs).items()},
-                **(
-                    {"lr_grid": [str(c) for c in grid], "extend_edges": extend_edges}
-                    if len(grid) > 1
-                    else {"finetune_lr": grid[0].lr}
-                ),
-            }
-        )
+        benchmark.add_metadata(metadata)
+    elif differ := metadata_differences(benchmark.user_metadata, metadata):
+        where = output if continued else "the given benchmark"
+        raise ValueError(f"{where} holds folds recorded with other settings than this call's (they differ in "
+                         f"{differ}): continue it with its own settings, or write to another file")  # fmt: skip
+    if continued:
+        logger.info("%s exists: continuing it", output)
 
     for task in benchmark.tasks:
         if task.dataset_name not in names:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matgl_cdssl.bench._tasks import read_shipped, shipped_structures
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from matbench.bench import MatbenchBenchmark
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "check_task",
     "load_data",
     "load_results",
+    "metadata_differences",
     "resume_results",
     "shipped_frame",
     "supported_tasks",
@@ -96,11 +100,16 @@ def write_results(benchmark: MatbenchBenchmark, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            json.dump(benchmark.as_dict(), f)
-    else:
-        benchmark.to_file(str(path))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")  # renamed over the file once written whole, so that
+    try:  # a file read during a run (another process merging the folds written so far) is never half-written
+        if path.name.endswith(".gz"):
+            with gzip.open(partial, "wt", encoding="utf-8") as f:
+                json.dump(benchmark.as_dict(), f)
+        else:
+            benchmark.to_file(str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -130,30 +139,64 @@ def load_data(task: Any) -> None:
     task.load()
 
 
-def resume_results(path: str | Path) -> MatbenchBenchmark:
-    """The folds recorded in the results file of an unfinished run, in a benchmark to continue with.
+def resume_results(*paths: str | Path) -> MatbenchBenchmark:
+    """The folds recorded in the results files of an unfinished run, in one benchmark to continue with.
 
     matbench 0.6 reads back only files with every fold recorded (:func:`load_results`). This rebuilds a
-    ``MatbenchBenchmark`` with the file's metadata and, through matbench's own ``task.record``, each fold the file
-    holds (its predictions and parameters); ``run_matbench(benchmark=...)`` then runs the remaining folds and keeps
-    the learning rate those folds chose. The tasks' data are loaded (shipped tasks offline).
+    ``MatbenchBenchmark`` with the files' metadata and, through matbench's own ``task.record``, each fold they hold
+    (its predictions and parameters); ``run_matbench(benchmark=...)`` then runs the remaining folds. The tasks' data
+    are loaded (shipped tasks offline).
 
-    Example (a run stopped after fold 0)::
+    Several files are the folds of one run spread over processes or machines, each writing its own file
+    (``run_matbench(folds=[3, 4], output="r.folds-3-4.json.gz")``): their folds are merged into one benchmark, which
+    :func:`write_results` then writes as one file (complete once every fold is in).
+
+    Example (a run stopped after fold 0; then folds 3 and 4 run elsewhere)::
 
         mb = run_matbench(["matbench_jdft2d"], benchmark=resume_results("r.json.gz"), output="r.json.gz")
+        write_results(resume_results("r.json.gz", "r.folds-3-4.json.gz"), "r.json.gz")
+
+    Raises:
+        ValueError: Files written by different runs (their metadata differ: another model, protocol, grid or
+            version), or a fold recorded in two files with different predictions or parameters; each named.
     """
     from matbench.bench import MatbenchBenchmark
 
-    saved = _read_json(path)
-    benchmark = MatbenchBenchmark(autoload=False, subset=list(saved["tasks"]))
-    if saved.get("user_metadata"):
-        benchmark.add_metadata(saved["user_metadata"])
+    if not paths:
+        raise TypeError("resume_results needs at least one results file")
+    saved = {Path(path): _read_json(path) for path in paths}
+    (first, head), *others = saved.items()
+    metadata = head.get("user_metadata") or {}
+    for path, other in others:
+        theirs = other.get("user_metadata") or {}
+        differ = metadata_differences(metadata, theirs)
+        if differ:
+            raise ValueError(f"{path} and {first} were written by different runs (their metadata differ in {differ}): "
+                             "only the folds of one run are merged")  # fmt: skip
+    benchmark = MatbenchBenchmark(
+        autoload=False, subset=list(dict.fromkeys(n for s in saved.values() for n in s["tasks"]))
+    )
+    if metadata:
+        benchmark.add_metadata(metadata)
     for task in benchmark.tasks:
         load_data(task)
         for fold in task.folds:
-            result = saved["tasks"][task.dataset_name]["results"].get(task.folds_map[fold], {})
-            if not result.get("data"):
+            held = {path: s["tasks"][task.dataset_name]["results"].get(task.folds_map[fold], {})
+                    for path, s in saved.items() if task.dataset_name in s["tasks"]}  # fmt: skip
+            held = {path: result for path, result in held.items() if result.get("data")}
+            if not held:
                 continue
+            (where, result), *more = held.items()
+            for path, other in more:
+                if (other["data"], other.get("parameters")) != (result["data"], result.get("parameters")):
+                    raise ValueError(f"{task.dataset_name} fold {fold} is recorded in both {where} and {path}, "
+                                     "differently: a fold is run once")  # fmt: skip
             ids = task.get_test_data(fold, include_target=False).index
             task.record(fold, [result["data"][i] for i in ids], params=result.get("parameters") or {})
     return benchmark
+
+
+def metadata_differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two results files' ``user_metadata`` (compared as JSON reads them)."""
+    ours, theirs = (json.loads(json.dumps(dict(m), sort_keys=True)) for m in (ours, theirs))
+    return sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))

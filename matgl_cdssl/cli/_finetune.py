@@ -216,7 +216,8 @@ def add_parser(sub: Any) -> None:
         "matbench is installed with `pip install --no-deps matbench==0.6` next to matminer (docs/matbench.md).",
     )
     p.add_argument("--task", nargs="+", default=list(DEFAULT_TASKS), metavar="NAME", help="matbench v0.1 task(s)")
-    add_option(p, run_matbench, "output", flag="--out", type=Path, help="results file")
+    out_help = "results file; one that exists is continued (its folds kept, the others run)"
+    add_option(p, run_matbench, "output", flag="--out", type=Path, help=out_help)
     add_option(p, run_matbench, "model", help="registered name, model folder, scratch or supervised")
     p.add_argument(
         "--lr-grid",

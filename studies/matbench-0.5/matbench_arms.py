@@ -18,8 +18,12 @@ the cutoff (one in matbench_phonons' fold 4) gets the fold's training median, th
 
 One results file per (task, arm) in matbench's format (``<task>-<arm>.json.gz``; an arm whose file is complete is read
 back, not rerun, and an unfinished one continues where it stopped, its selection too:
-``<task>-<arm>.selection.jsonl``), and ``matbench.md``: the refit's mean test MAE over the folds (what goes beside
-the leaderboard) and the carve-out model's, each fold's choice, and every pair of arms compared fold by fold.
+``<task>-<arm>.selection.jsonl``). ``--folds`` runs only those folds, into their own file
+(``<task>-<arm>.folds-3-4.json.gz``), so that another process can run the other folds at the same time (with
+``--folds`` too); every call first merges such files into ``<task>-<arm>.json.gz``
+(:func:`~matgl_cdssl.bench.resume_results`), and their folds are not run again. Then ``matbench.md``: the
+refit's mean test MAE over the folds (what goes beside the leaderboard) and the carve-out model's, each fold's
+choice, and every pair of arms compared fold by fold.
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ from matgl_cdssl.bench import (
     MATBENCH_PROTOCOL,
     BenchmarkSettings,
     change_text,
-    load_results,
     paired_interval,
     resume_results,
     run_matbench,
     verdict,
+    write_results,
 )
 
 #: Matbench v0.1 leaderboard figures (mean test MAE over the 5 folds) that the issue compares with.
@@ -65,6 +69,9 @@ def main() -> None:
     parser.add_argument("--lr-patience", type=int, default=RULE.lr_patience, help="0: matgl's cosine decay")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="validation share of a fold's training data")
     parser.add_argument("--min-val", type=int, default=RULE.min_val, help="and at least this many validation crystals")
+    parser.add_argument("--folds", type=int, nargs="+", metavar="K",
+                        help="only these folds, into <task>-<arm>.folds-K-....json.gz (other folds may run in another "
+                        "process meanwhile); every call merges those files into <task>-<arm>.json.gz")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table from the files there")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -75,23 +82,38 @@ def main() -> None:
     for task in args.tasks:
         for arm in args.arms:
             path = args.out / f"{task}-{arm}.json.gz"
-            if not path.is_file():
-                mb = None if args.report_only else _run(task, arm, path, args, None)
-            else:
-                try:
-                    mb = load_results(path)
-                except ValueError:  # matbench 0.6 reads back only complete files: an unfinished one continues
-                    mb = resume_results(path) if args.report_only else _run(task, arm, path, args, resume_results(path))
+            mb = _merged(path)
+            complete = mb is not None and all(getattr(mb, task).is_recorded.values())
+            if not (args.report_only or complete):
+                own = path if args.folds is None else path.with_name(f"{task}-{arm}.folds-{_folds(args.folds)}.json.gz")
+                mb = _run(task, arm, own, args, mb)
             if mb is not None:
                 rows[task, arm] = _row(getattr(mb, task))
     (args.out / "matbench.md").write_text(_table(rows, args))
     print((args.out / "matbench.md").read_text())
 
 
+def _folds(folds: list[int]) -> str:
+    return "-".join(map(str, sorted(set(folds))))
+
+
+def _merged(path: Path) -> object | None:
+    """The folds recorded in ``path`` and in the files of its folds run apart (``--folds``), written to ``path``."""
+    parts = sorted(path.parent.glob(path.name.replace(".json.gz", ".folds-*.json.gz")))
+    files = [f for f in (path, *parts) if f.is_file()]
+    if not files:
+        return None
+    mb = resume_results(*files)
+    if parts:
+        write_results(mb, path)
+    return mb
+
+
 def _run(task: str, arm: str, path: Path, args: argparse.Namespace, benchmark) -> object:
     quiet = {"enable_progress_bar": False, "enable_model_summary": False}
     quiet |= {"skip_invalid": True, "unpredictable": "median"}
-    return run_matbench(task, model="CDSSL-MEGNet-MP" if arm == "CDSSL" else arm, output=path, lr_grid=args.lr_grid,
+    return run_matbench(task, model="CDSSL-MEGNet-MP" if arm == "CDSSL" else arm, output=path, folds=args.folds,
+                        lr_grid=args.lr_grid,
                         backbone_lr_scales=args.backbone_lr_scales, max_epochs=args.max_epochs,
                         patience=args.patience, lr_patience=args.lr_patience or None, val_fraction=args.val_fraction,
                         min_val=args.min_val, benchmark=benchmark, **quiet)  # fmt: skip
