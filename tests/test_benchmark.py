@@ -390,6 +390,39 @@ def test_leakage_is_a_property_of_the_weights_not_of_the_arms_name(tmp_path):
     assert summarise(pd.DataFrame(rows), {"supervised": (), "mine": ()})["leakage"].tolist() == ["", "", ""]
 
 
+def test_the_figure_hatches_the_bars_of_leakage_arms_only():
+    """results.png marks an arm whose weights saw the task's labels, bar by bar, and says so in its legend."""
+    from matgl_cdssl.bench._report import LEAKAGE_HATCH, _figure
+
+    rows = [
+        {"task": task, "unit": "eV", "n_train": n, "seed": s, "arm": arm, "test_MAE": v * (1 + 0.01 * s),
+         "model": model}
+        for task in ("mp_band_gap", "mp_formation_energy")
+        for n in (50, 100)
+        for s in (0, 1)
+        for arm, v, model in (("CDSSL", 1.0, "CDSSL-MEGNet-MP"), ("scratch", 2.0, "CDSSL-MEGNet-MP"),
+                              ("supervised", 0.5, "MEGNet-MP-2018.6.1-Eform"))
+    ]  # fmt: skip
+    from matplotlib.container import BarContainer
+
+    fig = _figure(summarise(pd.DataFrame(rows)))
+    try:
+        panels = {ax.get_title(): [c for c in ax.containers if isinstance(c, BarContainer)] for ax in fig.axes}
+        assert set(panels) == {"mp_band_gap", "mp_formation_energy"}
+        for task, containers in panels.items():
+            assert [bars.get_label() for bars in containers] == ["CDSSL", "supervised", "scratch"]
+            for bars in containers:
+                hatched = [bool(bar.get_hatch()) for bar in bars]
+                assert hatched == [task == "mp_formation_energy" and bars.get_label() == "supervised"] * 2
+        assert all(bar.get_hatch() == LEAKAGE_HATCH for bar in panels["mp_formation_energy"][1])
+        legend = [text.get_text() for text in fig.legends[0].get_texts()]
+        assert legend == ["CDSSL", "supervised", "scratch", "saw the task's labels (leakage)"]  # no median given
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def test_paired_comparisons_count_wins_ties_and_losses_of_known_runs():
     """A win or a loss only where the 95% t interval of the paired change excludes zero; the rest are ties."""
     configs = {  # n_train: CDSSL and scratch test MAE per seed

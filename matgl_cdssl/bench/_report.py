@@ -300,31 +300,52 @@ def _notes(summary: pd.DataFrame, seen: Mapping[str, Sequence[str] | None], arms
     return notes
 
 
-def _plot(summary: pd.DataFrame, path: Path) -> Path:
+LEAKAGE_HATCH = "//"
+"""How ``results.png`` marks the bar of an arm whose weights saw the task's labels (it is out of every count)."""
+
+
+def _figure(summary: pd.DataFrame):
+    """Grouped bars per task (one panel each), standard-error bars, the median predictor; leakage bars hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     tasks = list(dict.fromkeys(summary["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    handles: dict = {}
     for ax, task in zip(axes[0], tasks, strict=True):
         part = summary[summary["task"] == task]
         x = np.arange(len(part))
         arms = arm_order([c[: -len("_mean")] for c in part.columns if c.endswith("_mean") and part[c].notna().any()])
+        leaked = part["leakage"].fillna("").str.split(", ") if "leakage" in part else [[]] * len(part)
         width = 0.8 / len(arms)
         for k, arm in enumerate(arms):
-            ax.bar(x + (k - (len(arms) - 1) / 2) * width, part[f"{arm}_mean"], width, capsize=2,
-                   yerr=part[f"{arm}_se"].fillna(0), color=COLORS.get(arm), label=arm)  # fmt: skip
+            bars = ax.bar(x + (k - (len(arms) - 1) / 2) * width, part[f"{arm}_mean"], width, capsize=2,
+                          yerr=part[f"{arm}_se"].fillna(0), color=COLORS.get(arm), label=arm)  # fmt: skip
+            handles.setdefault(arm, bars)
+            for bar, names in zip(bars, leaked, strict=True):
+                if arm in names:
+                    bar.set_hatch(LEAKAGE_HATCH)
+                    bar.set_alpha(0.5)
+                    handles["saw the task's labels (leakage)"] = Patch(facecolor="white", edgecolor="black",
+                                                                       hatch=LEAKAGE_HATCH)  # fmt: skip
         if "median_MAE" in part:
-            ax.plot(x, part["median_MAE"], "k_", markersize=18, mew=1.5, label="median predictor")
+            (handles["median predictor"],) = ax.plot(x, part["median_MAE"], "k_", markersize=18, mew=1.5)
         ax.set_xticks(x, [str(n) for n in part["n_train"]])
         ax.set_xlabel("training labels")
         ax.set_title(task, fontsize=10)
         ax.set_ylabel(f"test MAE ({part['unit'].iloc[0]})")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=len(labels), frameon=False)
+    fig.legend(list(handles.values()), list(handles), loc="upper right", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def _plot(summary: pd.DataFrame, path: Path) -> Path:
+    fig = _figure(summary)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
