@@ -392,6 +392,8 @@ def test_leakage_is_a_property_of_the_weights_not_of_the_arms_name(tmp_path):
 
 def test_the_figure_hatches_the_bars_of_leakage_arms_only():
     """results.png marks an arm whose weights saw the task's labels, bar by bar, and says so in its legend."""
+    from matplotlib.container import BarContainer
+
     from matgl_cdssl.bench._report import LEAKAGE_HATCH, _figure
 
     rows = [
@@ -403,8 +405,6 @@ def test_the_figure_hatches_the_bars_of_leakage_arms_only():
         for arm, v, model in (("CDSSL", 1.0, "CDSSL-MEGNet-MP"), ("scratch", 2.0, "CDSSL-MEGNet-MP"),
                               ("supervised", 0.5, "MEGNet-MP-2018.6.1-Eform"))
     ]  # fmt: skip
-    from matplotlib.container import BarContainer
-
     fig = _figure(summarise(pd.DataFrame(rows)))
     try:
         panels = {ax.get_title(): [c for c in ax.containers if isinstance(c, BarContainer)] for ax in fig.axes}

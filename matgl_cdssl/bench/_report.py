@@ -319,7 +319,7 @@ def _figure(summary: pd.DataFrame):
         part = summary[summary["task"] == task]
         x = np.arange(len(part))
         arms = arm_order([c[: -len("_mean")] for c in part.columns if c.endswith("_mean") and part[c].notna().any()])
-        leaked = part["leakage"].fillna("").str.split(", ") if "leakage" in part else [[]] * len(part)
+        leaked = part["leakage"].str.split(", ")
         width = 0.8 / len(arms)
         for k, arm in enumerate(arms):
             bars = ax.bar(x + (k - (len(arms) - 1) / 2) * width, part[f"{arm}_mean"], width, capsize=2,
@@ -329,14 +329,14 @@ def _figure(summary: pd.DataFrame):
                 if arm in names:
                     bar.set_hatch(LEAKAGE_HATCH)
                     bar.set_alpha(0.5)
-                    handles["saw the task's labels (leakage)"] = Patch(facecolor="white", edgecolor="black",
-                                                                       hatch=LEAKAGE_HATCH)  # fmt: skip
         if "median_MAE" in part:
             (handles["median predictor"],) = ax.plot(x, part["median_MAE"], "k_", markersize=18, mew=1.5)
         ax.set_xticks(x, [str(n) for n in part["n_train"]])
         ax.set_xlabel("training labels")
         ax.set_title(task, fontsize=10)
         ax.set_ylabel(f"test MAE ({part['unit'].iloc[0]})")
+    if summary["leakage"].astype(bool).any():
+        handles["saw the task's labels (leakage)"] = Patch(facecolor="white", edgecolor="black", hatch=LEAKAGE_HATCH)
     fig.legend(list(handles.values()), list(handles), loc="upper right", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
